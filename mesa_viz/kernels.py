@@ -1,0 +1,389 @@
+"""Attention kernels for every method, on keys cached *before* RoPE.
+
+Pure torch (no transformers).  Each kernel receives un-rotated queries
+``q [batch, head, q_len, head_dim]`` at absolute positions ``i0 .. i0+q_len-1``
+and un-rotated keys/values ``k, v [batch, kv_head, kv_len, head_dim]`` at
+positions ``0 .. kv_len-1``, applies RoPE at the positions its layout
+prescribes and returns ``[batch, head, q_len, head_dim]``.
+
+Methods whose relative position is not a difference of one query and one key
+position (ReRoPE, Stair PE, sinks) split keys into a *near* and a *far* set,
+each with its own rotation.  Both sets are scored in one softmax by
+concatenating along the head dimension: ``[q_near, q_far] . [k_near, 0]`` and
+``[q_near, q_far] . [0, k_far]``.  Queries are processed in blocks so nothing
+holds an ``[n, n]`` matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .methods import LeakyReRoPE, LMInfinite, Mesa, Method, ReRoPE, StreamingLLM
+
+__all__ = ["Rope", "attend", "rotate", "dense_rows", "SCORE_BUDGET"]
+
+#: Bytes of fp32 scores one SDPA call may hold (blocks are sized to fit it).
+SCORE_BUDGET = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class Rope:
+    """RoPE as the model computes it: ``inv_freq [rot_dim/2]`` and the cos/sin
+    ``scaling`` (1 except for YaRN-like types); half-split rotation of the
+    first ``rot_dim`` channels (Llama, GPT-NeoX partial rotary, Phi-3)."""
+
+    inv_freq: torch.Tensor
+    scaling: float = 1.0
+
+    def cos_sin(self, pos: torch.Tensor, dtype: torch.dtype):
+        """``(cos, sin) [len(pos), rot_dim]`` for (possibly fractional) positions."""
+        freqs = pos.to(torch.float32)[:, None] * self.inv_freq.to(pos.device, torch.float32)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return ((emb.cos() * self.scaling).to(dtype), (emb.sin() * self.scaling).to(dtype))
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rotate(x: torch.Tensor, rope: Rope, pos: torch.Tensor) -> torch.Tensor:
+    """``x [..., len(pos), head_dim]`` rotated to positions ``pos``."""
+    cos, sin = rope.cos_sin(pos, x.dtype)
+    rd = cos.shape[-1]
+    x_rot = x[..., :rd] * cos + _rotate_half(x[..., :rd]) * sin
+    return torch.cat((x_rot, x[..., rd:]), dim=-1) if rd < x.shape[-1] else x_rot
+
+
+def _arange(a, b, device):
+    return torch.arange(a, b, device=device)
+
+
+# -- the inner attention call -------------------------------------------------
+
+def sdpa(q, k, v, mask, scale, backend="sdpa"):
+    """Softmax attention, GQA-aware.  ``q [b,h,Lq,d]``, ``k, v [b,kvh,Lk,d|dv]``,
+    ``mask [Lq, Lk]`` bool (True = visible) or None for full visibility."""
+    if backend == "eager":
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        w = torch.matmul(q, k.transpose(-1, -2)) * scale
+        if mask is not None:
+            w = w.masked_fill(~mask, float("-inf"))
+        w = torch.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
+        return torch.matmul(w, v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                          enable_gqa=q.shape[1] != k.shape[1])
+
+
+def _attn_lse(q, k, v, mask, scale, backend, causal=False):
+    """Attention and its log-sum-exp ``[b, h, Lq]`` (for merging key sets).
+
+    ``mask [Lq, Lk]`` bool or None; ``causal`` aligns query ``x`` with key ``x``.
+    """
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    if causal:
+        mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+    bias = None if mask is None else torch.zeros(
+        mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
+    if backend == "sdpa" and q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, causal, attn_mask=None if causal else bias, scale=scale)
+        return out, lse if mask is None else lse.masked_fill(~mask.any(-1), float("-inf"))
+    w = torch.matmul(q, k.transpose(-1, -2)).float() * scale
+    w = w if bias is None else w + bias
+    lse = torch.logsumexp(w, dim=-1)
+    return torch.matmul(torch.exp(w - lse[..., None]).to(v.dtype), v), lse
+
+
+def _merge(parts):
+    """Combine ``(out, lse)`` of disjoint key sets into one softmax."""
+    lse = torch.stack([p[1] for p in parts]).float()
+    top = lse.max(0).values
+    w = torch.exp(lse - top)                                  # [parts, b, h, Lq]
+    out = sum(torch.nan_to_num(o.float()) * wi[..., None] for (o, _), wi in zip(parts, w))
+    return (out / w.sum(0)[..., None]).to(parts[0][0].dtype)
+
+
+def _pair(qa, ka, va, ma, qb, kb, vb, mb, scale, backend):
+    """One softmax over a near key set (``qa . ka``) and a far one (``qb . kb``).
+
+    On CPU the two sets are scored separately and merged by log-sum-exp; on
+    GPU they are concatenated along the head dimension for one fused call.
+    """
+    if kb is None or kb.shape[2] == 0:
+        return sdpa(qa, ka, va, ma, scale, backend)
+    if ka.shape[2] == 0:
+        return sdpa(qb, kb, vb, mb, scale, backend)
+    if q_is_cpu_or_eager(qa, backend):
+        return _merge([_attn_lse(qa, ka, va, ma, scale, backend),
+                       _attn_lse(qb, kb, vb, mb, scale, backend)])
+    q = torch.cat((qa, qb), dim=-1)
+    k = torch.cat((torch.cat((ka, torch.zeros_like(ka)), -1),
+                   torch.cat((torch.zeros_like(kb), kb), -1)), dim=2)
+    return sdpa(q, k, torch.cat((va, vb), dim=2), torch.cat((ma, mb), dim=1),
+                scale, backend)
+
+
+def q_is_cpu_or_eager(q, backend):
+    return backend == "eager" or q.device.type == "cpu"
+
+
+def _block_size(n_heads, n_keys, batch=1):
+    return max(1, min(4096, SCORE_BUDGET // max(1, 4 * n_heads * n_keys * batch)))
+
+
+# -- origin ---------------------------------------------------------------------
+
+def _origin(q, k, v, i0, rope, scale, backend):
+    Lq, Lk, dev = q.shape[2], k.shape[2], q.device
+    qr = rotate(q, rope, _arange(i0, i0 + Lq, dev))
+    kr = rotate(k, rope, _arange(0, Lk, dev))
+    if Lq == 1:
+        return sdpa(qr, kr, v, None, scale, backend)
+    if backend == "sdpa" and i0 == 0 and Lq == Lk:        # flash/efficient causal kernel
+        return F.scaled_dot_product_attention(qr, kr, v, is_causal=True, scale=scale,
+                                              enable_gqa=q.shape[1] != k.shape[1])
+    out = []
+    B = _block_size(q.shape[1], Lk, q.shape[0])
+    for a in range(0, Lq, B):
+        b = min(Lq, a + B)
+        kmax = i0 + b
+        mask = _arange(0, kmax, dev)[None, :] <= _arange(i0 + a, i0 + b, dev)[:, None]
+        out.append(sdpa(qr[:, :, a:b], kr[:, :, :kmax], v[:, :, :kmax], mask, scale, backend))
+    return torch.cat(out, dim=2)
+
+
+# -- two-region methods ---------------------------------------------------------
+
+def _near_far(q, k, v, i0, rope, scale, backend, *, near, far_keys, far_q_pos,
+              far_k_pos, far_visible, near_floor=0):
+    """Near keys ``0 <= i - j < near``, ``j >= near_floor``, at true positions; far keys ``j`` in
+    ``far_keys(i_lo, i_hi) -> (j0, j1)`` rotated to ``far_k_pos(j)``, queries to
+    ``far_q_pos(i)``, visible where ``far_visible(i, j)``."""
+    Lq, Lk, dev = q.shape[2], k.shape[2], q.device
+    k_near = rotate(k, rope, _arange(0, Lk, dev))
+    j_all = _arange(0, Lk, dev)
+    out = []
+    B = _block_size(q.shape[1], 2 * Lk, q.shape[0])
+    for a in range(0, Lq, B):
+        b = min(Lq, a + B)
+        i = _arange(i0 + a, i0 + b, dev)
+        qa = rotate(q[:, :, a:b], rope, i)
+        n0, n1 = max(near_floor, i0 + a - near + 1), i0 + b
+        jn = j_all[n0:n1]
+        ma = (jn[None, :] <= i[:, None]) & (i[:, None] - jn[None, :] < near)
+        f0, f1 = far_keys(i0 + a, i0 + b - 1)
+        if f1 <= f0:
+            out.append(sdpa(qa, k_near[:, :, n0:n1], v[:, :, n0:n1], ma, scale, backend))
+            continue
+        jf = j_all[f0:f1]
+        qb = rotate(q[:, :, a:b], rope, far_q_pos(i))
+        kb = rotate(k[:, :, f0:f1], rope, far_k_pos(jf))
+        mb = far_visible(i[:, None], jf[None, :]).expand(len(i), len(jf))
+        out.append(_pair(qa, k_near[:, :, n0:n1], v[:, :, n0:n1], ma,
+                         qb, kb, v[:, :, f0:f1], mb, scale, backend))
+    return torch.cat(out, dim=2)
+
+
+def _rerope(q, k, v, i0, rope, scale, backend, m: ReRoPE | LeakyReRoPE):
+    w = m.window
+    leak = getattr(m, "leak", None)
+    if leak is None or math.isinf(leak):
+        q_pos, k_pos = (lambda i: torch.full_like(i, w)), (lambda j: torch.zeros_like(j))
+    else:
+        q_pos = lambda i: i / leak + w * (1 - 1 / leak)      # noqa: E731
+        k_pos = lambda j: j / leak                             # noqa: E731
+    return _near_far(q, k, v, i0, rope, scale, backend, near=w,
+                     far_keys=lambda lo, hi: (0, max(0, hi - w + 1)),
+                     far_q_pos=q_pos, far_k_pos=k_pos,
+                     far_visible=lambda i, j: i - j >= w)
+
+
+def _sink_window(q, k, v, i0, rope, scale, backend, m: StreamingLLM | LMInfinite):
+    S, W = m.sink_tokens, m.window
+    if isinstance(m, StreamingLLM):
+        q_pos = lambda i: torch.clamp(i, max=S + W - 1)       # noqa: E731
+        k_pos = lambda j: j                                    # noqa: E731
+    else:
+        q_pos, k_pos = (lambda i: torch.full_like(i, W)), (lambda j: torch.zeros_like(j))
+    return _near_far(q, k, v, i0, rope, scale, backend, near=W,
+                     far_keys=lambda lo, hi: (0, min(S, max(0, hi - W + 1))),
+                     far_q_pos=q_pos, far_k_pos=k_pos,
+                     far_visible=lambda i, j: (i - j >= W) & (j < S))
+
+
+# -- Mesa -----------------------------------------------------------------------
+
+def _log_scale(q, m: Mesa, i):
+    if not m.log_scaling:
+        return q
+    f = torch.clamp(torch.log(i.to(torch.float32) + 1) / math.log(m.train_length), min=1)
+    return q * f.to(q.dtype)[:, None]
+
+
+def _mesa_middle(q, k, v, rope, scale, backend, m: Mesa):
+    """All middle chunks as one batch: chunk queries see the first chunk at
+    ``0..F-1`` and themselves causally at ``F..F+C-1``."""
+    plan = m.plan()
+    F_, C = m.first_chunk, m.chunk_size
+    nc, (a, b) = len(plan.middle), (plan.middle[0][0], plan.middle[-1][1])
+    bs, h, _, d = q.shape
+    dev = q.device
+    pos = _arange(F_, F_ + C, dev)
+
+    def chunks(x):  # [b, H, nc*C, d] -> [b*nc, H, C, d]
+        return x[:, :, a:b].reshape(bs, x.shape[1], nc, C, x.shape[-1]).transpose(1, 2) \
+            .reshape(bs * nc, x.shape[1], C, x.shape[-1])
+
+    kf, vf = rotate(k[:, :, :F_], rope, _arange(0, F_, dev)), v[:, :, :F_]
+    qc, kc, vc = rotate(chunks(q), rope, pos), rotate(chunks(k), rope, pos), chunks(v)
+    fused = q_is_cpu_or_eager(q, backend)
+    g = bs * nc if backend == "sdpa" else _block_size(h, F_ + C, C)   # chunks per call
+    mask = torch.cat((torch.ones(C, F_, dtype=torch.bool, device=dev),
+                      torch.ones(C, C, dtype=torch.bool, device=dev).tril()), dim=1)
+    out = []
+    for a in range(0, bs * nc, g):
+        e = min(bs * nc, a + g)
+        batch_of = torch.arange(a, e, device=dev) // nc
+        if fused:      # first chunk (full) and own chunk (causal) merged by log-sum-exp
+            out.append(_merge([_attn_lse(qc[a:e], kf[batch_of], vf[batch_of], None, scale, backend),
+                               _attn_lse(qc[a:e], kc[a:e], vc[a:e], None, scale, backend,
+                                         causal=True)]))
+        else:
+            kk = torch.cat((kf[batch_of], kc[a:e]), dim=2)
+            vv = torch.cat((vf[batch_of], vc[a:e]), dim=2)
+            out.append(sdpa(qc[a:e], kk, vv, mask, scale, backend))
+    o = torch.cat(out, dim=0).reshape(bs, nc, h, C, -1).transpose(1, 2)
+    return o.reshape(bs, h, nc * C, -1)
+
+
+def _stair_rows(q, k, v, i0, rope, scale, backend, m: Mesa):
+    """Last-chunk (and generated) queries ``i0..`` over all keys with Stair PE."""
+    s, N, E = m.plan().last_start, m.stair_start, m.stair_width
+    i_all = _arange(i0, i0 + q.shape[2], q.device)
+    q = _log_scale(q, m, i_all)
+    if m.stair == "anchored":
+        return _near_far(
+            q, k, v, i0, rope, scale, backend, near=k.shape[2], near_floor=s,
+            far_keys=lambda lo, hi: (0, s),
+            far_q_pos=lambda i: i - s,
+            far_k_pos=lambda j: -_stair(s - j, N, E),
+            far_visible=lambda i, j: j < s)
+    out = torch.empty(q.shape[:3] + (v.shape[-1],), dtype=q.dtype, device=q.device)
+    for x in range(min(E, q.shape[2])):                   # one residue class each
+        idx = torch.arange(x, q.shape[2], E, device=q.device)
+        out[:, :, idx] = _stair_class(q[:, :, idx], k, v, i_all[idx], (i0 + x - s) % E,
+                                      rope, scale, backend, s, N, E)
+    return out
+
+
+def _stair(t, N, E):
+    return torch.where(t < N, t, N + torch.div(t - N, E, rounding_mode="floor"))
+
+
+def _stair_class(q, k, v, i, r, rope, scale, backend, s, N, E):
+    """Queries ``i = s + r + E*m`` (one residue class): far keys at ``-g_r(j)``,
+    queries at ``m``, so ``m + g_r(j) = P(i - j)`` exactly."""
+    dev, Lk = q.device, k.shape[2]
+    k_near = rotate(k, rope, _arange(0, Lk, dev))
+    out = []
+    B = _block_size(q.shape[1], 2 * Lk, q.shape[0])
+    for a in range(0, q.shape[2], B):
+        ib = i[a:a + B]
+        lo, hi = int(ib[0]), int(ib[-1])
+        qa = rotate(q[:, :, a:a + B], rope, ib)
+        n0 = max(0, lo - N + 1)
+        jn = _arange(n0, hi + 1, dev)
+        ma = (jn[None, :] <= ib[:, None]) & (ib[:, None] - jn[None, :] < N)
+        f1 = max(0, hi - N + 1)
+        jf = _arange(0, f1, dev)
+        g = N + torch.div(s + r - jf - N, E, rounding_mode="floor")
+        qb = rotate(q[:, :, a:a + B], rope, torch.div(ib - s - r, E, rounding_mode="floor"))
+        kb = rotate(k[:, :, :f1], rope, -g)
+        mb = ib[:, None] - jf[None, :] >= N
+        out.append(_pair(qa, k_near[:, :, n0:hi + 1], v[:, :, n0:hi + 1], ma,
+                         qb, kb, v[:, :, :f1], mb, scale, backend))
+    return torch.cat(out, dim=2)
+
+
+def _mesa(q, k, v, i0, rope, scale, backend, m: Mesa):
+    plan = m.plan()
+    if len(plan.chunks) == 1:
+        return _origin(q, k, v, i0, rope, scale, backend)
+    if i0 >= m.prefill_length:                                # generated tokens
+        return _stair_rows(q, k, v, i0, rope, scale, backend, m)
+    if i0 != 0 or q.shape[2] != m.prefill_length:
+        raise ValueError(
+            f"Mesa prefill must be one forward of the whole prompt "
+            f"({m.prefill_length} tokens) from position 0, got {q.shape[2]} "
+            f"tokens from position {i0}")
+    F_, s = m.first_chunk, plan.last_start
+    parts = [_origin(q[:, :, :F_], k[:, :, :F_], v[:, :, :F_], 0, rope, scale, backend)]
+    if plan.middle:
+        parts.append(_mesa_middle(q, k, v, rope, scale, backend, m))
+    parts.append(_stair_rows(q[:, :, s:], k, v, s, rope, scale, backend, m))
+    return torch.cat(parts, dim=2)
+
+
+def attend(m: Method, q, k, v, i0: int, rope: Rope, scale: float, backend="sdpa"):
+    """Attention of queries at ``i0..`` under resolved method ``m``.
+
+    ``q [b, h, q_len, d]``, ``k, v [b, kv_h, kv_len, d]`` un-rotated; returns
+    ``[b, h, q_len, d_v]``.
+    """
+    if isinstance(m, Mesa):
+        return _mesa(q, k, v, i0, rope, scale, backend, m)
+    if isinstance(m, (ReRoPE, LeakyReRoPE)):
+        return _rerope(q, k, v, i0, rope, scale, backend, m)
+    if isinstance(m, (StreamingLLM, LMInfinite)):
+        return _sink_window(q, k, v, i0, rope, scale, backend, m)
+    if m.name in ("origin", "dynamic-ntk"):
+        return _origin(q, k, v, i0, rope, scale, backend)
+    raise ValueError(f"method {m.name!r} has no attention kernel: allowed "
+                     "origin, mesa, rerope, leaky-rerope, dynamic-ntk, streaming-llm, lm-infinite")
+
+
+def dense_rows(m: Method, q_rows, k, rows, rope: Rope, scale: float):
+    """Exact attention probabilities for a few query ``rows`` straight from the
+    layout: ``scores[r, j] = (R(rel[r, j]) q_r) . k_j``.
+
+    ``q_rows [b, h, R, d]`` un-rotated queries of absolute positions ``rows``;
+    ``k [b, kv_h, kv_len, d]``.  Returns probabilities ``[b, h, R, kv_len]``
+    (float32).
+    """
+    import numpy as np
+    Lk, dev = k.shape[2], k.device
+    rel, vis = m.relative(np.asarray(rows)[:, None], np.arange(Lk)[None, :])
+    rel = torch.as_tensor(np.where(vis, rel, 0), dtype=torch.float32, device=dev)
+    vis = torch.as_tensor(vis, device=dev)
+    rep = q_rows.shape[1] // k.shape[1]
+    kk = k.repeat_interleave(rep, 1).to(torch.float32)
+    sq = Rope(rope.inv_freq, rope.scaling ** 2)
+    factor = torch.as_tensor(query_scale(m, rows), dtype=torch.float32, device=dev)
+    probs = []
+    for r in range(len(rows)):
+        qr = q_rows[:, :, r:r + 1].to(torch.float32) * factor[r]   # [b,h,1,d]
+        qrot = rotate(qr.expand(-1, -1, Lk, -1), sq, rel[r])      # [b,h,Lk,d]
+        sc = (qrot * kk).sum(-1) * scale
+        sc = sc.masked_fill(~vis[r], float("-inf"))
+        probs.append(torch.softmax(sc, dim=-1))
+    return torch.stack(probs, dim=2)
+
+
+def query_scale(m: Method, rows):
+    """Per-query multiplier on q (Mesa's optional log-n scaling), ``[len(rows)]``."""
+    import numpy as np
+    rows = np.asarray(rows, dtype=np.float64)
+    if not (isinstance(m, Mesa) and m.log_scaling):
+        return np.ones_like(rows)
+    plan = m.plan()
+    if len(plan.chunks) == 1:
+        return np.ones_like(rows)
+    f = np.maximum(1.0, np.log(rows + 1) / math.log(m.train_length))
+    return np.where(rows >= plan.last_start, f, 1.0)

@@ -1,0 +1,111 @@
+"""Plain result objects: what probes capture, saved before anything is drawn.
+
+No torch, no transformers: a result loads and plots without the model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .methods import get_method
+
+__all__ = ["Trace", "append_jsonl", "read_jsonl"]
+
+
+@dataclass
+class Trace:
+    """What ``trace()`` captured from one forward pass under one method.
+
+    Shapes: ``attention [layer, head, q_row, k_pos]`` (probabilities, rows sum
+    to 1), ``hidden [hidden_layer, pos, dim]`` (hidden-state values at the
+    chosen dims), ``norms [hidden_layer, pos]`` (L2 norm of the whole hidden
+    state).  Hidden layer ``l`` follows transformers' ``output_hidden_states``:
+    0 is the embedding output, ``l`` the output of decoder layer ``l - 1``.
+    """
+
+    method: str
+    params: dict
+    train_length: int
+    input_ids: np.ndarray                    # [pos]
+    tokens: list[str]
+    layers: list[int]
+    heads: list[int]
+    query_rows: list[int]
+    attention: np.ndarray                    # [layer, head, q_row, k_pos]
+    hidden_layers: list[int]
+    dims: list[int]
+    hidden: np.ndarray                       # [hidden_layer, pos, dim]
+    norms: np.ndarray                        # [hidden_layer, pos]
+    chunk_plan: list[list[int]] | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def seq_len(self) -> int:
+        return int(len(self.input_ids))
+
+    def layout_rows(self, rows=None):
+        """``(relative_positions, mask)`` ``[q_row, k_pos]`` the method used for
+        ``rows`` (default: the captured query rows), recomputed from the params."""
+        rows = np.asarray(self.query_rows if rows is None else rows, dtype=np.int64)
+        m = get_method(self.method, **self.params)
+        rel, vis = m.relative(rows[:, None], np.arange(self.seq_len)[None, :])
+        return np.where(vis, rel, -1), vis
+
+    def attention_row(self, layer: int, head: int, row: int) -> np.ndarray:
+        """``[k_pos]`` attention of captured query ``row`` at (``layer``, ``head``)."""
+        return self.attention[self.layers.index(layer), self.heads.index(head),
+                              self.query_rows.index(row)]
+
+    def hidden_values(self, layer: int, dim: int) -> np.ndarray:
+        """``[pos]`` hidden-state value at (``layer``, ``dim``)."""
+        return self.hidden[self.hidden_layers.index(layer), :, self.dims.index(dim)]
+
+    # -- persistence ----------------------------------------------------------
+    _ARRAYS = ("input_ids", "attention", "hidden", "norms")
+
+    def save(self, path: "str | Path") -> Path:
+        """Write ``path.npz`` (arrays) and ``path.json`` (everything else)."""
+        path = Path(path).with_suffix("")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path.with_suffix(".npz"),
+                            **{k: getattr(self, k) for k in self._ARRAYS})
+        meta = {k: v for k, v in asdict(self).items() if k not in self._ARRAYS}
+        path.with_suffix(".json").write_text(json.dumps(meta, default=_jsonable))
+        return path
+
+    @classmethod
+    def load(cls, path: "str | Path") -> "Trace":
+        path = Path(path).with_suffix("")
+        meta = json.loads(path.with_suffix(".json").read_text())
+        with np.load(path.with_suffix(".npz")) as arrays:
+            meta.update({k: arrays[k] for k in cls._ARRAYS})
+        return cls(**meta)
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot save {type(value).__name__} to JSON")
+
+
+def append_jsonl(path: "str | Path", row: dict) -> None:
+    """Append one JSON line and flush it to disk (results survive a crash)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(row, default=_jsonable) + "\n")
+        f.flush()
+
+
+def read_jsonl(path: "str | Path") -> list[dict]:
+    """All rows of a JSON-lines file (an absent file has none)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

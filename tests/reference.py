@@ -1,0 +1,78 @@
+"""An independent dense reference: the model run once over the whole sequence
+with every query/key pair scored at the relative position ``layout(...)`` gives.
+
+RoPE here is written with complex numbers (channel ``c`` pairs with
+``c + rot/2``), not with the library's rotate-half code; the model is called
+with ``position_ids = 0`` so its own rotation is the identity.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+
+
+def _inv_freq(model):
+    for name, mod in model.named_modules():
+        if name.endswith("rotary_emb"):
+            return mod.inv_freq.detach().to(torch.float64)
+    raise AssertionError("no rotary embedding")
+
+
+def dense_scores(q, k, rel, inv_freq):
+    """``q [h, n, d]``, ``k [h, n, d]``, ``rel [n, n]`` -> ``[h, n, n]`` scores
+    ``Re(sum_c zq_c conj(zk_c) e^{i rel w_c}) + pass``, float64."""
+    half = inv_freq.numel()
+    rd = 2 * half
+    zq = torch.complex(q[..., :half], q[..., half:rd])
+    zk = torch.complex(k[..., :half], k[..., half:rd])
+    phase = torch.exp(1j * rel[..., None] * inv_freq)                  # [n, n, half]
+    s = torch.einsum("hic,hjc,ijc->hij", zq, zk.conj(), phase).real
+    return s + torch.einsum("hid,hjd->hij", q[..., rd:], k[..., rd:])
+
+
+@contextmanager
+def reference_attention(model, rel, mask, query_scale=None):
+    """Within the block, ``model(ids, position_ids=zeros)`` computes dense
+    attention with relative positions ``rel [n, n]`` and ``mask [n, n]``."""
+    inv = _inv_freq(model)
+    rel_t = torch.as_tensor(np.where(mask, rel, 0), dtype=torch.float64)
+    mask_t = torch.as_tensor(mask)
+    qs = None if query_scale is None else torch.as_tensor(query_scale, dtype=torch.float64)
+
+    def attn(module, query, key, value, attention_mask, scaling=None, **kw):
+        q = query[0].to(torch.float64)
+        if qs is not None:
+            q = q * qs[:, None]
+        rep = query.shape[1] // key.shape[1]
+        k = key[0].repeat_interleave(rep, 0).to(torch.float64)
+        v = value[0].repeat_interleave(rep, 0).to(torch.float64)
+        s = dense_scores(q, k, rel_t, inv) * scaling
+        s = s.masked_fill(~mask_t, -math.inf)
+        out = torch.softmax(s, -1) @ v
+        return out.to(query.dtype)[None].transpose(1, 2).contiguous(), None
+
+    name = f"reference_{uuid.uuid4().hex[:8]}"
+    AttentionInterface.register(name, attn)
+    AttentionMaskInterface.register(name, lambda *a, **k: None)
+    old = model.config._attn_implementation
+    model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(old)
+        AttentionInterface._global_mapping.pop(name, None)
+        AttentionMaskInterface._global_mapping.pop(name, None)
+
+
+def reference_logits(model, ids, rel, mask, query_scale=None):
+    """Logits ``[n, vocab]`` of the dense reference for ``ids [1, n]``."""
+    with reference_attention(model, rel, mask, query_scale), torch.no_grad():
+        pos = torch.zeros_like(ids)
+        return model(ids, position_ids=pos).logits[0].to(torch.float64)

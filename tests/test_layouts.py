@@ -1,0 +1,154 @@
+"""Pure layouts: Figure 1, every method's rule, and bad parameters."""
+
+import numpy as np
+import pytest
+
+import mesa_viz as mv
+from mesa_viz.methods import stair_position
+
+FIG1 = dict(train_length=5, first_chunk=2, chunk_size=3, last_chunk=2, stair_width=2)
+
+
+def test_figure1_chunks_and_mask():
+    L = mv.layout("mesa", seq_len=13, **FIG1)
+    assert L.chunk_plan.chunks == ((0, 2), (2, 5), (5, 8), (8, 11), (11, 13))
+    expected = np.tril(np.ones((13, 13), bool))
+    for a, b in [(2, 5), (5, 8), (8, 11)]:          # middle chunks: first chunk + themselves
+        expected[a:b, 2:a] = False
+    assert (L.mask == expected).all()
+    assert (L.relative_positions[~L.mask] == -1).all()
+
+
+def test_figure1_middle_chunk_positions():
+    L = mv.layout("mesa", seq_len=13, **FIG1)
+    for a, b in [(2, 5), (5, 8), (8, 11)]:
+        for off, i in enumerate(range(a, b)):
+            # the first chunk sits at 0..1 and the chunk at 2.. : query at 2 + off
+            assert list(L.relative_positions[i, :2]) == [2 + off, 1 + off]
+            assert list(L.relative_positions[i, a:i + 1]) == list(range(off, -1, -1))
+
+
+def test_figure1_stair_row():
+    L = mv.layout("stair", seq_len=10, stair_start=4, stair_width=2)
+    assert list(L.relative_positions[9]) == [6, 6, 5, 5, 4, 4, 3, 2, 1, 0]
+
+
+@pytest.mark.parametrize("n", [1, 7, 64])
+def test_origin_is_linear(n):
+    L = mv.layout("origin", n)
+    i, j = np.indices((n, n))
+    assert (L.mask == (j <= i)).all()
+    assert (L.relative_positions[L.mask] == (i - j)[L.mask]).all()
+
+
+def test_mesa_below_train_length_is_origin():
+    a = mv.layout("mesa", 50, train_length=64)
+    b = mv.layout("origin", 50)
+    assert a.chunk_plan.chunks == ((0, 50),)
+    assert (a.relative_positions == b.relative_positions).all()
+
+
+@pytest.mark.parametrize("n,T,F,C,last", [(100, 32, 4, 8, 8), (257, 64, 16, 40, 5),
+                                           (1000, 128, 1, 127, 64), (70, 64, 8, 16, 16)])
+def test_mesa_plan_rule(n, T, F, C, last):
+    m = mv.get_method("mesa", first_chunk=F, chunk_size=C, last_chunk=last).resolve(n, T)
+    chunks = m.plan().chunks
+    assert chunks[0] == (0, F)
+    assert all(b - a == C for a, b in chunks[1:-1])
+    assert chunks[-1][1] == n and chunks[-1][1] - chunks[-1][0] >= last
+    assert chunks[-1][1] - chunks[-1][0] < last + C           # no room for another chunk
+    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+
+
+@pytest.mark.parametrize("stair", ["per-query", "anchored"])
+@pytest.mark.parametrize("n", [300, 1000, 4000])
+def test_mesa_default_stair_fits_train_length(n, stair):
+    L = mv.layout("mesa", n, train_length=256, stair=stair)
+    assert L.max_relative_position <= 255
+    # middle chunks never exceed first_chunk + chunk_size
+    p = L.params
+    mid = L.chunk_plan.middle
+    if mid:
+        a, b = mid[-1]
+        assert L.relative_positions[a:b][L.mask[a:b]].max() < p["first_chunk"] + p["chunk_size"]
+
+
+def test_mesa_per_query_stair_is_papers_rule():
+    L = mv.layout("mesa", 200, train_length=64, stair_start=10, stair_width=3)
+    s = L.chunk_plan.last_start
+    i, j = np.indices((200, 200))
+    rows = slice(s, 200)
+    expect = stair_position(i - j, 10, 3)
+    assert (L.relative_positions[rows][L.mask[rows]] == expect[rows][L.mask[rows]]).all()
+    assert L.mask[rows].sum() == np.tril(np.ones((200, 200), bool))[rows].sum()
+
+
+def test_mesa_anchored_stair():
+    L = mv.layout("mesa", 200, train_length=64, stair="anchored", stair_start=10, stair_width=3)
+    s = L.chunk_plan.last_start
+    for i in (s, s + 5, 199):
+        for j in (0, s // 2, s - 1):
+            assert L.relative_positions[i, j] == (i - s) + stair_position(s - j, 10, 3)
+        assert L.relative_positions[i, s] == i - s
+
+
+def test_rerope_and_leaky():
+    r = mv.layout("rerope", 20, window=5)
+    assert list(r.relative_positions[19, :]) == [5] * 15 + [4, 3, 2, 1, 0]
+    k = mv.layout("leaky-rerope", 20, window=5, leak=2)
+    assert k.relative_positions[19, 0] == pytest.approx(5 + 14 / 2)
+    assert k.relative_positions[19, 16] == 3
+
+
+def test_leaky_default_leak_fits():
+    k = mv.layout("leaky-rerope", 400, train_length=100)
+    assert k.max_relative_position <= 99 + 1e-9
+
+
+def test_streaming_llm_cache_slots():
+    L = mv.layout("streaming-llm", 30, train_length=10, sink_tokens=2)
+    W = 8
+    row = L.relative_positions[29]
+    assert L.mask[29].sum() == 2 + W
+    assert list(row[:2]) == [9, 8]                       # slots 0, 1 seen from slot 9
+    assert list(row[22:30]) == list(range(7, -1, -1))
+    assert L.max_relative_position <= 9
+
+
+def test_lm_infinite_lambda_mask():
+    L = mv.layout("lm-infinite", 40, train_length=10, sink_tokens=3)
+    assert L.mask[39, :3].all() and not L.mask[39, 3:30].any() and L.mask[39, 31:].all()
+    assert set(L.relative_positions[39, :3]) == {9}
+    assert L.max_relative_position <= 9
+
+
+def test_dynamic_ntk_reports_rule():
+    L = mv.layout("dynamic-ntk", 16, train_length=8)
+    assert "base" in L.rope_rule and (L.relative_positions[L.mask] >= 0).all()
+
+
+@pytest.mark.parametrize("call,needle", [
+    (lambda: mv.layout("nope", 10), "unknown method 'nope'"),
+    (lambda: mv.layout("mesa", 0), "seq_len=0"),
+    (lambda: mv.layout("mesa", 100, train_length=32, first_chunk=20, chunk_size=20), "chunk_size=20"),
+    (lambda: mv.layout("mesa", 100, train_length=32, first_chunk=0), "first_chunk=0"),
+    (lambda: mv.layout("mesa", 100, train_length=32, stair_width=0), "stair_width=0"),
+    (lambda: mv.layout("stair", 100, train_length=32, stair_start=40), "stair_start=40"),
+    (lambda: mv.layout("rerope", 100, train_length=32, window=32), "window=32"),
+    (lambda: mv.layout("leaky-rerope", 100, train_length=32, leak=0.5), "leak=0.5"),
+    (lambda: mv.layout("streaming-llm", 100, train_length=32, sink_tokens=4, window=30), "window=30"),
+    (lambda: mv.layout("mesa", 100, stair="sideways"), "stair='sideways'"),
+    (lambda: mv.layout("mesa", 100, chunk_width=3), "chunk_width"),
+])
+def test_bad_parameters_name_the_value(call, needle):
+    with pytest.raises(ValueError) as e:
+        call()
+    assert needle in str(e.value)
+    assert "allowed" in str(e.value) or "must" in str(e.value)
+
+
+def test_layout_rows_matches_dense():
+    L = mv.layout("mesa", 300, train_length=64)
+    rel, vis, _ = mv.layout_rows("mesa", 300, [0, 150, 299], train_length=64)
+    assert (rel == L.relative_positions[[0, 150, 299]]).all()
+    assert (vis == L.mask[[0, 150, 299]]).all()
