@@ -40,23 +40,22 @@ class Rope:
     scaling: float = 1.0
 
     def cos_sin(self, pos: torch.Tensor, dtype: torch.dtype):
-        """``(cos, sin) [len(pos), rot_dim]`` for (possibly fractional) positions."""
+        """``(cos, sin) [len(pos), rot_dim/2]`` for (possibly fractional) positions."""
         freqs = pos.to(torch.float32)[:, None] * self.inv_freq.to(pos.device, torch.float32)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return ((emb.cos() * self.scaling).to(dtype), (emb.sin() * self.scaling).to(dtype))
-
-
-def _rotate_half(x):
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return ((freqs.cos() * self.scaling).to(dtype), (freqs.sin() * self.scaling).to(dtype))
 
 
 def rotate(x: torch.Tensor, rope: Rope, pos: torch.Tensor) -> torch.Tensor:
-    """``x [..., len(pos), head_dim]`` rotated to positions ``pos``."""
+    """``x [..., len(pos), head_dim]`` rotated to positions ``pos``: channel
+    ``c`` pairs with ``c + rot_dim/2`` (half-split RoPE); channels past
+    ``rot_dim`` pass through (partial rotary)."""
     cos, sin = rope.cos_sin(pos, x.dtype)
-    rd = cos.shape[-1]
-    x_rot = x[..., :rd] * cos + _rotate_half(x[..., :rd]) * sin
-    return torch.cat((x_rot, x[..., rd:]), dim=-1) if rd < x.shape[-1] else x_rot
+    half = cos.shape[-1]
+    x1, x2 = x[..., :half], x[..., half:2 * half]
+    parts = [x1 * cos - x2 * sin, x2 * cos + x1 * sin]
+    if 2 * half < x.shape[-1]:
+        parts.append(x[..., 2 * half:])
+    return torch.cat(parts, dim=-1)
 
 
 def _arange(a, b, device):
@@ -85,18 +84,28 @@ def _attn_lse(q, k, v, mask, scale, backend, causal=False):
 
     ``mask [Lq, Lk]`` bool or None; ``causal`` aligns query ``x`` with key ``x``.
     """
-    rep = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    b, h, L, _ = q.shape
+    rep = h // k.shape[1]
     if causal:
-        mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
-    bias = None if mask is None else torch.zeros(
-        mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
+        mask = torch.ones(L, k.shape[2], dtype=torch.bool, device=q.device).tril()
     if backend == "sdpa" and q.device.type == "cpu":
+        if causal:
+            k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                q, k, v, 0.0, True, scale=scale)
+            return out, lse
+        # GQA without copying keys: the query heads of one KV head become rows
+        qf = q.reshape(b, k.shape[1], rep * L, q.shape[-1])
+        bias = None if mask is None else torch.zeros(
+            mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, 0.0, causal, attn_mask=None if causal else bias, scale=scale)
+            qf, k, v, 0.0, False, attn_mask=None if bias is None else bias.repeat(rep, 1),
+            scale=scale)
+        out, lse = out.reshape(b, h, L, -1), lse.reshape(b, h, L)
         return out, lse if mask is None else lse.masked_fill(~mask.any(-1), float("-inf"))
+    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
     w = torch.matmul(q, k.transpose(-1, -2)).float() * scale
-    w = w if bias is None else w + bias
+    w = w if mask is None else w.masked_fill(~mask, float("-inf"))
     lse = torch.logsumexp(w, dim=-1)
     return torch.matmul(torch.exp(w - lse[..., None]).to(v.dtype), v), lse
 
@@ -134,8 +143,12 @@ def q_is_cpu_or_eager(q, backend):
     return backend == "eager" or q.device.type == "cpu"
 
 
-def _block_size(n_heads, n_keys, batch=1):
-    return max(1, min(4096, SCORE_BUDGET // max(1, 4 * n_heads * n_keys * batch)))
+def _block_size(q, n_keys, backend):
+    """Query rows per call so the scores (eager) or the additive mask (CPU
+    flash, GQA-folded) stay within ``SCORE_BUDGET`` bytes."""
+    b, h = q.shape[0], q.shape[1]
+    per_row = 4 * n_keys * b * (h if backend == "eager" or q.device.type != "cpu" else 1)
+    return max(1, min(8192, SCORE_BUDGET // max(1, per_row)))
 
 
 # -- origin ---------------------------------------------------------------------
@@ -150,7 +163,7 @@ def _origin(q, k, v, i0, rope, scale, backend):
         return F.scaled_dot_product_attention(qr, kr, v, is_causal=True, scale=scale,
                                               enable_gqa=q.shape[1] != k.shape[1])
     out = []
-    B = _block_size(q.shape[1], Lk, q.shape[0])
+    B = _block_size(q, Lk, backend)
     for a in range(0, Lq, B):
         b = min(Lq, a + B)
         kmax = i0 + b
@@ -167,10 +180,12 @@ def _near_far(q, k, v, i0, rope, scale, backend, *, near, far_keys, far_q_pos,
     ``far_keys(i_lo, i_hi) -> (j0, j1)`` rotated to ``far_k_pos(j)``, queries to
     ``far_q_pos(i)``, visible where ``far_visible(i, j)``."""
     Lq, Lk, dev = q.shape[2], k.shape[2], q.device
-    k_near = rotate(k, rope, _arange(0, Lk, dev))
     j_all = _arange(0, Lk, dev)
+    k_near = rotate(k, rope, j_all)
+    f_max = far_keys(i0, i0 + Lq - 1)[1]                   # far keys start at 0: rotate once
+    k_far = rotate(k[:, :, :f_max], rope, far_k_pos(j_all[:f_max]))
     out = []
-    B = _block_size(q.shape[1], 2 * Lk, q.shape[0])
+    B = _block_size(q, 2 * Lk, backend)
     for a in range(0, Lq, B):
         b = min(Lq, a + B)
         i = _arange(i0 + a, i0 + b, dev)
@@ -184,7 +199,7 @@ def _near_far(q, k, v, i0, rope, scale, backend, *, near, far_keys, far_q_pos,
             continue
         jf = j_all[f0:f1]
         qb = rotate(q[:, :, a:b], rope, far_q_pos(i))
-        kb = rotate(k[:, :, f0:f1], rope, far_k_pos(jf))
+        kb = k_far[:, :, f0:f1]
         mb = far_visible(i[:, None], jf[None, :]).expand(len(i), len(jf))
         out.append(_pair(qa, k_near[:, :, n0:n1], v[:, :, n0:n1], ma,
                          qb, kb, v[:, :, f0:f1], mb, scale, backend))
@@ -244,7 +259,7 @@ def _mesa_middle(q, k, v, rope, scale, backend, m: Mesa):
     kf, vf = rotate(k[:, :, :F_], rope, _arange(0, F_, dev)), v[:, :, :F_]
     qc, kc, vc = rotate(chunks(q), rope, pos), rotate(chunks(k), rope, pos), chunks(v)
     fused = q_is_cpu_or_eager(q, backend)
-    g = bs * nc if backend == "sdpa" else _block_size(h, F_ + C, C)   # chunks per call
+    g = bs * nc if backend == "sdpa" else max(1, _block_size(q, F_ + C, backend) // C)
     mask = torch.cat((torch.ones(C, F_, dtype=torch.bool, device=dev),
                       torch.ones(C, C, dtype=torch.bool, device=dev).tril()), dim=1)
     out = []
@@ -276,9 +291,10 @@ def _stair_rows(q, k, v, i0, rope, scale, backend, m: Mesa):
             far_k_pos=lambda j: -_stair(s - j, N, E),
             far_visible=lambda i, j: j < s)
     out = torch.empty(q.shape[:3] + (v.shape[-1],), dtype=q.dtype, device=q.device)
+    k_near = rotate(k, rope, _arange(0, k.shape[2], q.device))
     for x in range(min(E, q.shape[2])):                   # one residue class each
         idx = torch.arange(x, q.shape[2], E, device=q.device)
-        out[:, :, idx] = _stair_class(q[:, :, idx], k, v, i_all[idx], (i0 + x - s) % E,
+        out[:, :, idx] = _stair_class(q[:, :, idx], k, k_near, v, i_all[idx], (i0 + x - s) % E,
                                       rope, scale, backend, s, N, E)
     return out
 
@@ -287,28 +303,28 @@ def _stair(t, N, E):
     return torch.where(t < N, t, N + torch.div(t - N, E, rounding_mode="floor"))
 
 
-def _stair_class(q, k, v, i, r, rope, scale, backend, s, N, E):
+def _stair_class(q, k, k_near, v, i, r, rope, scale, backend, s, N, E):
     """Queries ``i = s + r + E*m`` (one residue class): far keys at ``-g_r(j)``,
     queries at ``m``, so ``m + g_r(j) = P(i - j)`` exactly."""
-    dev, Lk = q.device, k.shape[2]
-    k_near = rotate(k, rope, _arange(0, Lk, dev))
+    dev = q.device
+    f_all = max(0, int(i[-1]) - N + 1)                    # far keys of the last query
+    jf_all = _arange(0, f_all, dev)
+    k_far = rotate(k[:, :, :f_all], rope, -(N + torch.div(s + r - jf_all - N, E,
+                                                             rounding_mode="floor")))
+    q_far = rotate(q, rope, torch.div(i - s - r, E, rounding_mode="floor"))
+    q_near = rotate(q, rope, i)
     out = []
-    B = _block_size(q.shape[1], 2 * Lk, q.shape[0])
+    B = _block_size(q, k.shape[2] + N, backend)
     for a in range(0, q.shape[2], B):
         ib = i[a:a + B]
         lo, hi = int(ib[0]), int(ib[-1])
-        qa = rotate(q[:, :, a:a + B], rope, ib)
-        n0 = max(0, lo - N + 1)
-        jn = _arange(n0, hi + 1, dev)
+        n0, f1 = max(0, lo - N + 1), max(0, hi - N + 1)
+        jn, jf = _arange(n0, hi + 1, dev), jf_all[:f1]
         ma = (jn[None, :] <= ib[:, None]) & (ib[:, None] - jn[None, :] < N)
-        f1 = max(0, hi - N + 1)
-        jf = _arange(0, f1, dev)
-        g = N + torch.div(s + r - jf - N, E, rounding_mode="floor")
-        qb = rotate(q[:, :, a:a + B], rope, torch.div(ib - s - r, E, rounding_mode="floor"))
-        kb = rotate(k[:, :, :f1], rope, -g)
         mb = ib[:, None] - jf[None, :] >= N
-        out.append(_pair(qa, k_near[:, :, n0:hi + 1], v[:, :, n0:hi + 1], ma,
-                         qb, kb, v[:, :, :f1], mb, scale, backend))
+        out.append(_pair(q_near[:, :, a:a + B], k_near[:, :, n0:hi + 1], v[:, :, n0:hi + 1], ma,
+                         q_far[:, :, a:a + B], k_far[:, :, :f1], v[:, :, :f1], mb,
+                         scale, backend))
     return torch.cat(out, dim=2)
 
 

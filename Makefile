@@ -1,0 +1,47 @@
+# Two entry points on a fresh machine:
+#   make demo   set up, then a passkey comparison (origin vs mesa past 8192 tokens) on
+#               SmolLM2-135M-Instruct, offline, with its HTML figure in runs/demo/
+#   make test   set up (Python packages, headless Chromium), then the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup browser test test-fast demo bench thresholds report clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test,notebooks]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+browser:
+	bash scripts/install_browser.sh
+
+test: setup browser
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not browser"
+
+demo: setup
+	$(VENV)/bin/mesa-viz passkey --methods origin,mesa --lengths 12288,16384 \
+	    --depths 0.1,0.5,0.9 --samples 1 --out runs/demo
+
+thresholds: setup
+	$(VENV)/bin/mesa-viz thresholds --length 16384 --methods origin,mesa,rerope \
+	    --out runs/thresholds.jsonl
+
+bench: setup
+	$(VENV)/bin/mesa-viz bench --methods origin,mesa,rerope,leaky-rerope,dynamic-ntk,streaming-llm,lm-infinite \
+	    --lengths 2048,4096,8192,16384,32768 --out runs/bench.jsonl
+
+report: setup
+	$(VENV)/bin/mesa-viz report --out runs/report.html
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,499 @@
+"""Interactive explorers for Jupyter: controls plus plotly ``FigureWidget``s.
+
+The only module that imports ipywidgets.  Each function returns an
+:class:`Explorer` holding the widget box (displayed by Jupyter when the
+Explorer is the cell's value), ``controls`` (name -> widget), ``figures``
+(name -> ``go.FigureWidget``) and ``outputs`` (name -> label widget), so code
+and tests can drive it::
+
+    ex = layout_explorer()
+    ex.controls["method"].value = "mesa"
+    ex.figures["layout"].data[0].z        # redrawn
+
+Figures come from :mod:`mesa_viz.plots`; models are only touched through
+``mesa_viz.trace`` (attention_explorer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import logging
+from dataclasses import dataclass, field
+
+import ipywidgets as W
+import numpy as np
+import plotly.graph_objects as go
+
+from . import plots
+from .layouts import layout
+from .methods import METHODS
+
+__all__ = ["Explorer", "layout_explorer", "attention_explorer", "threshold_explorer",
+           "sweep_viewer", "crossings", "needle_share"]
+
+log = logging.getLogger(__name__)
+
+#: Layout parameters the layout explorer offers: name -> (min, max, step).
+LAYOUT_PARAMS = (
+    ("first_chunk", 1, 128, 1), ("chunk_size", 1, 128, 1), ("last_chunk", 1, 128, 1),
+    ("stair_start", 0, 128, 1), ("stair_width", 1, 64, 1), ("window", 1, 256, 1),
+    ("leak", 1.0, 16.0, 0.25), ("sink_tokens", 0, 64, 1),
+)
+
+
+@dataclass
+class Explorer:
+    """A widget box with named ``controls``, ``figures`` and ``outputs``.
+
+    ``redraw()`` recomputes the figures from the controls' current values
+    (controls call it themselves when changed).
+    """
+
+    box: W.Box
+    controls: dict
+    figures: dict
+    outputs: dict = field(default_factory=dict)
+    redraw: object = None
+    cache: dict = field(default_factory=dict)
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.box._repr_mimebundle_(**kwargs)
+
+    @property
+    def message(self) -> str:
+        """Text of the status/error label (HTML tags stripped)."""
+        label = self.outputs.get("message")
+        return "" if label is None else _strip_tags(label.value)
+
+
+def _strip_tags(text: str) -> str:
+    import re
+    return html.unescape(re.sub(r"<[^>]+>", "", text))
+
+
+_ARRAY_ATTRS = ("x", "y", "z", "customdata", "text")
+
+
+def _json_safe(fig: go.Figure) -> go.Figure:
+    """NaN -> None in trace arrays: widget messages are strict JSON (NaN is
+    not), and plotly draws None as a gap just as it draws NaN."""
+    for tr in fig.data:
+        for name in _ARRAY_ATTRS:
+            value = getattr(tr, name, None) if name in tr else None
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f" and \
+                    np.isnan(value).any():
+                tr[name] = np.where(np.isnan(value), None, value).tolist()
+    return fig
+
+
+def _set_figure(fw: go.FigureWidget, fig: go.Figure) -> None:
+    """Replace the traces and layout of ``fw`` with those of ``fig``."""
+    fig = _json_safe(fig)
+    with fw.batch_update():
+        fw.data = ()
+        fw.layout = fig.layout
+        fw.add_traces(fig.data)
+
+
+def _blank(text: str) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=html.escape(text), showarrow=False, x=0.5, y=0.5,
+                       xref="paper", yref="paper")
+    fig.update_layout(height=200, xaxis_visible=False, yaxis_visible=False)
+    return fig
+
+
+def _error_html(err: Exception) -> str:
+    return f"<span style='color:#b00020'><b>invalid:</b> {html.escape(str(err))}</span>"
+
+
+def _info_html(text: str) -> str:
+    return f"<span style='color:#333'>{html.escape(text)}</span>"
+
+
+def _observe(controls: dict, callback) -> None:
+    for w in controls.values():
+        w.observe(lambda change: callback(), names="value")
+
+
+# -- layout explorer -------------------------------------------------------------
+
+def _method_fields(method: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(METHODS[method])}
+
+
+def _param_controls() -> dict:
+    controls = {}
+    for name, lo, hi, step in LAYOUT_PARAMS:
+        cls = W.FloatSlider if isinstance(step, float) else W.IntSlider
+        controls[name] = cls(value=lo, min=lo, max=hi, step=step, description=name,
+                             continuous_update=False, style={"description_width": "90px"})
+        controls[name + "_auto"] = W.Checkbox(value=True, description="auto", indent=False,
+                                              layout=W.Layout(width="70px"))
+    return controls
+
+
+def _layout_params(controls: dict, method: str) -> dict:
+    """Parameters for ``layout(method, ...)`` from the controls not on auto."""
+    fields = _method_fields(method)
+    params = {"train_length": controls["train_length"].value}
+    for name, *_ in LAYOUT_PARAMS:
+        if name in fields and not controls[name + "_auto"].value:
+            params[name] = controls[name].value
+    return params
+
+
+def _sync_auto(controls: dict, resolved: dict) -> None:
+    """Show the resolved default of every parameter left on auto."""
+    for name, *_ in LAYOUT_PARAMS:
+        value = resolved.get(name)
+        if controls[name + "_auto"].value and value is not None:
+            slider = controls[name]
+            slider.max = max(slider.max, value)
+            slider.value = value
+
+
+def layout_explorer(method: str = "mesa", compare: str = "origin", seq_len: int = 40,
+                    train_length: int = 16) -> Explorer:
+    """Explore every method's position layout, no model needed.
+
+    Controls: ``method`` and ``compare`` (all of ``METHODS``), ``seq_len``,
+    ``train_length`` and each parameter in ``LAYOUT_PARAMS`` with an ``auto``
+    checkbox (``<name>_auto``): on auto the slider is disabled and shows the
+    default derived from ``train_length``; uncheck it to set the value.  Figures:
+    ``layout`` (heatmap), ``difference`` (method - compare), ``chunk_plan``.
+    Invalid combinations show the ValueError in ``outputs["message"]``.
+    """
+    names = list(METHODS)
+    for arg, value in (("method", method), ("compare", compare)):
+        if value not in names:
+            raise ValueError(f"{arg}={value!r}: allowed {names}")
+    controls = {
+        "method": W.Dropdown(options=names, value=method, description="method"),
+        "compare": W.Dropdown(options=names, value=compare, description="minus"),
+        "seq_len": W.IntSlider(value=seq_len, min=2, max=256, description="seq_len",
+                               continuous_update=False),
+        "train_length": W.IntSlider(value=train_length, min=2, max=256,
+                                    description="train_length", continuous_update=False),
+        **_param_controls(),
+    }
+    figures = {k: go.FigureWidget() for k in ("layout", "difference", "chunk_plan")}
+    outputs = {"message": W.HTML()}
+    busy = {"on": False}
+
+    def redraw():
+        if busy["on"]:
+            return
+        busy["on"] = True
+        try:
+            _draw_layouts(controls, figures, outputs)
+        finally:
+            busy["on"] = False
+
+    _wire_layout_controls(controls, redraw, busy)
+    box = W.VBox([_layout_control_box(controls), outputs["message"],
+                  W.Box([figures["layout"], figures["difference"]],
+                        layout=W.Layout(display="flex", flex_flow="row wrap")),
+                  figures["chunk_plan"]])
+    ex = Explorer(box=box, controls=controls, figures=figures, outputs=outputs, redraw=redraw)
+    redraw()
+    return ex
+
+
+def _wire_layout_controls(controls: dict, redraw, busy: dict) -> None:
+    def param_moved(name):
+        def handler(change):
+            # a slider on auto is disabled and shows the resolved default; changes
+            # to it (e.g. echoes from the browser) are ignored and resynced
+            if not busy["on"]:
+                redraw()
+        return handler
+
+    for name, w in controls.items():
+        if name in dict((p[0], p) for p in LAYOUT_PARAMS):
+            w.observe(param_moved(name), names="value")
+        else:
+            w.observe(lambda change: redraw(), names="value")
+
+
+def _layout_control_box(controls: dict) -> W.Box:
+    top = W.HBox([controls[k] for k in ("method", "compare", "seq_len", "train_length")])
+    params = [W.HBox([controls[name], controls[name + "_auto"]]) for name, *_ in LAYOUT_PARAMS]
+    half = (len(params) + 1) // 2
+    return W.VBox([top, W.HBox([W.VBox(params[:half]), W.VBox(params[half:])])])
+
+
+def _draw_layouts(controls: dict, figures: dict, outputs: dict) -> None:
+    method, compare = controls["method"].value, controls["compare"].value
+    n = controls["seq_len"].value
+    fields = _method_fields(method)
+    for name, *_ in LAYOUT_PARAMS:
+        controls[name].disabled = name not in fields or controls[name + "_auto"].value
+    try:
+        lay = layout(method, n, **_layout_params(controls, method))
+        other = layout(compare, n, **_layout_params(controls, compare))
+    except ValueError as err:
+        outputs["message"].value = _error_html(err)
+        return
+    _sync_auto(controls, lay.params)
+    T = lay.params["train_length"]
+    top = lay.max_relative_position
+    outputs["message"].value = _info_html(
+        f"{method}: largest relative position {top:g} "
+        f"({'beyond' if top >= T else 'within'} train_length={T}); params {lay.params}")
+    _set_figure(figures["layout"], plots.layout_heatmap(lay).update_layout(width=560))
+    _set_figure(figures["difference"], plots.layout_difference(lay, other).update_layout(
+        width=560, title=f"{method} - {compare}: orange = only {method} sees the key, "
+                         f"purple = only {compare}", title_font_size=12))
+    _set_figure(figures["chunk_plan"], plots.chunk_plan_figure(lay) if lay.chunk_plan
+                else _blank(f"{method} has no chunk plan (Mesa only)"))
+
+
+# -- attention explorer ----------------------------------------------------------
+
+def _ids_1d(input_ids) -> np.ndarray:
+    ids = np.asarray(input_ids.detach().cpu() if hasattr(input_ids, "detach") else input_ids)
+    if ids.ndim == 2 and ids.shape[0] == 1:
+        ids = ids[0]
+    if ids.ndim != 1:
+        raise ValueError(f"input_ids has shape {ids.shape}: allowed [pos] or [1, pos]")
+    return ids
+
+
+def needle_share(attn_row, needle) -> float:
+    """Sum of attention probabilities ``attn_row [k_pos]`` on ``needle=(start, stop)``."""
+    k0, k1 = needle
+    return float(np.asarray(attn_row)[k0:k1].sum())
+
+
+def attention_explorer(model, tokenizer, input_ids, methods=("origin", "mesa"), needle=None,
+                       layers=None, heads=None, query_rows=None, method_params=None,
+                       **trace_kwargs) -> Explorer:
+    """Attention rows of ``model`` on ``input_ids`` under each method.
+
+    Runs ``mesa_viz.trace`` once per method (cached in ``explorer.cache``).
+    ``needle=(start, stop)`` marks the passkey tokens and reports their share
+    of attention.  ``query_rows`` default to the last position.
+    ``method_params``: method -> extra parameters; ``trace_kwargs`` (e.g.
+    ``train_length``) go to every trace (hidden states are not captured
+    unless ``hidden_layers`` is given).  Controls: ``method``, ``layer``,
+    ``head``, ``row`` (a query position or ``"all"``), ``reduce``, ``log``,
+    ``zoom`` (key range).  Figures: ``attention``, ``distance``.
+    """
+    ids = _ids_1d(input_ids)
+    n = len(ids)
+    trace_kwargs.setdefault("hidden_layers", [])        # attention only: no hidden states
+    methods = list(methods)
+    if not methods:
+        raise ValueError("methods is empty: allowed a list of method names")
+    rows = [n - 1] if query_rows is None else [int(r) for r in query_rows]
+    if needle is not None and not (0 <= needle[0] < needle[1] <= n):
+        raise ValueError(f"needle={needle!r}: allowed (start, stop) with 0 <= start < stop <= {n}")
+    cache: dict = {}
+
+    def get_trace(method):
+        if method not in cache:
+            from . import trace
+            params = dict(trace_kwargs, **(method_params or {}).get(method, {}))
+            log.info("tracing %s on %d tokens", method, n)
+            cache[method] = trace(model, ids, method=method, layers=layers, heads=heads,
+                                  query_rows=rows, tokenizer=tokenizer, **params)
+        return cache[method]
+
+    first = get_trace(methods[0])
+    controls = _attention_controls(methods, first, n)
+    figures = {"attention": go.FigureWidget(), "distance": go.FigureWidget()}
+    outputs = {"message": W.HTML(), "needle": W.HTML()}
+
+    def redraw():
+        _draw_attention(get_trace(controls["method"].value), controls, figures, outputs, needle)
+
+    _observe(controls, redraw)
+    box = W.VBox([W.HBox([controls[k] for k in ("method", "layer", "head", "row")]),
+                  W.HBox([controls[k] for k in ("reduce", "log", "zoom")]),
+                  outputs["needle"], outputs["message"], figures["attention"],
+                  figures["distance"]])
+    ex = Explorer(box=box, controls=controls, figures=figures, outputs=outputs,
+                  redraw=redraw, cache=cache)
+    redraw()
+    return ex
+
+
+def _attention_controls(methods, tr, n: int) -> dict:
+    return {
+        "method": W.Dropdown(options=methods, value=methods[0], description="method"),
+        "layer": W.Dropdown(options=list(tr.layers), value=tr.layers[0], description="layer"),
+        "head": W.Dropdown(options=list(tr.heads), value=tr.heads[0], description="head"),
+        "row": W.Dropdown(options=[*tr.query_rows, "all"], value=tr.query_rows[-1],
+                          description="query row"),
+        "reduce": W.ToggleButtons(options=["max", "mean"], value="max",
+                                  description="downsample"),
+        "log": W.Checkbox(value=True, description="log colour"),
+        "zoom": W.IntRangeSlider(value=(0, n), min=0, max=n, description="keys",
+                                 continuous_update=False, layout=W.Layout(width="60%")),
+    }
+
+
+def _draw_attention(tr, controls: dict, figures: dict, outputs: dict, needle) -> None:
+    c = {k: w.value for k, w in controls.items()}
+    try:
+        li, hi = tr.layers.index(c["layer"]), tr.heads.index(c["head"])
+    except ValueError as err:
+        outputs["message"].value = _error_html(err)
+        return
+    rows = list(tr.query_rows) if c["row"] == "all" else [c["row"]]
+    attn = tr.attention[li, hi][[tr.query_rows.index(r) for r in rows]]   # [q_row, k_pos]
+    k0, k1 = c["zoom"]
+    window = None if (k0, k1) == (0, tr.seq_len) or k1 <= k0 else (k0, k1)
+    marks = {"needle": tuple(needle)} if needle is not None else None
+    title = f"{tr.method}: layer {c['layer']}, head {c['head']} (T={tr.train_length})"
+    _set_figure(figures["attention"], plots.attention_heatmap(
+        attn, rows, reduce=c["reduce"], log_color=c["log"], window=window, marks=marks,
+        train_length=tr.train_length, title=title))
+    _set_figure(figures["distance"], plots.attention_by_distance(
+        attn, rows, train_length=tr.train_length, title=f"{title}: mass by distance"))
+    outputs["message"].value = _info_html(f"{tr.seq_len} tokens, method params {tr.params}")
+    if needle is not None:
+        shares = ", ".join(f"q={r}: {needle_share(a, needle):.2%}" for r, a in zip(rows, attn))
+        outputs["needle"].value = (f"<b>needle share</b> (tokens [{needle[0]}, {needle[1]})): "
+                                   f"{html.escape(shares)}")
+
+
+# -- threshold explorer ----------------------------------------------------------
+
+def crossings(values, train_length: int, threshold: float, sign: float = 1.0):
+    """``(count, fraction, first)`` of positions ``>= train_length`` where
+    ``values [pos]`` are past ``threshold`` in the direction ``sign`` (+1:
+    above, -1: below); ``first`` is the first such position or None."""
+    past = np.asarray(values, dtype=float)[train_length:]
+    hit = past > threshold if sign >= 0 else past < threshold
+    if not hit.size:
+        return 0, 0.0, None
+    first = int(np.argmax(hit)) + train_length if hit.any() else None
+    return int(hit.sum()), float(hit.mean()), first
+
+
+def _as_pair(p) -> dict:
+    """A threshold pair (``ThresholdPair`` or dict) as a dict."""
+    if dataclasses.is_dataclass(p):
+        return dataclasses.asdict(p)
+    if isinstance(p, dict) and {"layer", "dim"} <= set(p):
+        return p
+    raise ValueError(f"threshold pair {p!r}: allowed a ThresholdPair or a dict with layer, dim")
+
+
+def _pair_label(p: dict) -> str:
+    extra = f", r={p['correlation']:+.3f}" if p.get("correlation") is not None else ""
+    return f"layer {p['layer']}, dim {p['dim']}{extra}"
+
+
+def threshold_explorer(pairs, traces=None, train_length: int | None = None,
+                       window: int = 256) -> Explorer:
+    """Hidden-state values of threshold dimensions against position, per method.
+
+    ``pairs``: threshold-finder results (``ThresholdPair`` or dicts with
+    ``layer, dim, threshold`` and optionally ``correlation``), or the
+    ``(pairs, traces)`` tuple of ``thresholds.run_thresholds``.  ``traces``:
+    method -> Trace holding those hidden layers and dims.  Controls: ``pair``
+    (index into pairs), ``smooth`` (trailing window, default ``window`` as the
+    finder used).  Figure: ``hidden``; ``outputs["crossings"]`` counts, per
+    method, the positions past ``train_length`` whose smoothed value is past
+    the threshold (in the direction the value grows).
+    """
+    if traces is None and isinstance(pairs, tuple) and len(pairs) == 2:
+        pairs, traces = pairs
+    pairs = [_as_pair(p) for p in pairs]
+    if not pairs:
+        raise ValueError("pairs is empty: allowed threshold pairs with layer, dim, threshold")
+    if not traces:
+        raise ValueError("traces is empty: allowed a dict method -> Trace")
+    T = train_length or next(iter(traces.values())).train_length
+    controls = {
+        "pair": W.Dropdown(options=[(_pair_label(p), k) for k, p in enumerate(pairs)], value=0,
+                           description="(layer, dim)", layout=W.Layout(width="420px"),
+                           style={"description_width": "90px"}),
+        "smooth": W.IntSlider(value=window, min=1, max=max(1024, window), description="smooth",
+                              continuous_update=False),
+    }
+    figures = {"hidden": go.FigureWidget()}
+    outputs = {"crossings": W.HTML(), "message": W.HTML()}
+
+    def redraw():
+        _draw_thresholds(pairs[controls["pair"].value], traces, T, controls, figures, outputs)
+
+    _observe(controls, redraw)
+    box = W.VBox([W.HBox(list(controls.values())), outputs["crossings"], outputs["message"],
+                  figures["hidden"]])
+    ex = Explorer(box=box, controls=controls, figures=figures, outputs=outputs, redraw=redraw)
+    redraw()
+    return ex
+
+
+def _draw_thresholds(pair, traces, T, controls, figures, outputs) -> None:
+    layer, dim, thr = pair["layer"], pair["dim"], pair.get("threshold")
+    try:
+        values = {m: tr.hidden_values(layer, dim) for m, tr in traces.items()}
+    except ValueError as err:
+        outputs["message"].value = _error_html(ValueError(
+            f"(layer {layer}, dim {dim}) not captured in the traces: {err}"))
+        return
+    w = controls["smooth"].value
+    outputs["message"].value = ""
+    _set_figure(figures["hidden"], plots.hidden_state_figure(
+        values, T, threshold=thr, smooth=w,
+        title=f"hidden state, layer {layer}, dim {dim} (trailing mean over {w} tokens)"))
+    if thr is None:
+        outputs["crossings"].value = "no threshold for this pair"
+        return
+    sign = 1.0 if (pair.get("correlation") or 1.0) >= 0 else -1.0
+    parts = []
+    for m, v in values.items():
+        count, frac, first = crossings(plots.smooth_values(v, w), T, thr, sign)
+        parts.append(f"{m}: {count} positions ({frac:.0%})"
+                     + (f", first at {first}" if first is not None else ""))
+    outputs["crossings"].value = (
+        f"<b>past T={T} and {'above' if sign > 0 else 'below'} the threshold {thr:.4g}</b>: "
+        + html.escape("; ".join(parts)))
+
+
+# -- sweep viewer ------------------------------------------------------------------
+
+def sweep_viewer(rows, kind: str = "passkey", train_length: int | None = None) -> Explorer:
+    """Redraw saved passkey or bench results (rows or a results file).
+
+    Controls: ``methods`` (which to show) and, for passkey, ``view``
+    (``"heatmap"`` or ``"lines"``).  Figure: ``main``.
+    """
+    if kind not in ("passkey", "bench"):
+        raise ValueError(f"kind={kind!r}: allowed 'passkey' or 'bench'")
+    rows = plots.load_rows(rows)
+    if not rows:
+        raise ValueError("rows are empty: allowed a non-empty list of result rows or file")
+    methods = list(dict.fromkeys(r.get("method") for r in rows))
+    controls = {"methods": W.SelectMultiple(options=methods, value=tuple(methods),
+                                            description="methods", rows=min(8, len(methods)))}
+    if kind == "passkey":
+        controls["view"] = W.ToggleButtons(options=["heatmap", "lines"], value="heatmap",
+                                           description="view")
+    figures = {"main": go.FigureWidget()}
+    outputs = {"message": W.HTML()}
+
+    def redraw():
+        chosen = [r for r in rows if r.get("method") in controls["methods"].value]
+        if not chosen:
+            _set_figure(figures["main"], _blank("no method selected"))
+            return
+        if kind == "bench":
+            fig = plots.bench_figure(chosen)
+        elif controls["view"].value == "heatmap":
+            fig = plots.passkey_heatmap(chosen)
+        else:
+            fig = plots.passkey_accuracy_lines(chosen, train_length=train_length)
+        _set_figure(figures["main"], fig)
+
+    _observe(controls, redraw)
+    box = W.VBox([W.HBox(list(controls.values())), outputs["message"], figures["main"]])
+    ex = Explorer(box=box, controls=controls, figures=figures, outputs=outputs, redraw=redraw)
+    redraw()
+    return ex

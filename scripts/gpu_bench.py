@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""GPU benchmark: Origin vs Mesa prefill/decode time and peak memory from 8k to 192k+
+tokens on a random-weight ~1.1B Llama (bf16, SDPA), one command, well under 8 minutes.
+
+What it does
+  * builds ``LlamaConfig(hidden 2048, MLP 5632, 22 layers, 32 heads / 4 KV heads,
+    vocab 32000, max_position_embeddings 8192)`` (TinyLlama-1.1B's shape; T = 8192)
+    with random weights straight on the GPU (no hub, no download);
+  * runs ``mesa_viz.bench.run_bench`` for origin and mesa at 8k, 16k, 32k, 64k, 128k,
+    192k, 256k: median prefill of ``--repeats`` after ``--warmup``, peak CUDA memory
+    net of the weights (``max_memory_allocated``), decode ms/token, useful GFLOP/s,
+    and which SDPA backend each attention call got (``sdpa_backends`` per row);
+  * SDPA backends: flash attention first (``torch.nn.attention.sdpa_kernel`` with
+    priority FLASH > EFFICIENT > CUDNN > MATH).  Origin's causal calls run flash;
+    Mesa's blocked calls carry boolean masks, which flash cannot take, so they fall
+    back (the rows say to which).  ``--flash-only`` allows flash alone (masked calls
+    then fail, which is recorded);
+  * writes JSON lines to ``$OUT/gpu_bench.jsonl`` as it goes (one machine line with
+    the bf16 matmul TFLOP/s, one line per point) and ``$OUT/gpu_bench_summary.txt``;
+  * time guard: ``--budget`` seconds in all (default 400, model build included) and
+    ``--point-limit`` seconds per prefill; a point whose time, extrapolated from the
+    method's shorter lengths, would pass either is skipped with the method's longer
+    lengths (``skipped`` rows).  Predicted-OOM points are written, not run.
+
+How to run it with the device tool (this session could not: no GPU was lent)
+  Here, once:   bash scripts/fetch_gpu_wheels.sh      # transformers 5.24 + regex into .whl/
+  Then:         run(command="bash scripts/gpu_bench.sh", carry=[".whl"], timeout_s=540)
+  or by hand:   run(command="python3 -m pip install -q --no-index --no-deps --no-compile
+                  --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export
+                  PYTHONPATH=/tmp/site; PYTHONUNBUFFERED=1 python3 scripts/gpu_bench.py
+                  --out $OUT", carry=[".whl"], timeout_s=540)
+  The device image has torch with CUDA but transformers 5.17 (mesa_viz needs >=5.20,<5.25):
+  without the carried wheels this script stops at once with a message saying so.
+  The results come back as $OUT/gpu_bench.jsonl; draw them with
+  ``mesa_viz.plots.bench_figure([r for r in read_jsonl(path) if r["kind"] == "point"])``.
+
+Here on CPU (plumbing test, seconds):  python scripts/gpu_bench.py --tiny --out /tmp/gb
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+START = time.monotonic()
+
+GPU_CONFIG = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632,
+                  num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+                  max_position_embeddings=8192, rope_theta=10000.0, rms_norm_eps=1e-5,
+                  tie_word_embeddings=False)
+TINY_CONFIG = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                   rope_theta=10000.0)
+GPU_LENGTHS = "8192,16384,32768,65536,131072,196608,262144"
+TINY_LENGTHS = "128,256,512,1024"
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=os.environ.get("OUT") or "out",
+                   help="output folder (default $OUT, else ./out)")
+    p.add_argument("--tiny", "--dry-run", dest="tiny", action="store_true",
+                   help="tiny config, short lengths, CPU allowed (test the script here)")
+    p.add_argument("--methods", default="origin,mesa")
+    p.add_argument("--lengths", default=None, help=f"default {GPU_LENGTHS} (tiny: {TINY_LENGTHS})")
+    p.add_argument("--layers", type=int, default=None, help="decoder layers (default 22)")
+    p.add_argument("--kv-heads", type=int, default=None, help="KV heads (default 4)")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--decode-tokens", type=int, default=8)
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds for the whole script (default 400; tiny 120)")
+    p.add_argument("--point-limit", type=float, default=None,
+                   help="max predicted seconds of one prefill (default 60; tiny 30)")
+    p.add_argument("--flash-only", action="store_true", help="allow the flash backend alone")
+    p.add_argument("--device", default=None)
+    return p.parse_args(argv)
+
+
+def check_env(tiny: bool):
+    """torch present (with CUDA unless --tiny) and transformers in the tested range."""
+    try:
+        import torch
+    except ImportError:
+        sys.exit("gpu_bench: torch is not installed here; this script expects the device "
+                 "image's torch with CUDA (it does not carry torch)")
+    if not tiny and not torch.cuda.is_available():
+        sys.exit(f"gpu_bench: torch {torch.__version__} sees no CUDA device; run it on the GPU "
+                 "machine, or pass --tiny to test the plumbing on CPU")
+    try:
+        import transformers
+    except ImportError:
+        sys.exit("gpu_bench: transformers is missing: run `bash scripts/fetch_gpu_wheels.sh` "
+                 "here and carry .whl (see this script's docstring)")
+    from mesa_viz.compat import check_transformers
+    try:
+        check_transformers()
+    except RuntimeError as exc:
+        sys.exit(f"gpu_bench: {exc}.\nOn the device machine: run `bash scripts/fetch_gpu_wheels.sh`"
+                 " here first, then call with carry=['.whl'] and install them to /tmp/site "
+                 "(scripts/gpu_bench.sh does it).")
+    return torch, transformers
+
+
+def build_model(torch, cfg_kw: dict, device: str, dtype):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+    cfg = LlamaConfig(**cfg_kw)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=dtype)
+    return model.eval()
+
+
+@contextlib.contextmanager
+def sdpa_policy(torch, flash_only: bool, device: str):
+    """Flash first; fall back (efficient, cuDNN, math) where a call's shape or mask needs."""
+    if not device.startswith("cuda"):
+        yield "cpu-default"
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    if flash_only:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            yield "flash-only"
+        return
+    order = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+             SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]
+    try:
+        cm = sdpa_kernel(order, set_priority=True)
+        name = "flash>efficient>cudnn>math"
+    except TypeError:                                   # older torch: no priority argument
+        cm = sdpa_kernel(order)
+        name = "flash,efficient,cudnn,math (torch's order)"
+    with cm:
+        yield name
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    torch, transformers = check_env(args.tiny)
+    from mesa_viz import bench
+    device = args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    cfg = dict(TINY_CONFIG if args.tiny else GPU_CONFIG)
+    if args.layers:
+        cfg["num_hidden_layers"] = args.layers
+    if args.kv_heads:
+        cfg["num_key_value_heads"] = args.kv_heads
+    lengths = [int(x) for x in (args.lengths or (TINY_LENGTHS if args.tiny else GPU_LENGTHS))
+               .split(",")]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    budget = args.budget if args.budget is not None else (120.0 if args.tiny else 400.0)
+    point_limit = args.point_limit if args.point_limit is not None else (
+        30.0 if args.tiny else 60.0)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / "gpu_bench.jsonl"
+
+    print(f"gpu_bench: torch {torch.__version__} (CUDA {torch.version.cuda}), transformers "
+          f"{transformers.__version__}, device {device}"
+          + (f" = {torch.cuda.get_device_name(0)}" if device.startswith("cuda") else ""),
+          flush=True)
+    dtype = torch.bfloat16
+    t0 = time.monotonic()
+    model = build_model(torch, cfg, device, dtype)
+    n_params = sum(p.numel() for p in model.parameters())
+    name = f"random-llama-{n_params / 1e9:.2f}B" if not args.tiny else "random-llama-tiny"
+    print(f"gpu_bench: built {name} ({n_params / 1e6:.1f}M parameters, "
+          f"{cfg['num_hidden_layers']} layers, {cfg['num_key_value_heads']} KV heads) in "
+          f"{time.monotonic() - t0:.1f}s; lengths {lengths}; budget {budget:.0f}s",
+          flush=True)
+    with sdpa_policy(torch, args.flash_only, device) as policy:
+        rows = bench.run_bench(
+            model, methods, lengths, out, model_name=name, repeats=args.repeats,
+            decode_tokens=args.decode_tokens, warmup=args.warmup, progress=False,
+            deadline=START + budget, point_limit_s=point_limit,
+            matmul_size=256 if args.tiny else None,
+            extra={"script": "gpu_bench", "sdpa_policy": policy, "config": cfg,
+                   "n_params": n_params})
+    for r in rows:
+        if r.get("kind") == "point":
+            print(json.dumps({k: r.get(k) for k in (
+                "method", "length", "prefill_s", "peak_mem_bytes", "decode_ms_per_token",
+                "gflops_achieved", "oom", "skipped", "sdpa_backends")}), flush=True)
+    table = bench.summary_table(rows)
+    (out_dir / "gpu_bench_summary.txt").write_text(table + "\n")
+    print(table)
+    print(f"gpu_bench: done in {time.monotonic() - START:.0f}s; rows in {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

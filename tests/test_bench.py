@@ -1,0 +1,174 @@
+"""The benchmark on a tiny random model: rows, resume, predicted OOM, the FLOP
+formula against hand counts, the CLI.  No timing is asserted."""
+
+import json
+
+import numpy as np
+import pytest
+
+import mesa_viz.bench as bench
+from mesa_viz.memory import ModelDims
+from mesa_viz.methods import get_method
+from mesa_viz.results import read_jsonl
+
+POINT_FIELDS = {
+    "method": str, "length": int, "prefill_s": float, "peak_mem_bytes": int,
+    "decode_ms_per_token": float, "gflops_achieved": float, "useful_flops": int,
+    "predicted_mem_bytes": int, "oom": bool, "device": str, "dtype": str, "model": str,
+    "backend": str, "params": dict,
+}
+MESA_SMALL = dict(first_chunk=8, chunk_size=32, last_chunk=32)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from mesa_viz.models import tiny_model
+    return tiny_model("llama")[0]
+
+
+@pytest.fixture(scope="module")
+def ran(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.jsonl"
+    rows = bench.run_bench(tiny, ["origin", "mesa"], [64, 160], out, model_name="tiny",
+                           repeats=1, decode_tokens=2, train_length=128, progress=False,
+                           params_by_method={"mesa": MESA_SMALL}, matmul_size=256)
+    return out, rows
+
+
+def test_rows_have_every_field_typed(ran):
+    out, rows = ran
+    assert rows == read_jsonl(out)
+    machine = [r for r in rows if r["kind"] == "machine"]
+    assert len(machine) == 1 and machine[0]["matmul_gflops"] > 0
+    assert isinstance(machine[0]["threads"], int) and machine[0]["device"] == "cpu"
+    pts = [r for r in rows if r["kind"] == "point"]
+    assert sorted((r["method"], r["length"]) for r in pts) == [
+        ("mesa", 64), ("mesa", 160), ("origin", 64), ("origin", 160)]
+    for r in pts:
+        for k, t in POINT_FIELDS.items():
+            assert isinstance(r[k], t), (k, r[k])
+        assert r["oom"] is False and r["prefill_s"] > 0 and r["peak_mem_bytes"] >= 0
+        assert r["gflops_achieved"] == pytest.approx(r["useful_flops"] / r["prefill_s"] / 1e9)
+        assert len(r["decode_ms_all"]) == 2 and r["dtype"] == "float32"
+        assert r["backend"] == "sdpa" and r["model"] == "tiny"
+        assert isinstance(r["sdpa_backends"], dict)
+        if r["method"] == "origin":                       # the model's own SDPA calls
+            assert sum(r["sdpa_backends"].values()) > 0
+    mesa160 = next(r for r in pts if r["method"] == "mesa" and r["length"] == 160)
+    assert mesa160["params"]["chunk_size"] == 32 and mesa160["plan"]["chunks"] == 5
+    origin160 = next(r for r in pts if r["method"] == "origin" and r["length"] == 160)
+    assert mesa160["useful_flops"] < origin160["useful_flops"]
+    table = bench.summary_table(rows)
+    assert "mesa" in table and "origin" in table and "GFLOP/s" in table
+
+
+def test_resume_skips_finished_points(ran, tiny, monkeypatch):
+    out, _ = ran
+    before = out.read_text()
+
+    def boom(*a, **k):
+        raise AssertionError("a finished point was measured again")
+    monkeypatch.setattr(bench, "measure_point", boom)
+    again = bench.run_bench(tiny, ["origin", "mesa"], [64, 160], out, model_name="tiny",
+                            repeats=1, decode_tokens=2, train_length=128, progress=False,
+                            params_by_method={"mesa": MESA_SMALL}, matmul_size=256)
+    assert again == [] and out.read_text() == before
+
+
+def test_predicted_oom_is_written_not_run(tiny, tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("an OOM point was run")
+    monkeypatch.setattr(bench, "measure_point", boom)
+    monkeypatch.setattr(bench, "available_bytes", lambda device=None: 1000)
+    out = tmp_path / "oom.jsonl"
+    rows = bench.run_bench(tiny, ["origin"], [64], out, model_name="tiny", repeats=1,
+                           decode_tokens=0, progress=False, matmul_size=128)
+    (r,) = [r for r in rows if r["kind"] == "point"]
+    assert r["oom"] is True and r["prefill_s"] is None and r["peak_mem_bytes"] is None
+    assert r["predicted_mem_bytes"] > 1000 and "GiB" in r["oom_reason"]
+    assert read_jsonl(out)[-1] == r
+    assert "OOM" in bench.summary_table(rows)
+
+
+def test_measured_oom_becomes_a_row(tiny, tmp_path, monkeypatch):
+    def oom(*a, **k):
+        raise MemoryError("can't allocate memory")
+    monkeypatch.setattr(bench, "measure_point", oom)
+    rows = bench.run_bench(tiny, ["mesa"], [32], tmp_path / "o.jsonl", model_name="tiny",
+                           repeats=1, decode_tokens=0, progress=False, machine=False)
+    assert rows[0]["oom"] is True and "MemoryError" in rows[0]["oom_reason"]
+
+
+def test_time_budget_skips_longer_lengths(tiny, tmp_path):
+    out = tmp_path / "t.jsonl"
+    rows = bench.run_bench(tiny, ["origin"], [32, 64, 128], out, model_name="tiny",
+                           repeats=1, decode_tokens=0, progress=False, machine=False,
+                           point_limit_s=1e-12)
+    assert rows[0]["prefill_s"] is not None
+    assert all(r.get("skipped") for r in rows[1:]) and len(rows) == 3
+    # skipped points are retried on resume
+    assert len(bench.run_bench(tiny, ["origin"], [32, 64], out, model_name="tiny", repeats=1,
+                               decode_tokens=0, progress=False, machine=False)) == 1
+
+
+# -- FLOPs -------------------------------------------------------------------------------
+
+DIMS = ModelDims(layers=2, hidden=8, intermediate=16, heads=2, kv_heads=1, head_dim=4,
+                 vocab=10, max_positions=8)
+# per layer: q,o 8*2*4 each; k,v 8*1*4 each; gate/up/down 8*16 each
+PER_LAYER = 2 * 64 + 2 * 32 + 3 * 128          # 576 weights
+
+
+def test_prefill_flops_origin_by_hand():
+    n = 4
+    pairs = 10                                   # 1+2+3+4
+    want = 2 * n * 2 * PER_LAYER + 4 * 4 * 2 * pairs * 2 + 2 * 1 * 8 * 10
+    assert want == 10016
+    assert bench.prefill_flops(DIMS, "origin", n) == want
+    parts = bench.prefill_flops(DIMS, "origin", n, detail=True)
+    assert parts["pairs"] == pairs and parts["lm_head"] == 160
+    # all logits kept
+    assert bench.prefill_flops(DIMS, "origin", n, logits_kept=None) == want + 3 * 160
+
+
+def test_prefill_flops_mesa_figure_plan_by_hand():
+    # the paper's Figure 1: n=13, first chunk 2, middle chunks of 3, last chunk 2
+    m = get_method("mesa", first_chunk=2, chunk_size=3, last_chunk=2).resolve(13, 8)
+    assert m.plan().chunks == ((0, 2), (2, 5), (5, 8), (8, 11), (11, 13))
+    pairs = 3 + 3 * (3 * 2 + 6) + (12 + 13)     # first, 3 middle chunks, last rows 11, 12
+    assert pairs == 64 == bench.visible_pairs(m, 13)
+    want = 2 * 13 * 2 * PER_LAYER + 4 * 4 * 2 * pairs * 2 + 160
+    assert bench.prefill_flops(DIMS, m, 13) == want
+    assert bench.prefill_flops(DIMS, "mesa", 13, params=dict(
+        first_chunk=2, chunk_size=3, last_chunk=2)) == want
+
+
+@pytest.mark.parametrize("name,params", [
+    ("origin", {}), ("dynamic-ntk", {}), ("rerope", {"window": 5}),
+    ("leaky-rerope", {"window": 5}), ("streaming-llm", {"sink_tokens": 2, "window": 4}),
+    ("lm-infinite", {"sink_tokens": 3, "window": 5}),
+    ("mesa", dict(first_chunk=3, chunk_size=4, last_chunk=3)),
+    ("mesa", dict(first_chunk=2, chunk_size=3, last_chunk=2, stair="anchored", stair_start=2)),
+])
+@pytest.mark.parametrize("n", [1, 7, 8, 23, 40])
+def test_visible_pairs_match_the_layout(name, params, n):
+    m = get_method(name, **params).resolve(n, 8)
+    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    _, vis = m.relative(i, j)
+    assert bench.visible_pairs(m, n) == int(vis.sum())
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    from mesa_viz.cli import main
+    out, fig = tmp_path / "cli.jsonl", tmp_path / "bench.html"
+    rc = main(["bench", "--tiny", "--methods", "origin,mesa", "--lengths", "32,80",
+               "--repeats", "1", "--decode-tokens", "1", "--train-length", "64",
+               "--out", str(out), "--figure", str(fig), "--no-progress",
+               "--params", json.dumps({"mesa": {"first_chunk": 4, "chunk_size": 16,
+                                                "last_chunk": 16}})])
+    assert rc == 0
+    rows = read_jsonl(out)
+    assert sum(r["kind"] == "point" for r in rows) == 4
+    assert fig.exists() and fig.stat().st_size > 1000
+    text = capsys.readouterr().out
+    assert "origin" in text and "mesa" in text

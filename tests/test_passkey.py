@@ -1,0 +1,284 @@
+"""mesa_viz.passkey: exact-length prompts with the real tokenizer, answer
+parsing, the evaluation loop on a tiny random model (streamed rows, resume,
+memory refusal), the summary, the data script and the CLI end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import mesa_viz
+from mesa_viz import passkey
+from mesa_viz.cli import main as cli_main
+from mesa_viz.models import tiny_model
+from mesa_viz.results import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+T_TINY = 128                       # tiny model's training length: 200 tokens extrapolate
+FIELDS = {"method", "length", "depth", "seed", "expected", "answer", "correct", "seconds",
+          "params", "model"}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return passkey.default_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny(tok):
+    model, _ = tiny_model("llama", vocab_size=len(tok), max_position_embeddings=T_TINY)
+    return model
+
+
+@pytest.fixture
+def counted(tiny, monkeypatch):
+    """The tiny model with its ``generate`` calls counted."""
+    calls = []
+    real = tiny.generate
+
+    def generate(*args, **kwargs):
+        calls.append(kwargs.get("input_ids", args[0] if args else None).shape[-1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tiny, "generate", generate, raising=False)
+    return tiny, calls
+
+
+# -- samples -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("length", [66, 101, 257, 1000, 2048, 8193])
+@pytest.mark.parametrize("depth", [0.0, 0.3, 0.5, 1.0])
+def test_sample_has_exact_length_and_reencodes(tok, length, depth):
+    s = passkey.make_sample(tok, length, depth, seed=7)
+    assert len(s["input_ids"]) == s["length"] == length
+    assert tok(s["prompt"])["input_ids"] == s["input_ids"]
+    assert s["prompt"].rstrip().endswith("What is the pass key? The pass key is")
+    assert "<|im_start|>" not in s["prompt"]                    # no chat template
+    assert (s["depth"], s["seed"]) == (depth, 7)
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0])
+def test_needle_sits_at_the_requested_depth(tok, depth):
+    length = 4096
+    s = passkey.make_sample(tok, length, depth, seed=3)
+    start, stop = s["needle_span"]
+    needle = tok.decode(s["input_ids"][start:stop])
+    assert needle == f" The pass key is {s['passkey']}. Remember it. {s['passkey']} is the pass key."
+    assert s["prompt"].count(str(s["passkey"])) == 2
+    assert abs(start / length - depth) < 0.03
+    # depth is measured in the haystack: 0 and 1 touch its ends
+    short = passkey.make_sample(tok, 200, depth, seed=3)
+    others = [passkey.make_sample(tok, 200, d, 3)["needle_span"][0] for d in (0.0, 1.0)]
+    assert others[0] <= short["needle_span"][0] <= others[1]
+
+
+def test_passkey_comes_from_the_seed(tok):
+    a, b = (passkey.make_sample(tok, 300, 0.5, s) for s in (1, 1))
+    assert a == b
+    keys = {passkey.make_sample(tok, 300, 0.5, s)["passkey"] for s in range(20)}
+    assert len(keys) > 15 and all(10000 <= k <= 99999 for k in keys)
+
+
+def test_bad_sample_requests_are_refused(tok):
+    with pytest.raises(ValueError, match="too short"):
+        passkey.make_sample(tok, 20, 0.5, 0)
+    for depth in (-0.1, 1.5, "middle"):
+        with pytest.raises(ValueError, match="depth"):
+            passkey.make_sample(tok, 300, depth, 0)
+
+
+@pytest.mark.parametrize("text, key", [
+    (" 71432. Remember", 71432), ("71432", 71432), (" is 12345 or 54321", 12345),
+    (" 714320 then 11111.", 11111), (" 7143", None), ("", None), (None, None),
+    ("key=99999!", 99999), (" 12 345", None)])
+def test_parse_answer(text, key):
+    assert passkey.parse_answer(text) == key
+
+
+# -- evaluation --------------------------------------------------------------------
+
+def test_evaluate_streams_rows_and_resumes(tok, counted, tmp_path):
+    model, calls = counted
+    grid = dict(methods=["origin", "mesa"], lengths=[100, 200], depths=[0.2, 0.8])
+    rows = passkey.evaluate(model, tok, samples=1, out_dir=tmp_path, max_new_tokens=3, **grid)
+    path = tmp_path / "passkey.jsonl"
+    assert len(rows) == len(calls) == 8 == len(read_jsonl(path))
+    for row in read_jsonl(path):
+        assert FIELDS <= set(row)
+        assert row["correct"] == (row["answer"] == row["expected"])
+        assert row["seconds"] > 0 and row["model"]
+        assert row["params"]["train_length"] == T_TINY
+        json.dumps(row)
+    mesa_long = next(r for r in rows if r["method"] == "mesa" and r["length"] == 200)
+    assert mesa_long["params"]["first_chunk"] == T_TINY // 16
+    assert mesa_long["params"]["prefill_length"] == 200
+
+    again = passkey.evaluate(model, tok, samples=1, out_dir=tmp_path, max_new_tokens=3, **grid)
+    assert len(calls) == 8 and again == rows                   # nothing recomputed
+
+    more = passkey.evaluate(model, tok, samples=2, out_dir=tmp_path, max_new_tokens=3, **grid)
+    assert len(calls) == 16 and len(more) == 16 == len(read_jsonl(path))
+    assert {(r["seed"]) for r in more} == {0, 1}
+
+
+def test_evaluate_passes_method_params(tok, tiny, tmp_path):
+    rows = passkey.evaluate(tiny, tok, ["mesa"], [200], [0.5], 1, tmp_path,
+                            method_params={"mesa": {"stair": "anchored", "chunk_size": 16}},
+                            max_new_tokens=2)
+    assert rows[0]["params"]["stair"] == "anchored"
+    assert rows[0]["params"]["chunk_size"] == 16
+
+
+def test_evaluate_scores_a_right_answer(tok, tiny, tmp_path, monkeypatch):
+    def oracle(model, tokenizer, sample, method, params, max_new_tokens):
+        return f" {sample['passkey']}. Remember", {"train_length": T_TINY}, 0.01
+
+    monkeypatch.setattr(passkey, "_generate", oracle)
+    rows = passkey.evaluate(tiny, tok, ["origin"], [100], [0.5], 2, tmp_path)
+    assert [r["correct"] for r in rows] == [True, True]
+    assert rows[0]["answer"] == rows[0]["expected"]
+
+
+def test_evaluate_skips_lengths_that_do_not_fit(tok, counted, tmp_path, monkeypatch):
+    from mesa_viz import memory
+    model, calls = counted
+    est = {n: memory.check_fits(model, "origin", n, decode_tokens=2) for n in (100, 200)}
+    assert est[200] > est[100]
+    avail = (est[100] + est[200]) / 2 / 0.9          # 100 tokens fit, 200 do not
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: avail)
+    rows = passkey.evaluate(model, tok, ["origin"], [100, 200], [0.5], 1, tmp_path,
+                            max_new_tokens=2)
+    assert [r["length"] for r in rows] == [100] and calls == [100]
+
+
+def test_evaluate_with_given_samples(tok, tiny, tmp_path):
+    samples = [passkey.make_sample(tok, L, 0.5, 4) for L in (90, 120)]
+    rows = passkey.evaluate(tiny, tok, ["origin"], None, None, samples, tmp_path,
+                            max_new_tokens=2)
+    assert [(r["length"], r["seed"]) for r in rows] == [(90, 4), (120, 4)]
+    only = passkey.evaluate(tiny, tok, ["origin"], [120], None, samples, tmp_path)
+    assert [r["length"] for r in only] == [120]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(methods=["nope"]), "unknown method 'nope'"),
+    (dict(methods=[]), "methods is empty"),
+    (dict(lengths=[]), "lengths is empty"),
+    (dict(lengths=[0]), "positive integer"),
+    (dict(depths=[]), "depths is empty"),
+    (dict(depths=[2.0]), "depth"),
+    (dict(method_params={"mesa": {"bogus": 1}}), "unknown parameter"),
+    (dict(method_params={"rerope": {"window": 8}}), "not among methods"),
+])
+def test_evaluate_refuses_bad_input(tok, tiny, tmp_path, kwargs, match):
+    args = {**dict(methods=["origin", "mesa"], lengths=[100], depths=[0.5], samples=1,
+                   out_dir=tmp_path), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        passkey.evaluate(tiny, tok, **args)
+    assert not (tmp_path / "passkey.jsonl").exists()
+
+
+def test_summary():
+    rows = [dict(method=m, length=L, depth=d, correct=c) for m, L, d, c in [
+        ("mesa", 200, 0.1, True), ("mesa", 200, 0.9, False), ("origin", 200, 0.1, True),
+        ("origin", 100, 0.1, True), ("origin", 100, 0.9, True), ("mesa", 100, 0.1, False)]]
+    table = passkey.summary(rows)
+    assert [(t["method"], t["length"], t["n"], t["accuracy"]) for t in table] == [
+        ("mesa", 100, 1, 0.0), ("mesa", 200, 2, 0.5), ("origin", 100, 2, 1.0),
+        ("origin", 200, 1, 1.0)]
+    deep = passkey.summary(rows, by_depth=True)
+    assert len(deep) == 6 and deep[0] == dict(method="mesa", length=100, depth=0.1, n=1,
+                                               correct=0, accuracy=0.0)
+    text = passkey.format_table(table)
+    assert "50%" in text and "origin" in text
+
+
+def test_parse_params():
+    got = passkey.parse_params(["mesa.stair=anchored", "mesa.chunk_size=512",
+                                "rerope.window=2048", "mesa.log_scaling=true"])
+    assert got == {"mesa": {"stair": "anchored", "chunk_size": 512, "log_scaling": True},
+                   "rerope": {"window": 2048}}
+    with pytest.raises(ValueError, match="METHOD.KEY=VALUE"):
+        passkey.parse_params(["stair=anchored"])
+
+
+# -- data script and CLI -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_dir(tok, tiny, tmp_path_factory):
+    """The tiny model saved with the real tokenizer, loadable by ``--model``."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _data_script():
+    spec = importlib.util.spec_from_file_location("make_passkey_data",
+                                                  ROOT / "datas" / "make_passkey_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_data_script_writes_samples(tok, tmp_path):
+    out = tmp_path / "data.jsonl"
+    assert _data_script().main(["--lengths", "100,150", "--depths", "0.25,0.75",
+                                "--seeds", "3,9", "--out", str(out)]) == 0
+    samples = passkey.read_samples(out)
+    assert len(samples) == 8
+    assert {(s["length"], s["depth"], s["seed"]) for s in samples} == {
+        (L, d, s) for L in (100, 150) for d in (0.25, 0.75) for s in (3, 9)}
+    for s in samples:
+        assert len(s["input_ids"]) == s["length"]
+        assert s == {**passkey.make_sample(tok, s["length"], s["depth"], s["seed"]),
+                     "tokenizer": s["tokenizer"]}
+    with pytest.raises(SystemExit):
+        _data_script().main(["--lengths", "100", "--depths", "1.5", "--out", str(out)])
+
+
+def _cli(*args):
+    return cli_main(["passkey", *map(str, args)])
+
+
+def test_cli_end_to_end(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = _cli("--methods", "origin,mesa", "--lengths", "100,200", "--depths", "0.1,0.9",
+              "--samples", "1", "--out", out, "--model", tiny_dir,
+              "--param", "mesa.stair=anchored", "--max-new-tokens", "2")
+    assert rc == 0
+    rows = read_jsonl(out / "passkey.jsonl")
+    assert len(rows) == 8 and all(FIELDS <= set(r) for r in rows)
+    assert all(r["params"]["stair"] == "anchored" for r in rows if r["method"] == "mesa")
+    assert all(r["model"] == str(tiny_dir) for r in rows)
+    html = (out / "passkey.html").read_text()
+    assert "passkey retrieval accuracy" in html and "<html" in html.lower()
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "mesa" in printed and "origin" in printed
+
+
+def test_cli_with_data_file(tiny_dir, tmp_path):
+    data = tmp_path / "data.jsonl"
+    _data_script().main(["--lengths", "90", "--depths", "0.5", "--samples", "2",
+                         "--out", str(data), "--tokenizer", str(tiny_dir)])
+    out = tmp_path / "run"
+    assert _cli("--methods", "origin", "--data", data, "--out", out, "--model", tiny_dir,
+                "--max-new-tokens", "1") == 0
+    assert [(r["length"], r["seed"]) for r in read_jsonl(out / "passkey.jsonl")] == [
+        (90, 0), (90, 1)]
+
+
+@pytest.mark.parametrize("args, match", [
+    (("--methods", "origin,bogus", "--lengths", "100"), "unknown method 'bogus'"),
+    (("--lengths", ""), "lengths is empty"),
+    (("--methods", "mesa", "--lengths", "100", "--param", "mesa=1"), "METHOD.KEY=VALUE"),
+    (("--lengths", "100", "--depths", "0.5,3"), "depth"),
+])
+def test_cli_refuses_bad_input(tmp_path, args, match):
+    with pytest.raises(SystemExit, match=match):
+        _cli(*args, "--out", tmp_path / "x", "--model", tmp_path / "never-loaded")
