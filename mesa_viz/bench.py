@@ -555,5 +555,4 @@ def run(args) -> int:
         plots.save_html(plots.bench_figure(pts, title=f"{name} on {common['device']} "
                                            f"({common['dtype']})"), args.figure,
                         title="mesa_viz bench")
-    print(summary_table(rows))
-    return 0
+    return summary_table(rows)

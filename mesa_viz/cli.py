@@ -1,8 +1,8 @@
 """The ``mesa-viz`` command: one subcommand per analysis.
 
 Each subcommand lives in its own module, which provides
-``add_arguments(parser)`` and ``run(args) -> int``; modules load only when
-their subcommand runs.
+``add_arguments(parser)`` and ``run(args)`` returning an exit status or the
+summary text this command prints; modules load only when their subcommand runs.
 """
 
 from __future__ import annotations
@@ -33,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    return int(import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
+    result = import_module(SUBCOMMANDS[args.command][0]).run(args)
+    if isinstance(result, str):          # a subcommand's summary table
+        print(result)
+        return 0
+    return int(result or 0)
 
 
 if __name__ == "__main__":

@@ -191,7 +191,8 @@ def estimate_peak_bytes(config, method_name, seq_len: int, *, dtype_bytes: int =
       copies (``KERNEL_KV_COPIES`` KV widths) plus one score block bounded by
       ``kernels.SCORE_BUDGET`` bytes: with ``sdpa`` only the block's float
       mask (``SCORE_BUDGET / heads``; CPU SDPA turns a bool mask into float),
-      with ``eager`` the block's scores three times (scores, masked, softmax).
+      with ``eager`` three score tensors of one key set (half the block:
+      near and far keys are scored separately and merged by log-sum-exp).
 
     Returns bytes (int).
     """
@@ -227,7 +228,7 @@ def estimate_peak_bytes(config, method_name, seq_len: int, *, dtype_bytes: int =
         if keys == 0:
             block = 0
         elif backend == "eager":
-            block = 3 * min(SCORE_BUDGET, 4 * h * n * keys) * b // 4
+            block = 3 * min(SCORE_BUDGET, 4 * h * n * keys) * b // 8
         else:
             block = min(SCORE_BUDGET // h, 4 * n * keys)
         work = copies + block

@@ -298,6 +298,11 @@ class Mesa(Method):
     ``last_chunk``, the authors' DynamicSplit; each sees the first chunk
     at positions ``0..first_chunk-1`` and itself after it), and a last chunk of
     at least ``last_chunk`` tokens that sees every earlier key through Stair PE.
+    By default the stair starts at ``train_length // 4`` (anchored: at the
+    chunk boundary, as the authors do) and its width is the
+    smallest keeping every relative position below ``stair_limit``
+    (``train_length // 2``): inside the hidden-state thresholds of the paper's
+    theory (see README, Measurements).
     ``stair="per-query"`` is the paper's exact ``P(i - j)``; ``"anchored"`` is
     the authors' code: keys before the last chunk placed at ``P(start - j)``
     plus the query's offset.  ``log_scaling`` multiplies queries by
@@ -311,6 +316,7 @@ class Mesa(Method):
     last_chunk: int | None = None
     stair_start: int | None = None
     stair_width: int | None = None
+    stair_limit: int | None = None
     stair: str = "per-query"
     log_scaling: bool = False
     prefill_length: int | None = None
@@ -335,9 +341,13 @@ class Mesa(Method):
                    f"first_chunk + chunk_size <= train_length={T}")
         me = dataclasses.replace(self, first_chunk=F, chunk_size=C, last_chunk=L,
                                  prefill_length=P)
-        N = T // 2 if self.stair_start is None else self.stair_start
+        N = self.stair_start
+        if N is None:        # the authors' anchored stair starts at the chunk boundary
+            N = 0 if self.stair == "anchored" else T // 4
         _check_int("stair_start", N, 0)
-        me = dataclasses.replace(me, stair_start=N)
+        limit = max(N + 1, T // 2) if self.stair_limit is None else self.stair_limit
+        _check_int("stair_limit", limit, N + 1, T, "stair_start < stair_limit <= train_length")
+        me = dataclasses.replace(me, stair_start=N, stair_limit=limit)
         E = self.stair_width
         if E is None:
             E = me._fit_width(seq_len)
@@ -345,15 +355,18 @@ class Mesa(Method):
         return dataclasses.replace(me, stair_width=E)
 
     def _fit_width(self, seq_len: int) -> int:
-        T, N = self.train_length, self.stair_start
+        T, N = self.stair_limit, self.stair_start
         s = self.plan().last_start
         if self.stair == "per-query":
             return _fit_stair_width(seq_len - 1, N, T, "stair_start")
         offset = seq_len - 1 - s                # query offset inside the last chunk
         if s == 0:
             return 1
-        return _fit_stair_width(s, N, T - offset, "stair_start (anchored, last chunk "
-                                f"of {offset + 1} tokens)")
+        if offset + N >= T:
+            raise ValueError(
+                f"stair_start={N} with a last chunk of {offset + 1} tokens cannot fit "
+                f"stair_limit={T} (anchored stair): allowed stair_start <= {max(0, T - offset - 1)}")
+        return _fit_stair_width(s, N, T - offset)
 
     def plan(self) -> ChunkPlan:
         """The chunk plan for the prefill of ``prefill_length`` tokens."""

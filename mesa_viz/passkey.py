@@ -361,8 +361,7 @@ def run(args) -> int:
         log.warning("no rows: every length was refused")
         return 1
     _draw(rows, Path(args.out) / "passkey.html", model)
-    print(format_table(summary(rows)))
-    return 0
+    return format_table(summary(rows))
 
 
 def _draw(rows, path: Path, model) -> None:

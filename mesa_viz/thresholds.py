@@ -165,13 +165,10 @@ def run(args) -> int:
     for p in pairs:
         append_jsonl(out, asdict(p))
     _figure(pairs, traces, out.with_suffix(".html"), args.window)
-    for p in pairs:
-        print(f"layer {p.layer:2d} dim {p.dim:3d} r={p.correlation:+.4f} "
-              f"threshold={p.threshold:+.3f} past: " +
-              ", ".join(f"{m}={f:.2f}" for m, f in p.past_fraction.items()))
-    if not pairs:
-        print("no (layer, dim) pair reached the correlation threshold")
-    return 0
+    lines = [f"layer {p.layer:2d} dim {p.dim:3d} r={p.correlation:+.4f} "
+             f"threshold={p.threshold:+.3f} past: " +
+             ", ".join(f"{m}={f:.2f}" for m, f in p.past_fraction.items()) for p in pairs]
+    return "\n".join(lines) or "no (layer, dim) pair reached the correlation threshold"
 
 
 def _figure(pairs, traces, path, window):

@@ -45,3 +45,20 @@ def test_passkey_past_train_length_origin_fails_mesa_retrieves(smol):
     sample = passkey.make_sample(tok, 12288, 0.5, seed=0)
     assert _answer(model, tok, sample, "mesa") == sample["passkey"]
     assert _answer(model, tok, sample, "origin") != sample["passkey"]
+
+
+def test_hidden_state_thresholds_origin_crosses_mesa_stays_inside(smol, tmp_path):
+    """The paper's theory on SmolLM2: the finder, not told where, finds early-layer
+    dims following log(position) at |r| >= 0.99 inside [0, 8192); past 8192
+    origin's smoothed value is beyond the threshold for some of them at most
+    positions, Mesa's for none at any position up to 16k."""
+    from mesa_viz.thresholds import run_thresholds
+    model, tok = smol
+    pairs, traces = run_thresholds(model, tok, 16384, ["origin", "mesa"], out_dir=tmp_path)
+    assert len(pairs) >= 4
+    assert all(abs(p.correlation) >= 0.99 and p.layer <= 8 for p in pairs)
+    crossed = [p for p in pairs if p.past_fraction["origin"] > 0.5]
+    assert len(crossed) >= 2
+    assert all(p.first_crossing["origin"] < 8192 + 512 for p in crossed)
+    assert all(p.past_fraction["mesa"] == 0.0 for p in pairs)
+    assert (tmp_path / "trace_mesa.npz").exists()

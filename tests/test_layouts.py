@@ -73,6 +73,24 @@ def test_mesa_default_stair_fits_train_length(n, stair):
         assert L.relative_positions[a:b][L.mask[a:b]].max() < p["first_chunk"] + p["chunk_size"]
 
 
+@pytest.mark.parametrize("limit", [None, 40, 64])
+def test_mesa_stair_limit_bounds_positions(limit):
+    L = mv.layout("mesa", 1000, train_length=64, stair_limit=limit)
+    assert L.max_relative_position < (limit or 32)
+    s = L.chunk_plan.last_start
+    # ... and the width is the smallest that does it
+    tighter = mv.get_method("mesa", stair_limit=limit, stair_width=L.params["stair_width"] - 1)
+    if L.params["stair_width"] > 1:
+        rel, vis = tighter.resolve(1000, 64).relative([999], range(1000))
+        assert rel[vis].max() >= (limit or 32)
+    assert L.relative_positions[s:][L.mask[s:]].max() == L.max_relative_position
+
+
+def test_mesa_anchored_default_starts_at_chunk_boundary():
+    L = mv.layout("mesa", 1000, train_length=64, stair="anchored")
+    assert L.params["stair_start"] == 0 and L.max_relative_position < 32
+
+
 def test_mesa_per_query_stair_is_papers_rule():
     L = mv.layout("mesa", 200, train_length=64, stair_start=10, stair_width=3)
     s = L.chunk_plan.last_start
@@ -139,6 +157,10 @@ def test_dynamic_ntk_reports_rule():
     (lambda: mv.layout("streaming-llm", 100, train_length=32, sink_tokens=4, window=30), "window=30"),
     (lambda: mv.layout("mesa", 100, stair="sideways"), "stair='sideways'"),
     (lambda: mv.layout("mesa", 100, chunk_width=3), "chunk_width"),
+    (lambda: mv.layout("mesa", 100, train_length=32, stair_start=8, stair_limit=8), "stair_limit=8"),
+    (lambda: mv.layout("mesa", 100, train_length=32, stair_limit=40), "stair_limit=40"),
+    (lambda: mv.layout("mesa", 300, train_length=64, stair="anchored", stair_start=30,
+                       last_chunk=20), "stair_start=30"),
 ])
 def test_bad_parameters_name_the_value(call, needle):
     with pytest.raises(ValueError) as e:
