@@ -111,11 +111,13 @@ def _attn_lse(q, k, v, mask, scale, backend, causal=False):
 
 
 def _merge(parts):
-    """Combine ``(out, lse)`` of disjoint key sets into one softmax."""
+    """Combine ``(out, lse)`` of disjoint key sets into one softmax; a set a
+    row cannot see has ``lse = -inf`` and weight 0."""
     lse = torch.stack([p[1] for p in parts]).float()
-    top = lse.max(0).values
-    w = torch.exp(lse - top)                                  # [parts, b, h, Lq]
-    out = sum(torch.nan_to_num(o.float()) * wi[..., None] for (o, _), wi in zip(parts, w))
+    w = torch.exp(lse - lse.max(0).values)                  # [parts, b, h, Lq]
+    out = 0
+    for (o, _), wi in zip(parts, w):
+        out = out + torch.where(wi[..., None] > 0, o.float() * wi[..., None], 0.0)
     return (out / w.sum(0)[..., None]).to(parts[0][0].dtype)
 
 
@@ -292,10 +294,12 @@ def _stair_rows(q, k, v, i0, rope, scale, backend, m: Mesa):
             far_visible=lambda i, j: j < s)
     out = torch.empty(q.shape[:3] + (v.shape[-1],), dtype=q.dtype, device=q.device)
     k_near = rotate(k, rope, _arange(0, k.shape[2], q.device))
+    q_near = rotate(q, rope, i_all)
+    q_far = rotate(q, rope, torch.div(i_all - s, E, rounding_mode="floor"))   # m of i = s+r+E*m
     for x in range(min(E, q.shape[2])):                   # one residue class each
         idx = torch.arange(x, q.shape[2], E, device=q.device)
-        out[:, :, idx] = _stair_class(q[:, :, idx], k, k_near, v, i_all[idx], (i0 + x - s) % E,
-                                      rope, scale, backend, s, N, E)
+        out[:, :, idx] = _stair_class(q_near[:, :, idx], q_far[:, :, idx], k, k_near, v,
+                                      i_all[idx], (i0 + x - s) % E, rope, scale, backend, s, N, E)
     return out
 
 
@@ -303,19 +307,17 @@ def _stair(t, N, E):
     return torch.where(t < N, t, N + torch.div(t - N, E, rounding_mode="floor"))
 
 
-def _stair_class(q, k, k_near, v, i, r, rope, scale, backend, s, N, E):
-    """Queries ``i = s + r + E*m`` (one residue class): far keys at ``-g_r(j)``,
-    queries at ``m``, so ``m + g_r(j) = P(i - j)`` exactly."""
-    dev = q.device
+def _stair_class(q_near, q_far, k, k_near, v, i, r, rope, scale, backend, s, N, E):
+    """Queries ``i = s + r + E*m`` (one residue class, already rotated: near at
+    ``i``, far at ``m``): far keys at ``-g_r(j)``, so ``m + g_r(j) = P(i - j)``."""
+    dev = q_near.device
     f_all = max(0, int(i[-1]) - N + 1)                    # far keys of the last query
     jf_all = _arange(0, f_all, dev)
     k_far = rotate(k[:, :, :f_all], rope, -(N + torch.div(s + r - jf_all - N, E,
                                                              rounding_mode="floor")))
-    q_far = rotate(q, rope, torch.div(i - s - r, E, rounding_mode="floor"))
-    q_near = rotate(q, rope, i)
     out = []
-    B = _block_size(q, k.shape[2] + N, backend)
-    for a in range(0, q.shape[2], B):
+    B = _block_size(q_near, k.shape[2] + N, backend)
+    for a in range(0, q_near.shape[2], B):
         ib = i[a:a + B]
         lo, hi = int(ib[0]), int(ib[-1])
         n0, f1 = max(0, lo - N + 1), max(0, hi - N + 1)
