@@ -62,6 +62,7 @@ class Applied:
     resolved: Method | None = None
     prefill_length: int | None = None
     positions: torch.Tensor | None = None
+    current_rope: kernels.Rope | None = None
 
     # -- hooks ------------------------------------------------------------------
     def on_rotary(self, module, args, kwargs, output):
@@ -75,6 +76,7 @@ class Applied:
         if i0 == 0:
             self.prefill_length = kv_len
         self.positions = pos
+        self.current_rope = self.rope()          # one cos/sin cache per forward pass
         self.resolved = self.method.resolve(kv_len, self.train_length,
                                             prefill_length=self.prefill_length or kv_len)
         cos, sin = output
@@ -96,7 +98,7 @@ class Applied:
                              f"the cache length {key.shape[2]}: custom position_ids are "
                              "not supported under mesa_viz methods")
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        rope = self.rope()
+        rope = self.current_rope
         out = kernels.attend(self.resolved, query, key, value, i0, rope, scale, self.backend)
         if self.capture is not None and module.layer_idx in self.capture.layers:
             out = self._capture(module.layer_idx, query, key, value, i0, rope, scale, out)

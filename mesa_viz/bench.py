@@ -8,9 +8,10 @@ Writes JSON lines as it goes (:func:`mesa_viz.results.append_jsonl`):
   "threads": ...}``: the machine's dense square matmul rate (best of a few);
 * one ``{"kind": "point", "method", "length", ...}`` per (method, length):
   ``prefill_s`` (median of ``repeats`` prefills ``model(ids, use_cache=True,
-  logits_to_keep=1)``), ``peak_mem_bytes`` (peak over the prefills net of
-  everything allocated before, weights included: see
-  :class:`mesa_viz.memory.PeakMemory`), ``decode_ms_per_token`` (median of
+  logits_to_keep=1)``), ``peak_mem_bytes`` (peak activation memory net of
+  everything allocated before, weights included; CPU: RSS of one extra untimed
+  prefill under :func:`mesa_viz.memory.exact_rss`, CUDA: ``max_memory_allocated``;
+  see :func:`measure_point`), ``decode_ms_per_token`` (median of
   greedy one-token steps on the prefill's cache), ``useful_flops``
   (:func:`prefill_flops`) and ``gflops_achieved`` (useful FLOPs / prefill
   seconds), ``predicted_mem_bytes`` (:func:`mesa_viz.memory.estimate_peak_bytes`);
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .memory import GiB, PeakMemory, available_bytes, estimate_peak_bytes, model_dims
-from .methods import LMInfinite, Mesa, Method, StreamingLLM, _SinkWindow, get_method
+from .methods import Mesa, Method, _SinkWindow, get_method
 from .results import append_jsonl, read_jsonl
 
 __all__ = ["visible_pairs", "prefill_flops", "matmul_gflops", "measure_point", "run_bench",
@@ -248,24 +249,35 @@ def _is_oom(exc: BaseException) -> bool:
 def measure_point(model, method: str, length: int, *, repeats: int = 3,
                   decode_tokens: int = 8, warmup: int = 0, params: dict | None = None,
                   train_length: int | None = None, seed: int = 0,
-                  record_sdpa: bool = True) -> dict:
-    """Measure one (method, length): prefill seconds (all repeats), peak memory
-    (max over the prefills, net of what was allocated before), decode ms per
-    token (per-step list) and the resolved parameters.  Raises on OOM."""
+                  record_sdpa: bool = True, exact_memory: bool = True) -> dict:
+    """Measure one (method, length): prefill seconds (each timed repeat), peak
+    memory net of what was allocated before, decode seconds per greedy step
+    and the resolved parameters.  Raises on OOM.
+
+    CUDA: the peak is ``max_memory_allocated`` over the timed prefills.  CPU
+    with ``exact_memory``: one untimed prefill first, measured inside
+    :func:`mesa_viz.memory.exact_rss` (live tensors; that allocator setting
+    slows large allocations, so nothing timed runs under it); it also serves
+    as a warm-up.  CPU without it: the RSS peak over the timed prefills under
+    the ordinary allocator (heap leftovers included).
+    """
     import torch
 
     from .application import apply, train_length_of
     params = dict(params or {})
     dev = _model_device(model)
+    cpu_exact = exact_memory and not dev.startswith("cuda")
+    warmup = max(warmup, 1) if cpu_exact else warmup
     T = train_length or train_length_of(model)
     ids = random_ids(model.config.vocab_size, length, seed, dev)
-    times, peaks, resolved, sdpa = [], [], None, {}
+    times, peaks, resolved, sdpa, how = [], [], None, {}, None
     out = None
     with torch.no_grad(), apply(model, method, train_length=T, **params) as state:
         for r in range(warmup + repeats):
             out = None
+            exact = cpu_exact and r == 0
             rec = sdpa_choices() if (record_sdpa and r == 0) else contextlib.nullcontext({})
-            with rec as counts, PeakMemory(dev) as pm:
+            with rec as counts, PeakMemory(dev, exact=exact) as pm:
                 t0 = time.perf_counter()
                 out = model(ids, use_cache=True, logits_to_keep=1)
                 _sync(dev)
@@ -273,9 +285,11 @@ def measure_point(model, method: str, length: int, *, repeats: int = 3,
             if r == 0:
                 sdpa = dict(counts)
                 resolved = _resolved(state, method, params, length, T)
+            if exact or (not cpu_exact and r >= warmup):
+                peaks.append(pm.peak_bytes)
+                how = pm.method + ("-exact" if exact else "")
             if r >= warmup:
                 times.append(dt)
-                peaks.append(pm.peak_bytes)
         steps = []
         if decode_tokens > 0:
             cache_arg = _cache_kwarg(model)
@@ -293,7 +307,7 @@ def measure_point(model, method: str, length: int, *, repeats: int = 3,
     out = None
     return {"prefill_s_all": times, "peak_mem_all": peaks, "decode_s_all": steps,
             "resolved": resolved, "train_length": T, "sdpa_backends": sdpa,
-            "mem_method": pm.method}
+            "mem_method": how}
 
 
 # -- the grid -------------------------------------------------------------------------------------
@@ -331,7 +345,8 @@ def run_bench(model, methods, lengths, out, *, model_name: str = "model", repeat
               train_length: int | None = None, margin: float = 0.9, seed: int = 0,
               progress: bool = True, deadline: float | None = None,
               point_limit_s: float | None = None, machine: bool = True,
-              matmul_size: int | None = None, extra: dict | None = None) -> list[dict]:
+              matmul_size: int | None = None, exact_memory: bool = True,
+              extra: dict | None = None) -> list[dict]:
     """Measure every (method, length) and append one JSON line each to ``out``.
 
     ``deadline`` (``time.monotonic()`` value) and ``point_limit_s``: a point
@@ -339,6 +354,11 @@ def run_bench(model, methods, lengths, out, *, model_name: str = "model", repeat
     the deadline or the limit is not run (a ``skipped`` row; the method's
     longer lengths are skipped too).  ``machine``: write the machine line
     (``matmul_size``: its matmul size).  ``extra``: fields added to every row.
+    ``exact_memory`` (CPU): see :func:`measure_point`; ``predicted_mem_bytes``
+    then predicts that measurement (no heap fragmentation) while the OOM check
+    uses the estimate with fragmentation (``oom_check_bytes``).  Weights are
+    paged in and one short forward runs first, so neither counts in the first
+    point.
     Returns the rows written by this call (machine line first).
     """
     import torch
@@ -364,8 +384,8 @@ def run_bench(model, methods, lengths, out, *, model_name: str = "model", repeat
         return rows
     threads = torch.get_num_threads()
     if machine:
-        mrow = {"kind": "machine", "matmul_gflops": matmul_gflops(dev, dtype, matmul_size), "device": dev,
-                "dtype": dtype, "threads": threads, "torch": torch.__version__,
+        mrow = {"kind": "machine", "matmul_gflops": matmul_gflops(dev, dtype, matmul_size),
+                "device": dev, "dtype": dtype, "threads": threads, "torch": torch.__version__,
                 "device_name": (torch.cuda.get_device_name(dev) if dev.startswith("cuda")
                                 else _cpu_name()),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
@@ -374,6 +394,9 @@ def run_bench(model, methods, lengths, out, *, model_name: str = "model", repeat
         log.info("machine: %.1f GFLOP/s dense %s matmul on %s (%d threads)",
                  mrow["matmul_gflops"], dtype, dev, threads)
     page_in(model)
+    with torch.no_grad():                          # one-time allocations (thread pools...)
+        model(random_ids(model.config.vocab_size, 16, seed, dev), use_cache=True,
+              logits_to_keep=1)
     dims = model_dims(model.config)
     elem = next(model.parameters()).element_size()
     history: dict[str, list[tuple[int, float]]] = {}
@@ -383,15 +406,18 @@ def run_bench(model, methods, lengths, out, *, model_name: str = "model", repeat
         bar.set_postfix_str(f"{m} @ {n}")
         params = dict((params_by_method or {}).get(m, {}))
         resolved = get_method(m, **params).resolve(n, T, prefill_length=n)
-        predicted = estimate_peak_bytes(dims, resolved, n, dtype_bytes=elem, backend=backend,
-                                        decode_tokens=decode_tokens, device=dev)
+        kw = dict(dtype_bytes=elem, backend=backend, decode_tokens=decode_tokens, device=dev)
+        predicted = estimate_peak_bytes(dims, resolved, n, fragmentation=(
+            0.0 if exact_memory else None), **kw)
+        check = estimate_peak_bytes(dims, resolved, n, **kw)
         avail = available_bytes(dev)
         flops = prefill_flops(dims, resolved, n)
         row = {"kind": "point", "method": m, "length": n, "prefill_s": None,
                "prefill_s_all": None, "peak_mem_bytes": None, "decode_ms_per_token": None,
                "gflops_achieved": None, "useful_flops": flops,
                "attention_pairs": visible_pairs(resolved, n),
-               "predicted_mem_bytes": predicted, "available_bytes": avail, "oom": False,
+               "predicted_mem_bytes": predicted, "oom_check_bytes": check,
+               "available_bytes": avail, "oom": False,
                **common, "params": resolved.params(), "plan": _plan_summary(resolved),
                "train_length": T, "threads": threads, "repeats": repeats,
                "decode_tokens": decode_tokens, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -409,15 +435,16 @@ def run_bench(model, methods, lengths, out, *, model_name: str = "model", repeat
             stopped[m] = why
             row.update(skipped=why, predicted_prefill_s=guess)
             log.info("skipping %s @ %d: %s", m, n, why)
-        elif predicted > margin * avail:
+        elif check > margin * avail:
             row["oom"] = True
-            row["oom_reason"] = (f"predicted {predicted / GiB:.2f} GiB > {margin:.0%} of "
+            row["oom_reason"] = (f"predicted {check / GiB:.2f} GiB > {margin:.0%} of "
                                  f"{avail / GiB:.2f} GiB available")
             log.info("not running %s @ %d: %s", m, n, row["oom_reason"])
         else:
             try:
                 res = measure_point(model, m, n, repeats=repeats, decode_tokens=decode_tokens,
-                                    warmup=warmup, params=params, train_length=T, seed=seed)
+                                    warmup=warmup, params=params, train_length=T, seed=seed,
+                                    exact_memory=exact_memory)
             except Exception as exc:             # noqa: BLE001
                 if not _is_oom(exc):
                     raise

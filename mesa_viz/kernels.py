@@ -17,7 +17,7 @@ holds an ``[n, n]`` matrix.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -38,18 +38,26 @@ class Rope:
 
     inv_freq: torch.Tensor
     scaling: float = 1.0
+    #: cos/sin tables by caller-given key: one Rope serves every layer of a forward
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def cos_sin(self, pos: torch.Tensor, dtype: torch.dtype):
-        """``(cos, sin) [len(pos), rot_dim/2]`` for (possibly fractional) positions."""
+    def cos_sin(self, pos: torch.Tensor, dtype: torch.dtype, key=None):
+        """``(cos, sin) [len(pos), rot_dim/2]`` for (possibly fractional)
+        positions; ``key`` names ``pos`` to reuse the tables."""
+        if key is not None and (key, dtype) in self.cache:
+            return self.cache[key, dtype]
         freqs = pos.to(torch.float32)[:, None] * self.inv_freq.to(pos.device, torch.float32)
-        return ((freqs.cos() * self.scaling).to(dtype), (freqs.sin() * self.scaling).to(dtype))
+        cs = ((freqs.cos() * self.scaling).to(dtype), (freqs.sin() * self.scaling).to(dtype))
+        if key is not None:
+            self.cache[key, dtype] = cs
+        return cs
 
 
-def rotate(x: torch.Tensor, rope: Rope, pos: torch.Tensor) -> torch.Tensor:
+def rotate(x: torch.Tensor, rope: Rope, pos: torch.Tensor, key=None) -> torch.Tensor:
     """``x [..., len(pos), head_dim]`` rotated to positions ``pos``: channel
     ``c`` pairs with ``c + rot_dim/2`` (half-split RoPE); channels past
     ``rot_dim`` pass through (partial rotary)."""
-    cos, sin = rope.cos_sin(pos, x.dtype)
+    cos, sin = rope.cos_sin(pos, x.dtype, key)
     half = cos.shape[-1]
     x1, x2 = x[..., :half], x[..., half:2 * half]
     parts = [x1 * cos - x2 * sin, x2 * cos + x1 * sin]
@@ -157,8 +165,8 @@ def _block_size(q, n_keys, backend):
 
 def _origin(q, k, v, i0, rope, scale, backend):
     Lq, Lk, dev = q.shape[2], k.shape[2], q.device
-    qr = rotate(q, rope, _arange(i0, i0 + Lq, dev))
-    kr = rotate(k, rope, _arange(0, Lk, dev))
+    qr = rotate(q, rope, _arange(i0, i0 + Lq, dev), ("lin", i0, i0 + Lq))
+    kr = rotate(k, rope, _arange(0, Lk, dev), ("lin", 0, Lk))
     if Lq == 1:
         return sdpa(qr, kr, v, None, scale, backend)
     if backend == "sdpa" and i0 == 0 and Lq == Lk:        # flash/efficient causal kernel
@@ -183,15 +191,15 @@ def _near_far(q, k, v, i0, rope, scale, backend, *, near, far_keys, far_q_pos,
     ``far_q_pos(i)``, visible where ``far_visible(i, j)``."""
     Lq, Lk, dev = q.shape[2], k.shape[2], q.device
     j_all = _arange(0, Lk, dev)
-    k_near = rotate(k, rope, j_all)
+    k_near = rotate(k, rope, j_all, ("lin", 0, Lk))
     f_max = far_keys(i0, i0 + Lq - 1)[1]                   # far keys start at 0: rotate once
-    k_far = rotate(k[:, :, :f_max], rope, far_k_pos(j_all[:f_max]))
+    k_far = rotate(k[:, :, :f_max], rope, far_k_pos(j_all[:f_max]), ("far-k", f_max))
     out = []
     B = _block_size(q, 2 * Lk, backend)
     for a in range(0, Lq, B):
         b = min(Lq, a + B)
         i = _arange(i0 + a, i0 + b, dev)
-        qa = rotate(q[:, :, a:b], rope, i)
+        qa = rotate(q[:, :, a:b], rope, i, ("lin", i0 + a, i0 + b))
         n0, n1 = max(near_floor, i0 + a - near + 1), i0 + b
         jn = j_all[n0:n1]
         ma = (jn[None, :] <= i[:, None]) & (i[:, None] - jn[None, :] < near)
@@ -200,7 +208,7 @@ def _near_far(q, k, v, i0, rope, scale, backend, *, near, far_keys, far_q_pos,
             out.append(sdpa(qa, k_near[:, :, n0:n1], v[:, :, n0:n1], ma, scale, backend))
             continue
         jf = j_all[f0:f1]
-        qb = rotate(q[:, :, a:b], rope, far_q_pos(i))
+        qb = rotate(q[:, :, a:b], rope, far_q_pos(i), ("far-q", i0 + a, i0 + b))
         kb = k_far[:, :, f0:f1]
         mb = far_visible(i[:, None], jf[None, :]).expand(len(i), len(jf))
         out.append(_pair(qa, k_near[:, :, n0:n1], v[:, :, n0:n1], ma,
@@ -258,8 +266,9 @@ def _mesa_middle(q, k, v, rope, scale, backend, m: Mesa):
         return x[:, :, a:b].reshape(bs, x.shape[1], nc, C, x.shape[-1]).transpose(1, 2) \
             .reshape(bs * nc, x.shape[1], C, x.shape[-1])
 
-    kf, vf = rotate(k[:, :, :F_], rope, _arange(0, F_, dev)), v[:, :, :F_]
-    qc, kc, vc = rotate(chunks(q), rope, pos), rotate(chunks(k), rope, pos), chunks(v)
+    kf, vf = rotate(k[:, :, :F_], rope, _arange(0, F_, dev), ("lin", 0, F_)), v[:, :, :F_]
+    key = ("lin", F_, F_ + C)
+    qc, kc, vc = rotate(chunks(q), rope, pos, key), rotate(chunks(k), rope, pos, key), chunks(v)
     fused = q_is_cpu_or_eager(q, backend)
     g = bs * nc if backend == "sdpa" else max(1, _block_size(q, F_ + C, backend) // C)
     mask = torch.cat((torch.ones(C, F_, dtype=torch.bool, device=dev),
@@ -293,9 +302,11 @@ def _stair_rows(q, k, v, i0, rope, scale, backend, m: Mesa):
             far_k_pos=lambda j: -_stair(s - j, N, E),
             far_visible=lambda i, j: j < s)
     out = torch.empty(q.shape[:3] + (v.shape[-1],), dtype=q.dtype, device=q.device)
-    k_near = rotate(k, rope, _arange(0, k.shape[2], q.device))
-    q_near = rotate(q, rope, i_all)
-    q_far = rotate(q, rope, torch.div(i_all - s, E, rounding_mode="floor"))   # m of i = s+r+E*m
+    Lk, Lq = k.shape[2], q.shape[2]
+    k_near = rotate(k, rope, _arange(0, Lk, q.device), ("lin", 0, Lk))
+    q_near = rotate(q, rope, i_all, ("lin", i0, i0 + Lq))
+    q_far = rotate(q, rope, torch.div(i_all - s, E, rounding_mode="floor"),   # m of i = s+r+E*m
+                   ("stair-q", i0, i0 + Lq))
     for x in range(min(E, q.shape[2])):                   # one residue class each
         idx = torch.arange(x, q.shape[2], E, device=q.device)
         out[:, :, idx] = _stair_class(q_near[:, :, idx], q_far[:, :, idx], k, k_near, v,
@@ -314,7 +325,8 @@ def _stair_class(q_near, q_far, k, k_near, v, i, r, rope, scale, backend, s, N, 
     f_all = max(0, int(i[-1]) - N + 1)                    # far keys of the last query
     jf_all = _arange(0, f_all, dev)
     k_far = rotate(k[:, :, :f_all], rope, -(N + torch.div(s + r - jf_all - N, E,
-                                                             rounding_mode="floor")))
+                                                             rounding_mode="floor")),
+                   ("stair-k", r, f_all))
     out = []
     B = _block_size(q_near, k.shape[2] + N, backend)
     for a in range(0, q_near.shape[2], B):

@@ -11,18 +11,26 @@
   ``/proc/self/clear_refs``; CUDA: ``max_memory_allocated``).
 
 Calibration (CPU, this project's 2-core/24 GiB machine, torch 2.13, fp32,
-SmolLM2-135M shapes: 30 layers, hidden 576, MLP 1536, 9 heads / 3 KV heads of
-64): the estimate was compared with the RSS high-water mark of one
+SmolLM2-135M-Instruct: 30 layers, hidden 576, MLP 1536, 9 heads / 3 KV heads
+of 64): the estimate was compared with the RSS high-water mark of one
 ``model(ids, use_cache=True, logits_to_keep=1)`` at 2k, 4k and 8k tokens for
-origin (sdpa and eager), mesa, rerope, leaky-rerope, dynamic-ntk,
-streaming-llm and lm-infinite, and chunked Mesa (``train_length=2048``); every
-point is within 30% (most within 15%).  The table is in
-``tests/test_memory.py`` (``CALIBRATION``).  On CPU the measured RSS carries
-glibc heap fragmentation that grows with the KV cache (the cache tensors of
-30 layers are allocated between the layers' transients, so freed transients
-cannot be trimmed); ``CPU_CACHE_OVERHEAD`` models that.  CUDA numbers
-(``max_memory_allocated``) have no such term; the CUDA side of the formula
-follows the same tensor count but has not been calibrated here (no GPU).
+every method with ``sdpa`` (origin, mesa, rerope, leaky-rerope, dynamic-ntk,
+streaming-llm, lm-infinite; Mesa also chunked, ``train_length=2048``) and for
+origin, rerope and chunked Mesa with ``eager``.  Measured inside
+:func:`exact_rss` (as ``mesa-viz bench`` does) every point is within 25% (native attention
+within 8%, the blocked kernels 0.91-1.21, eager chunked Mesa 0.77); the
+table is ``CALIBRATION`` in ``tests/test_memory.py``.  The kernels' terms
+follow ``mesa_viz/kernels.py`` as measured (2026-11-26): re-check after kernel
+changes (bench rows carry ``predicted_mem_bytes`` beside ``peak_mem_bytes``).
+
+Under glibc's default adaptive malloc policy the RSS depends on what ran
+before: freed tensors stay in a fragmented heap (the same 2k prefill measured
+160 MB in a fresh process and 270 MB after an 8k one; 4k-8k points ran 1.0 to
+1.2 KV caches above the live tensors).  ``CPU_FRAGMENTATION`` (extra bytes per
+KV-cache byte) covers that by default (``fragmentation=None``); it errs high
+for short first runs.  CUDA peaks (``max_memory_allocated``) have no such
+term; the CUDA side of the formula follows the same tensor count with the
+kernels' CUDA block sizes, but is not calibrated (no GPU here).
 """
 
 from __future__ import annotations
@@ -36,24 +44,67 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .methods import (DynamicNTK, LeakyReRoPE, LMInfinite, Mesa, Method, Origin, ReRoPE,
-                      StreamingLLM, get_method)
+from .methods import DynamicNTK, Mesa, Method, Origin, get_method
 
 __all__ = ["available_bytes", "estimate_peak_bytes", "check_fits", "LengthTooLong",
-           "PeakMemory", "ModelDims", "model_dims", "GiB"]
+           "PeakMemory", "exact_rss", "set_mmap_threshold", "ModelDims", "model_dims", "GiB"]
 
 log = logging.getLogger(__name__)
 
 GiB = 2 ** 30
 
-#: Extra RSS per byte of KV cache on CPU (glibc fragmentation, see module doc).
-CPU_CACHE_OVERHEAD = 0.6
-#: Per-token transient of one decoder layer, in units of (MLP width, hidden
-#: width, attention width = heads * head_dim) elements of the model dtype.
-MLP_TRANSIENTS, HIDDEN_TRANSIENTS, ATTN_TRANSIENTS = 4, 6, 3
-#: Per-token O(n) copies made by the blocked kernels (rotated keys, near/far
-#: key concatenation with zero halves, value concatenation), in KV widths.
-KERNEL_KV_COPIES = 10
+#: Extra RSS per byte of KV cache on CPU under glibc's default (adaptive) malloc
+#: policy: heap fragmentation, see the module doc (0 inside :func:`exact_rss`).
+CPU_FRAGMENTATION = 1.0
+#: Per-token transients of one decoder layer, in elements of the model dtype,
+#: as multiples of (MLP width, hidden width, attention width = heads * head_dim,
+#: KV width = kv_heads * head_dim).  MLP phase: gate, up, act(gate), product +
+#: residual and norm output.  Attention phase: residual, norm, q, k, v, output.
+MLP_PHASE = (4, 2, 0, 0)
+ATTN_PHASE = (0, 2, 2, 2)
+#: Extra per-token O(n) copies made by the blocked kernels (rotated queries and
+#: near/far key sets, GQA-repeated keys and values), in attention and KV widths.
+KERNEL_Q_COPIES, KERNEL_KV_COPIES = 4, 10
+#: One query block's mask and bias tensors (int64 distances, bool masks, float
+#: bias and its GQA repeat), in multiples of its 4-byte ``rows x keys`` area,
+#: which the kernels cap at ``SCORE_BUDGET / 2`` per key set.
+KERNEL_BLOCK_FACTOR = 3
+#: Score tensors of one block alive at once in the kernels' eager path.
+EAGER_SCORE_COPIES = 1.5
+#: The mmap threshold :func:`exact_rss` sets while it measures (bytes), and the
+#: one it leaves behind (glibc's adaptive maximum on 64-bit, 32 MiB).
+MMAP_THRESHOLD, MMAP_THRESHOLD_AFTER = 1 << 20, 32 << 20
+
+
+def set_mmap_threshold(threshold: int) -> bool:
+    """``mallopt(M_MMAP_THRESHOLD, threshold)`` (and the trim threshold at
+    twice it): allocations of ``threshold`` bytes or more get their own
+    mapping, returned to the OS when freed.  This also stops glibc adapting the
+    threshold for the rest of the process.  False where unavailable."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = bool(libc.mallopt(-3, int(threshold)))                 # M_MMAP_THRESHOLD
+        return ok and bool(libc.mallopt(-1, 2 * int(threshold)))    # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+@contextlib.contextmanager
+def exact_rss(threshold: int = MMAP_THRESHOLD, after: int = MMAP_THRESHOLD_AFTER):
+    """Inside the block every allocation of ``threshold`` bytes or more is its
+    own mapping, so the RSS high-water mark is the working set of live tensors
+    (reproducible to ~1%), not what glibc's heap kept from earlier work (the
+    same 2k prefill measured 160 MB in a fresh process and 270 MB after an 8k
+    one).  Not for timing: page faults on every large allocation made decode
+    steps 10-40x slower here.  On exit the threshold is fixed at ``after``
+    (32 MiB, where glibc's adaptive policy ends up).  Yields whether it applied.
+    """
+    ok = set_mmap_threshold(threshold)
+    try:
+        yield ok
+    finally:
+        if ok:
+            set_mmap_threshold(after)
 
 
 class LengthTooLong(MemoryError):
@@ -159,40 +210,52 @@ def _native(m: Method, capture: bool = False) -> bool:
     return isinstance(m, (Origin, DynamicNTK)) and not capture
 
 
-def _kernel_keys(m: Method, n: int) -> int:
-    """Key columns one kernel query block is scored against (two key sets are
-    concatenated along the key axis for the near/far methods)."""
-    if isinstance(m, Mesa) and len(m.plan().chunks) == 1:
-        return 0                                            # is_causal SDPA, O(n)
-    return 2 * n
+def _kernel_area(m: Method, n: int) -> int:
+    """Bytes of one 4-byte ``[query rows, keys]`` plane over the queries the
+    kernels score in blocks (0 where they call the fused causal kernel)."""
+    if isinstance(m, Mesa):
+        plan = m.plan()
+        if len(plan.chunks) == 1:
+            return 0                                    # is_causal SDPA, O(n)
+        return 4 * (n - plan.last_start) * n            # the last chunk's rows
+    return 4 * n * n
 
 
 def estimate_peak_bytes(config, method_name, seq_len: int, *, dtype_bytes: int = 4,
                         backend: str = "sdpa", batch: int = 1, decode_tokens: int = 0,
                         device: str = "cpu", train_length: int | None = None,
-                        logits_kept: int | None = 1, params: dict | None = None) -> int:
+                        logits_kept: int | None = 1, params: dict | None = None,
+                        fragmentation: float | None = None) -> int:
     """Estimated peak activation bytes (net of weights) of one prefill of
     ``seq_len`` tokens under ``method_name`` (a name or a Method), followed by
-    ``decode_tokens`` greedy steps on its cache.
+    ``decode_tokens`` greedy steps on its cache.  ``config``: a transformers
+    config or a :class:`ModelDims`.
 
-    Terms (``b = dtype_bytes``, ``n = seq_len``, per batch row):
+    Terms (``b = dtype_bytes``, ``n = seq_len``, per batch row); one decoder
+    layer is live at a time, and within it the MLP and the attention run one
+    after the other, so the peak is the cache plus the larger of two phases:
 
     * KV cache ``2 * layers * kv_heads * head_dim * (n + decode_tokens) * b``
-      (times ``1 + CPU_CACHE_OVERHEAD`` on CPU, see the module doc);
-    * one layer's transients over the whole sequence: ``n * b * (4 *
-      intermediate + 6 * hidden + 3 * heads * head_dim)`` (MLP gate/up/act/
-      product, residual, norms, q/attention output) — only one layer is live;
+      (times ``1 + fragmentation``);
+    * MLP phase ``n * b * (4 * intermediate + 2 * hidden)`` (gate, up,
+      act(gate), product; residual, norm output; 3 for ungated MLPs);
+    * attention phase ``n * b * (2 * hidden + 2 * heads * head_dim + 2 *
+      kv_heads * head_dim)`` plus the attention working set.  Native ``sdpa``
+      (origin, dynamic-ntk; Mesa up to ``T``): the fused causal kernel (CPU
+      flash, CUDA flash), measured O(n), nothing more.  Native ``eager``: the
+      ``[heads, n, n]`` scores twice (scores + mask, softmax output) plus the
+      ``[n, n]`` float and bool masks.  Blocked kernels (``mesa_viz.kernels``:
+      Mesa beyond ``T``, rerope, leaky-rerope, streaming-llm, lm-infinite):
+      O(n) copies (``KERNEL_Q_COPIES`` attention widths, ``KERNEL_KV_COPIES``
+      KV widths) plus one query block's masks, ``KERNEL_BLOCK_FACTOR`` times
+      its 4-byte ``rows x keys`` area, capped by ``kernels.SCORE_BUDGET / 2``
+      (``/ (2 * heads)`` on CUDA and with eager, where blocks hold every head);
+      ``eager`` adds the block's ``[heads, rows, keys]`` scores
+      (``EAGER_SCORE_COPIES`` of them);
     * logits ``logits_kept * vocab * b`` (all ``n`` rows if ``logits_kept`` is None);
-    * attention working set: native ``eager`` (origin, dynamic-ntk) holds
-      the ``[heads, n, n]`` scores twice (scores + mask sum, softmax output)
-      plus the ``[n, n]`` additive mask; native ``sdpa`` uses the fused causal
-      kernel (CPU flash / CUDA flash), O(n), measured: only its output; the
-      blocked kernels (``mesa_viz.kernels``) hold O(n) rotated/concatenated key
-      copies (``KERNEL_KV_COPIES`` KV widths) plus one score block bounded by
-      ``kernels.SCORE_BUDGET`` bytes: with ``sdpa`` only the block's float
-      mask (``SCORE_BUDGET / heads``; CPU SDPA turns a bool mask into float),
-      with ``eager`` three score tensors of one key set (half the block:
-      near and far keys are scored separately and merged by log-sum-exp).
+    * ``fragmentation``: extra RSS per byte of KV cache from glibc's heap
+      (None: ``CPU_FRAGMENTATION`` on CPU, 0 on CUDA; pass 0 to predict a
+      measurement made inside :func:`exact_rss`).
 
     Returns bytes (int).
     """
@@ -206,33 +269,35 @@ def estimate_peak_bytes(config, method_name, seq_len: int, *, dtype_bytes: int =
     m = _resolve(method_name, n, dims, train_length, params)
     b = int(dtype_bytes)
     cpu = not str(device).startswith("cuda")
+    if fragmentation is None:
+        fragmentation = CPU_FRAGMENTATION if cpu else 0.0
     L, H, I = dims.layers, dims.hidden, dims.intermediate
     h, kvh, d = dims.heads, dims.kv_heads, dims.head_dim
 
+    def phase(w):
+        return n * b * (w[0] * I * (1 if dims.gated_mlp or w[0] == 0 else 0.75)
+                        + w[1] * H + w[2] * h * d + w[3] * kvh * d)
+
     kv = 2 * L * kvh * d * (n + int(decode_tokens)) * b
-    if cpu:
-        kv = int(kv * (1 + CPU_CACHE_OVERHEAD))
-    mlp = (MLP_TRANSIENTS if dims.gated_mlp else MLP_TRANSIENTS - 1) * I
-    acts = n * b * (mlp + HIDDEN_TRANSIENTS * H + ATTN_TRANSIENTS * h * d)
+    kv = int(kv * (1 + fragmentation))
     rows = n if logits_kept is None else min(n, int(logits_kept))
     logits = rows * dims.vocab * b
-
+    attn = phase(ATTN_PHASE)
     if _native(m):
-        if backend == "eager":
-            work = 2 * h * n * n * b + n * n * b + n * n   # scores x2, float mask, bool mask
-        else:
-            work = 0                                        # fused causal kernel: O(n), in acts
+        if backend == "eager":                      # scores x2, float mask, bool mask
+            attn += 2 * h * n * n * b + n * n * b + n * n
     else:
-        keys = _kernel_keys(m, n)
-        copies = KERNEL_KV_COPIES * n * kvh * d * b + 2 * n * h * d * b
-        if keys == 0:
-            block = 0
-        elif backend == "eager":
-            block = 3 * min(SCORE_BUDGET, 4 * h * n * keys) * b // 8
-        else:
-            block = min(SCORE_BUDGET // h, 4 * n * keys)
-        work = copies + block
-    return int(batch) * int(kv + acts + work) + int(batch) * logits
+        area = _kernel_area(m, n)                   # 4-byte rows x keys of the kernel's blocks
+        if area:
+            attn += n * b * (KERNEL_Q_COPIES * h * d + KERNEL_KV_COPIES * kvh * d)
+            # blocks hold every head on CUDA and with eager (the CPU flash path folds heads)
+            per_head = backend == "eager" or not cpu
+            cap = SCORE_BUDGET // (2 * h) if per_head else SCORE_BUDGET // 2
+            attn += KERNEL_BLOCK_FACTOR * min(cap, area)
+            if backend == "eager":                  # [heads, rows, keys] scores, ~2 alive
+                attn += int(EAGER_SCORE_COPIES * h * min(cap, area) * b / 4)
+    peak = kv + max(phase(MLP_PHASE), attn)
+    return int(batch) * int(peak) + int(batch) * logits
 
 
 # -- the check ------------------------------------------------------------------------
@@ -328,11 +393,15 @@ class PeakMemory:
     ``/proc/self/clear_refs`` and read from ``VmHWM`` after (exact).  Where
     that is not allowed a background thread samples RSS every
     ``interval`` seconds (``method == "sampled"``: short spikes can be missed).
-    ``ru_maxrss`` alone never decreases, so it is not used.
+    ``ru_maxrss`` alone never decreases, so it is not used.  ``exact=True``
+    (CPU) measures inside :func:`exact_rss`: live tensors, not heap leftovers
+    (slower code inside; not for timing).
     """
 
-    def __init__(self, device="cpu", interval: float = 0.002):
+    def __init__(self, device="cpu", interval: float = 0.002, exact: bool = False):
         self.device = str(device)
+        self.exact = exact
+        self._exact_cm = None
         self.interval = interval
         self.peak_bytes: int | None = None
         self.method = None
@@ -349,6 +418,9 @@ class PeakMemory:
             self._base = torch.cuda.memory_allocated(self.device)
             self.method = "cuda"
             return self
+        if self.exact:
+            self._exact_cm = exact_rss()
+            self._exact_cm.__enter__()
         _malloc_trim()
         self._base = _rss()
         if _reset_hwm():
@@ -377,4 +449,7 @@ class PeakMemory:
             self._thread.join()
             peak = max(self._max, _rss())
         self.peak_bytes = max(0, int(peak - self._base))
+        if self._exact_cm is not None:
+            self._exact_cm.__exit__(None, None, None)
+            self._exact_cm = None
         return False

@@ -294,7 +294,7 @@ class Mesa(Method):
 
     For ``n <= train_length`` it is Origin.  Otherwise the prompt is cut into
     the first chunk, middle chunks of ``chunk_size`` (default: at most
-    ``train_length // 4``, sized from the prompt so the last chunk is close to
+    ``train_length // 8``, sized from the prompt so the last chunk is close to
     ``last_chunk``, the authors' DynamicSplit; each sees the first chunk
     at positions ``0..first_chunk-1`` and itself after it), and a last chunk of
     at least ``last_chunk`` tokens that sees every earlier key through Stair PE.
@@ -325,7 +325,7 @@ class Mesa(Method):
         T = self.train_length
         F = max(1, T // 16) if self.first_chunk is None else self.first_chunk
         _check_int("first_chunk", F, 1, T - 1, f"train_length={T}")
-        L = max(1, T // 8) if self.last_chunk is None else self.last_chunk
+        L = max(1, T // 16) if self.last_chunk is None else self.last_chunk
         _check_int("last_chunk", L, 1, T)
         if self.stair not in ("per-query", "anchored"):
             raise ValueError(f"stair={self.stair!r}: allowed 'per-query' or 'anchored'")
@@ -334,7 +334,7 @@ class Mesa(Method):
         _check_int("prefill_length", P, 1, seq_len)
         C = self.chunk_size
         if C is None:                # DynamicSplit: equal chunks, last one close to last_chunk
-            C, rest = max(1, min(T // 4, T - F)), P - F - L
+            C, rest = max(1, min(T // 8, T - F)), P - F - L
             if P > T and rest > 0:
                 C = max(1, rest // math.ceil(rest / C))
         _check_int("chunk_size", C, 1, T - F,

@@ -117,6 +117,10 @@ def build_model(torch, cfg_kw: dict, device: str, dtype):
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=dtype)
+    model = model.to(device=device, dtype=dtype)          # no-op when built in place
+    dev = next(model.parameters()).device
+    if dev.type != torch.device(device).type:
+        sys.exit(f"gpu_bench: the model is on {dev}, not {device}")
     return model.eval()
 
 

@@ -50,6 +50,8 @@ def test_rows_have_every_field_typed(ran):
         assert r["oom"] is False and r["prefill_s"] > 0 and r["peak_mem_bytes"] >= 0
         assert r["gflops_achieved"] == pytest.approx(r["useful_flops"] / r["prefill_s"] / 1e9)
         assert len(r["decode_ms_all"]) == 2 and r["dtype"] == "float32"
+        assert r["mem_method"] in ("hwm-exact", "sampled-exact")
+        assert r["oom_check_bytes"] >= r["predicted_mem_bytes"]
         assert r["backend"] == "sdpa" and r["model"] == "tiny"
         assert isinstance(r["sdpa_backends"], dict)
         if r["method"] == "origin":                       # the model's own SDPA calls
@@ -148,7 +150,8 @@ def test_prefill_flops_mesa_figure_plan_by_hand():
     ("leaky-rerope", {"window": 5}), ("streaming-llm", {"sink_tokens": 2, "window": 4}),
     ("lm-infinite", {"sink_tokens": 3, "window": 5}),
     ("mesa", dict(first_chunk=3, chunk_size=4, last_chunk=3)),
-    ("mesa", dict(first_chunk=2, chunk_size=3, last_chunk=2, stair="anchored", stair_start=2)),
+    ("mesa", dict(first_chunk=2, chunk_size=3, last_chunk=2, stair="anchored", stair_start=2,
+                  stair_limit=8)),
 ])
 @pytest.mark.parametrize("n", [1, 7, 8, 23, 40])
 def test_visible_pairs_match_the_layout(name, params, n):

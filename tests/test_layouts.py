@@ -102,7 +102,8 @@ def test_mesa_per_query_stair_is_papers_rule():
 
 
 def test_mesa_anchored_stair():
-    L = mv.layout("mesa", 200, train_length=64, stair="anchored", stair_start=10, stair_width=3)
+    L = mv.layout("mesa", 200, train_length=64, stair="anchored", stair_start=10, stair_width=3,
+                  last_chunk=16)
     s = L.chunk_plan.last_start
     for i in (s, s + 5, 199):
         for j in (0, s // 2, s - 1):
