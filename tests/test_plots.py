@@ -27,7 +27,7 @@ def _quiet_layout_warnings(caplog):
 def figure1_mesa():
     """Figure 1 (left) of the paper: n=13, first chunk 2, middle chunks of 3, last 2."""
     return mesa_viz.layout("mesa", 13, train_length=5, first_chunk=2, chunk_size=3,
-                           last_chunk=2, stair_width=2)
+                           last_chunk=2, stair_start=2, stair_width=2)
 
 
 def attention_rows(n_rows=3, width=16500, seed=0):
