@@ -34,7 +34,7 @@ demo: setup
 
 thresholds: setup
 	$(VENV)/bin/mesa-viz thresholds --length 16384 --methods origin,mesa,rerope \
-	    --out runs/thresholds.jsonl
+	    --out runs/thresholds/thresholds.jsonl
 
 bench: setup
 	$(VENV)/bin/mesa-viz bench --methods origin,mesa,rerope,leaky-rerope,dynamic-ntk,streaming-llm,lm-infinite \
