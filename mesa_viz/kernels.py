@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -387,7 +388,6 @@ def dense_rows(m: Method, q_rows, k, rows, rope: Rope, scale: float):
     ``k [b, kv_h, kv_len, d]``.  Returns probabilities ``[b, h, R, kv_len]``
     (float32).
     """
-    import numpy as np
     Lk, dev = k.shape[2], k.device
     rel, vis = m.relative(np.asarray(rows)[:, None], np.arange(Lk)[None, :])
     rel = torch.as_tensor(np.where(vis, rel, 0), dtype=torch.float32, device=dev)
@@ -408,7 +408,6 @@ def dense_rows(m: Method, q_rows, k, rows, rope: Rope, scale: float):
 
 def query_scale(m: Method, rows):
     """Per-query multiplier on q (Mesa's optional log-n scaling), ``[len(rows)]``."""
-    import numpy as np
     rows = np.asarray(rows, dtype=np.float64)
     if not (isinstance(m, Mesa) and m.log_scaling):
         return np.ones_like(rows)

@@ -131,10 +131,6 @@ def _tokens(tokenizer, ids):
 
 
 def _check_memory(model, method, n):
-    """Refuse a length the machine cannot hold (estimate from mesa_viz.memory)."""
-    try:
-        from .memory import check_fits
-    except ImportError:                       # pragma: no cover - memory.py ships with the package
-        log.warning("mesa_viz.memory is missing: length %d not checked", n)
-        return
+    """Refuse a length the machine cannot hold (raises ``memory.LengthTooLong``)."""
+    from .memory import check_fits
     check_fits(model, getattr(method, "name", method), n)
