@@ -172,6 +172,11 @@ def jupyter_lab(tmp_path):
 
 
 def kernel_idle(drv) -> bool:
+    """The notebook's kernel is idle; a "Select Kernel" dialog (JupyterLab asks
+    when it cannot pick the kernel by itself) is accepted with its default."""
+    drv.execute_script(
+        "const b = [...document.querySelectorAll('.jp-Dialog button')]"
+        ".find(e => e.textContent.trim() === 'Select'); if (b) b.click();")
     return bool(drv.execute_script(
         "const s = document.querySelector('.jp-Notebook-ExecutionIndicator');"
         "return s && s.getAttribute('data-status') === 'idle'"))
