@@ -29,6 +29,9 @@ __all__ = ["Rope", "attend", "rotate", "dense_rows", "SCORE_BUDGET"]
 
 #: Bytes of fp32 scores one SDPA call may hold (blocks are sized to fit it).
 SCORE_BUDGET = 256 * 2**20
+#: Query rows per block on CPU: only a block-wide edge of each key set needs a mask
+#: (:func:`_lse_parts`), so short blocks keep the masked work small.
+CPU_BLOCK = 256
 
 
 @dataclass(frozen=True)
@@ -112,11 +115,55 @@ def _attn_lse(q, k, v, mask, scale, backend, causal=False):
             scale=scale)
         out, lse = out.reshape(b, h, L, -1), lse.reshape(b, h, L)
         return out, lse if mask is None else lse.masked_fill(~mask.any(-1), float("-inf"))
-    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
-    w = torch.matmul(q, k.transpose(-1, -2)).float() * scale
-    w = w if mask is None else w.masked_fill(~mask, float("-inf"))
+    # scores by matmul, GQA folded (the query heads of one KV head are rows)
+    qf = q.reshape(b, k.shape[1], rep * L, q.shape[-1])
+    w = torch.matmul(qf, k.transpose(-1, -2)).float() * scale          # [b, kvh, rep*L, Lk]
+    if mask is not None:
+        w = w.view(b, k.shape[1], rep, L, -1).masked_fill(~mask, float("-inf")).view(w.shape)
     lse = torch.logsumexp(w, dim=-1)
-    return torch.matmul(torch.exp(w - lse[..., None]).to(v.dtype), v), lse
+    out = _pv(torch.exp(w - lse[..., None]).to(v.dtype), v, split=q.device.type != "cpu")
+    return out.reshape(b, h, L, -1), lse.reshape(b, h, L)
+
+
+def _pv(p, v, split: bool, block: int = 4096):
+    """``p [b, kvh, R, Lk] @ v [b, kvh, Lk, d_v]``.  With ``split`` (GPU) and many
+    keys, the sum runs over key blocks as a batch of products added up (split-K):
+    a single ``[R, Lk] x [Lk, d_v]`` product with few rows runs on few GPU blocks."""
+    Lk = v.shape[2]
+    nb = Lk // block
+    if not split or nb < 2:
+        return torch.matmul(p, v)
+    b, kvh, R, _ = p.shape
+    cut = nb * block
+    pb = p[..., :cut].reshape(b, kvh, R, nb, block).transpose(2, 3)    # [b, kvh, nb, R, block]
+    out = torch.matmul(pb, v[:, :, :cut].reshape(b, kvh, nb, block, -1)).sum(2)
+    if cut < Lk:
+        out = out + torch.matmul(p[..., cut:], v[:, :, cut:])
+    return out
+
+
+def _interval(row):
+    """``(lo, hi)`` of the one run of True in a bool row ``[L]``, None if empty."""
+    idx = row.nonzero()
+    return None if idx.numel() == 0 else (int(idx[0]), int(idx[-1]) + 1)
+
+
+def _lse_parts(q, k, v, mask, scale, backend):
+    """:func:`_attn_lse` as a list of parts to merge, for a mask each of whose
+    rows sees one interval of keys whose two ends never move left from row to
+    row (every mask these kernels build).  The keys every row sees go through
+    the kernel without a mask; only the two edges, at most a block wide, carry
+    one."""
+    first = last = None
+    if mask is not None and mask.shape[0] > 1:
+        first, last = _interval(mask[0]), _interval(mask[-1])
+    if first is None or last is None or last[0] >= first[1]:
+        return [_attn_lse(q, k, v, mask, scale, backend)]
+    (lo_f, hi_f), (lo_l, hi_l) = first, last
+    return [_attn_lse(q, k[:, :, a:b], v[:, :, a:b], mask[:, a:b] if masked else None,
+                      scale, backend)
+            for a, b, masked in ((lo_f, lo_l, True), (lo_l, hi_f, False), (hi_f, hi_l, True))
+            if b > a]
 
 
 def _merge(parts):
@@ -136,11 +183,13 @@ def _pair(qa, ka, va, ma, qb, kb, vb, mb, scale, backend):
     On CPU the two sets are scored separately and merged by log-sum-exp; on
     GPU they are concatenated along the head dimension for one fused call.
     """
-    if kb is None or kb.shape[2] == 0:
-        return sdpa(qa, ka, va, ma, scale, backend)
-    if ka.shape[2] == 0:
-        return sdpa(qb, kb, vb, mb, scale, backend)
-    if q_is_cpu_or_eager(qa, backend):
+    sets = [(qx, kx, vx, mx) for qx, kx, vx, mx in ((qa, ka, va, ma), (qb, kb, vb, mb))
+            if kx is not None and kx.shape[2]]
+    if backend == "sdpa" and q_is_cpu_or_eager(qa, backend):
+        return _merge([p for x in sets for p in _lse_parts(*x, scale, backend)])
+    if len(sets) == 1:
+        return sdpa(*sets[0], scale, backend)
+    if q_is_cpu_or_eager(qa, backend) or _few_rows(qa, ka.shape[2] + kb.shape[2]):
         return _merge([_attn_lse(qa, ka, va, ma, scale, backend),
                        _attn_lse(qb, kb, vb, mb, scale, backend)])
     q = torch.cat((qa, qb), dim=-1)
@@ -154,12 +203,21 @@ def q_is_cpu_or_eager(q, backend):
     return backend == "eager" or q.device.type == "cpu"
 
 
+def _few_rows(q, n_keys):
+    """On GPU, a call with few query rows (Mesa's residue classes: about
+    ``last_chunk / stair_width`` rows each) parallelises badly in the fused SDPA
+    kernels (one block per head); scores by matmul when they fit the budget."""
+    return q.shape[2] <= 64 and 4 * q.shape[0] * q.shape[1] * q.shape[2] * n_keys <= SCORE_BUDGET
+
+
 def _block_size(q, n_keys, backend):
-    """Query rows per call so the scores (eager) or the additive mask (CPU
-    flash, GQA-folded) stay within ``SCORE_BUDGET`` bytes."""
+    """Query rows per call so the scores (eager: every head) or the mask
+    (SDPA's fused kernels: one additive mask shared by the heads) stay within
+    ``SCORE_BUDGET`` bytes."""
     b, h = q.shape[0], q.shape[1]
-    per_row = 4 * n_keys * b * (h if backend == "eager" or q.device.type != "cpu" else 1)
-    return max(1, min(8192, SCORE_BUDGET // max(1, per_row)))
+    per_row = 4 * n_keys * b * (h if backend == "eager" else 1)
+    cap = CPU_BLOCK if backend == "sdpa" and q_is_cpu_or_eager(q, backend) else 8192
+    return max(1, min(cap, SCORE_BUDGET // max(1, per_row)))
 
 
 # -- origin ---------------------------------------------------------------------
@@ -206,7 +264,8 @@ def _near_far(q, k, v, i0, rope, scale, backend, *, near, far_keys, far_q_pos,
         ma = (jn[None, :] <= i[:, None]) & (i[:, None] - jn[None, :] < near)
         f0, f1 = far_keys(i0 + a, i0 + b - 1)
         if f1 <= f0:
-            out.append(sdpa(qa, k_near[:, :, n0:n1], v[:, :, n0:n1], ma, scale, backend))
+            out.append(_pair(qa, k_near[:, :, n0:n1], v[:, :, n0:n1], ma,
+                             None, None, None, None, scale, backend))
             continue
         jf = j_all[f0:f1]
         qb = rotate(q[:, :, a:b], rope, far_q_pos(i), ("far-q", i0 + a, i0 + b))
@@ -255,39 +314,61 @@ def _log_scale(q, m: Mesa, i):
 
 def _mesa_middle(q, k, v, rope, scale, backend, m: Mesa):
     """All middle chunks as one batch: chunk queries see the first chunk at
-    ``0..F-1`` and themselves causally at ``F..F+C-1``."""
+    ``0..F-1`` and themselves causally at ``F..F+C-1``.
+
+    Each chunk is put behind a copy of the first chunk, so the whole batch is
+    one plain causal attention over ``F + C`` tokens (SDPA's fused causal
+    kernel, no mask); the first chunk's own rows are recomputed and dropped
+    (``F^2/2`` extra pairs per chunk).
+    """
     plan = m.plan()
     F_, C = m.first_chunk, m.chunk_size
     nc, (a, b) = len(plan.middle), (plan.middle[0][0], plan.middle[-1][1])
     bs, h, _, d = q.shape
     dev = q.device
-    pos = _arange(F_, F_ + C, dev)
 
     def chunks(x):  # [b, H, nc*C, d] -> [b*nc, H, C, d]
         return x[:, :, a:b].reshape(bs, x.shape[1], nc, C, x.shape[-1]).transpose(1, 2) \
             .reshape(bs * nc, x.shape[1], C, x.shape[-1])
 
-    kf, vf = rotate(k[:, :, :F_], rope, _arange(0, F_, dev), ("lin", 0, F_)), v[:, :, :F_]
-    key = ("lin", F_, F_ + C)
-    qc, kc, vc = rotate(chunks(q), rope, pos, key), rotate(chunks(k), rope, pos, key), chunks(v)
-    fused = q_is_cpu_or_eager(q, backend)
-    g = bs * nc if backend == "sdpa" else max(1, _block_size(q, F_ + C, backend) // C)
-    mask = torch.cat((torch.ones(C, F_, dtype=torch.bool, device=dev),
-                      torch.ones(C, C, dtype=torch.bool, device=dev).tril()), dim=1)
-    out = []
-    for a in range(0, bs * nc, g):
-        e = min(bs * nc, a + g)
-        batch_of = torch.arange(a, e, device=dev) // nc
-        if fused:      # first chunk (full) and own chunk (causal) merged by log-sum-exp
-            out.append(_merge([_attn_lse(qc[a:e], kf[batch_of], vf[batch_of], None, scale, backend),
-                               _attn_lse(qc[a:e], kc[a:e], vc[a:e], None, scale, backend,
-                                         causal=True)]))
-        else:
-            kk = torch.cat((kf[batch_of], kc[a:e]), dim=2)
-            vv = torch.cat((vf[batch_of], vc[a:e]), dim=2)
-            out.append(sdpa(qc[a:e], kk, vv, mask, scale, backend))
-    o = torch.cat(out, dim=0).reshape(bs, nc, h, C, -1).transpose(1, 2)
+    def behind_first(first, x, key):  # [b, H, F, d], [b, H, L, d] -> [b*nc, H, F + C, d]
+        first = first if key is None else rotate(first, rope, _arange(0, F_, dev), key)
+        x = chunks(x) if key is None else rotate(chunks(x), rope, _arange(F_, F_ + C, dev),
+                                                 ("lin", F_, F_ + C))
+        return torch.cat((first.repeat_interleave(nc, dim=0), x), dim=2)
+
+    key = ("lin", 0, F_)
+    qq, kk, vv = (behind_first(q[:, :, :F_], q, key), behind_first(k[:, :, :F_], k, key),
+                  behind_first(v[:, :, :F_], v, None))
+    if backend == "sdpa" and q_is_cpu_or_eager(q, backend):
+        o = _behind_first_cpu(qq, kk, vv, F_, scale)
+    elif backend == "sdpa":
+        o = F.scaled_dot_product_attention(qq, kk, vv, is_causal=True, scale=scale,
+                                           enable_gqa=h != k.shape[1])[:, :, F_:]
+    else:
+        mask = torch.ones(F_ + C, F_ + C, dtype=torch.bool, device=dev).tril()[F_:]
+        g = max(1, _block_size(q, F_ + C, backend) // C)
+        o = torch.cat([sdpa(qq[i:i + g, :, F_:], kk[i:i + g], vv[i:i + g], mask, scale, backend)
+                       for i in range(0, bs * nc, g)], dim=0)
+    o = o.reshape(bs, nc, h, C, -1).transpose(1, 2)
     return o.reshape(bs, h, nc * C, -1)
+
+
+def _behind_first_cpu(qq, kk, vv, F_, scale, sub=256):
+    """Causal attention of rows ``F_..`` of ``qq [B, h, F+C, d]`` over ``kk, vv``
+    in sub-blocks of ``sub`` rows: all earlier keys without a mask, the
+    diagonal block causally, merged by log-sum-exp.  The CPU flash kernel works
+    in 512-key blocks, so one causal call over ``F + C`` keys would compute
+    about a third more than needed; this computes at most ``sub / 2`` extra
+    keys per row."""
+    out = []
+    for a in range(F_, qq.shape[2], sub):
+        e = min(qq.shape[2], a + sub)
+        qa = qq[:, :, a:e].contiguous()
+        out.append(_merge([_attn_lse(qa, kk[:, :, :a], vv[:, :, :a], None, scale, "sdpa"),
+                           _attn_lse(qa, kk[:, :, a:e], vv[:, :, a:e], None, scale, "sdpa",
+                                     causal=True)]))
+    return torch.cat(out, dim=2)
 
 
 def _stair_rows(q, k, v, i0, rope, scale, backend, m: Mesa):
@@ -302,6 +383,8 @@ def _stair_rows(q, k, v, i0, rope, scale, backend, m: Mesa):
             far_q_pos=lambda i: i - s,
             far_k_pos=lambda j: -_stair(s - j, N, E),
             far_visible=lambda i, j: j < s)
+    if q.shape[2] == 1:                                   # a generated token
+        return _stair_one(q, k, v, int(i_all[0]), rope, scale, backend, N, E)
     out = torch.empty(q.shape[:3] + (v.shape[-1],), dtype=q.dtype, device=q.device)
     Lk, Lq = k.shape[2], q.shape[2]
     k_near = rotate(k, rope, _arange(0, Lk, q.device), ("lin", 0, Lk))
@@ -313,6 +396,45 @@ def _stair_rows(q, k, v, i0, rope, scale, backend, m: Mesa):
         out[:, :, idx] = _stair_class(q_near[:, :, idx], q_far[:, :, idx], k, k_near, v,
                                       i_all[idx], (i0 + x - s) % E, rope, scale, backend, s, N, E)
     return out
+
+
+def _stair_one(q, k, v, i, rope, scale, backend, N, E):
+    """One query at ``i`` over keys ``0..i`` with per-query Stair PE, without
+    rotating the far keys.  Far keys with the same step ``P(i - j) = N + g``
+    form runs of ``E`` (a shorter run first), so the query is rotated to each
+    step instead (``[b, h, G, d]``) and every run is scored against its own
+    copy; only the ``N`` near keys are rotated.  A decode step thus reads the
+    cache once, in place.
+
+    ``q [b, h, 1, d]``, ``k, v [b, kv_h, i+1, d]``; returns ``[b, h, 1, d_v]``.
+    """
+    b, h, _, d = q.shape
+    kvh, dev = k.shape[1], q.device
+    rep, f = h // kvh, max(0, i - N + 1)                  # far keys 0..i-N
+    G, r0 = divmod(f, E)                                  # G full runs after r0 keys
+    q_near = rotate(q, rope, _arange(i, i + 1, dev)).reshape(b, kvh, rep, d)
+    k_near = rotate(k[:, :, f:], rope, _arange(f, i + 1, dev))
+    scores = [torch.matmul(q_near, k_near.transpose(-1, -2))]          # [b, kvh, rep, i+1-f]
+    if f:
+        steps = N + torch.arange(G, -1, -1, device=dev)  # the r0-run's step, then run by run
+        qs = rotate(q.expand(b, h, G + 1, d), rope, steps).reshape(b, kvh, rep, G + 1, d)
+        if G:
+            runs = k[:, :, r0:f].reshape(b, kvh, G, E, d)
+            s_runs = torch.matmul(qs[:, :, :, 1:].transpose(2, 3), runs.transpose(-1, -2))
+            scores.insert(0, s_runs.transpose(2, 3).reshape(b, kvh, rep, G * E))
+        if r0:
+            scores.insert(0, torch.matmul(qs[:, :, :, 0], k[:, :, :r0].transpose(-1, -2)))
+    s = torch.cat(scores, dim=-1).float() * scale                      # [b, kvh, rep, i+1]
+    p = torch.softmax(s, dim=-1).to(v.dtype)
+    if q_is_cpu_or_eager(q, backend) or G == 0:
+        return torch.matmul(p, v).reshape(b, h, 1, -1)
+    # GPU: one long [rep, i+1] x [i+1, d_v] product runs on few blocks; split it by run
+    p_runs = p[..., r0:f].reshape(b, kvh, rep, G, E).transpose(2, 3)   # [b, kvh, G, rep, E]
+    out = torch.matmul(p_runs, v[:, :, r0:f].reshape(b, kvh, G, E, -1)).sum(2)
+    out = out + torch.matmul(p[..., f:], v[:, :, f:])
+    if r0:
+        out = out + torch.matmul(p[..., :r0], v[:, :, :r0])
+    return out.reshape(b, h, 1, -1)
 
 
 def _stair(t, N, E):

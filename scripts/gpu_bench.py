@@ -10,11 +10,18 @@ What it does
     192k, 256k: median prefill of ``--repeats`` after ``--warmup``, peak CUDA memory
     net of the weights (``max_memory_allocated``), decode ms/token, useful GFLOP/s,
     and which SDPA backend each attention call got (``sdpa_backends`` per row);
+  * first, a kernel check: every method's prefill and one decode step on the device
+    against the CPU (fp32, random q/k/v, 1500 tokens past T = 256), since the CUDA
+    branches (near and far key sets concatenated along the head dimension, matmul
+    scores for calls with few query rows, Mesa's middle chunks through the fused causal
+    kernel, the decode output split by stair run) are otherwise only reached by forcing
+    them on CPU in tests/test_kernels.py (``kind: check`` rows; ``--no-check`` skips);
   * SDPA backends: flash attention first (``torch.nn.attention.sdpa_kernel`` with
-    priority FLASH > EFFICIENT > CUDNN > MATH).  Origin's causal calls run flash;
-    Mesa's blocked calls carry boolean masks, which flash cannot take, so they fall
-    back (the rows say to which).  ``--flash-only`` allows flash alone (masked calls
-    then fail, which is recorded);
+    priority FLASH > EFFICIENT > CUDNN > MATH).  Origin's causal calls and Mesa's
+    first and middle chunks run flash; calls with masks cannot, and fall back (the
+    rows' ``sdpa_backends`` say to which).  ``--flash-only`` allows flash alone;
+  * ``--profile LENGTH``: top operators of one Mesa prefill of LENGTH tokens and of two
+    decode steps after it (``$OUT/profile.txt``);
   * writes JSON lines to ``$OUT/gpu_bench.jsonl`` as it goes (one machine line with
     the bf16 matmul TFLOP/s, one line per point) and ``$OUT/gpu_bench_summary.txt``;
   * time guard: ``--budget`` seconds in all (default 400, model build included) and
@@ -22,7 +29,7 @@ What it does
     method's shorter lengths, would pass either is skipped with the method's longer
     lengths (``skipped`` rows).  Predicted-OOM points are written, not run.
 
-How to run it with the device tool (this session could not: no GPU was lent)
+How to run it with the device tool (results of two runs on an H200: benchmarks/h200-run*/)
   Here, once:   bash scripts/fetch_gpu_wheels.sh      # transformers 5.24 + regex into .whl/
   Then:         run(command="bash scripts/gpu_bench.sh", carry=[".whl"], timeout_s=540)
   or by hand:   run(command="python3 -m pip install -q --no-index --no-deps --no-compile
@@ -83,6 +90,11 @@ def parse(argv=None):
                    help="max predicted seconds of one prefill (default 60; tiny 30)")
     p.add_argument("--flash-only", action="store_true", help="allow the flash backend alone")
     p.add_argument("--device", default=None)
+    p.add_argument("--profile", type=int, default=0, metavar="LENGTH",
+                   help="after the grid, profile one Mesa prefill of LENGTH tokens and two "
+                        "decode steps (top kernels to $OUT/profile.txt)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the device-vs-CPU kernel check run first")
     return p.parse_args(argv)
 
 
@@ -109,6 +121,71 @@ def check_env(tiny: bool):
                  " here first, then call with carry=['.whl'] and install them to /tmp/site "
                  "(scripts/gpu_bench.sh does it).")
     return torch, transformers
+
+
+CHECK_METHODS = {"origin": {}, "mesa": {}, "mesa-anchored": {"stair": "anchored"},
+                 "rerope": {"window": 96}, "leaky-rerope": {"window": 96},
+                 "streaming-llm": {"sink_tokens": 4}, "lm-infinite": {"sink_tokens": 4}}
+
+
+def check_kernels(torch, device: str, n: int = 1500, T: int = 256) -> list[dict]:
+    """The device's kernel paths against the CPU's, fp32, random q/k/v: a prefill of ``n``
+    tokens (past ``T``) and one decode step, for every method.  On CUDA the near and far
+    key sets go through one SDPA call (head dimension doubled) and Mesa's middle chunks
+    through the fused causal kernel, paths the CPU test suite only reaches by forcing."""
+    from mesa_viz import kernels
+    from mesa_viz.methods import get_method
+    g = torch.Generator().manual_seed(0)
+    h, kvh, d = 8, 2, 64
+    q = torch.randn(1, h, n + 1, d, generator=g)
+    k = torch.randn(1, kvh, n + 1, d, generator=g)
+    v = torch.randn(1, kvh, n + 1, d, generator=g)
+    inv = 1.0 / (10000 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+    rows = []
+    for name, params in CHECK_METHODS.items():
+        base = name.split("-")[0] if name.startswith("mesa") else name
+        diffs = {}
+        for step, (lq, i0) in {"prefill": (n, 0), "decode": (1, n)}.items():
+            m = get_method(base, train_length=T, **params).resolve(i0 + lq, prefill_length=n)
+            args = (q[:, :, i0:i0 + lq], k[:, :, :i0 + lq], v[:, :, :i0 + lq])
+            cpu = kernels.attend(m, *args, i0, kernels.Rope(inv), d ** -0.5)
+            dev = kernels.attend(m, *(x.to(device) for x in args), i0,
+                                 kernels.Rope(inv.to(device)), d ** -0.5)
+            diffs[step] = float((dev.cpu() - cpu).abs().max())
+        ok = max(diffs.values()) <= 1e-3
+        rows.append({"kind": "check", "method": name, "ok": ok, "max_abs_diff": diffs,
+                     "n": n, "train_length": T, "device": device})
+        print(f"gpu_bench: check {name:<14} {'ok ' if ok else 'FAIL'} {diffs}", flush=True)
+    return rows
+
+
+def profile_mesa(torch, model, length: int, device: str) -> str:
+    """Top operators (device time) of one Mesa prefill of ``length`` tokens and of two
+    decode steps after it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from mesa_viz import apply, bench
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda")
+                                     else [])
+    sort = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
+    ids = bench.random_ids(model.config.vocab_size, length, 0, device)
+    texts = []
+    with torch.no_grad(), apply(model, "mesa"):
+        model(ids, use_cache=True, logits_to_keep=1)                     # warm-up
+        with profile(activities=acts) as prof:
+            out = model(ids, use_cache=True, logits_to_keep=1)
+        texts += [f"== mesa prefill of {length} tokens ==",
+                  prof.key_averages().table(sort_by=sort, row_limit=18)]
+        tok, cache = out.logits[:, -1:].argmax(-1), bench._out_cache(out)
+        with profile(activities=acts) as prof:
+            for _ in range(2):
+                step = model(tok, use_cache=True, **{bench._cache_kwarg(model): cache})
+                tok, cache = step.logits[:, -1:].argmax(-1), bench._out_cache(step)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+        texts += [f"== mesa: two decode steps after {length} tokens ==",
+                  prof.key_averages().table(sort_by=sort, row_limit=18)]
+    return "\n".join(texts)
 
 
 def build_model(torch, cfg_kw: dict, device: str, dtype):
@@ -172,6 +249,10 @@ def main(argv=None) -> int:
           f"{transformers.__version__}, device {device}"
           + (f" = {torch.cuda.get_device_name(0)}" if device.startswith("cuda") else ""),
           flush=True)
+    if not args.no_check:
+        from mesa_viz.results import append_jsonl
+        for row in check_kernels(torch, device if not args.tiny else "cpu"):
+            append_jsonl(out, row)
     dtype = torch.bfloat16
     t0 = time.monotonic()
     model = build_model(torch, cfg, device, dtype)
@@ -194,6 +275,10 @@ def main(argv=None) -> int:
             print(json.dumps({k: r.get(k) for k in (
                 "method", "length", "prefill_s", "peak_mem_bytes", "decode_ms_per_token",
                 "gflops_achieved", "oom", "skipped", "sdpa_backends")}), flush=True)
+    if args.profile:
+        text = profile_mesa(torch, model, args.profile, device)
+        (out_dir / "profile.txt").write_text(text + "\n")
+        print(text, flush=True)
     table = bench.summary_table(rows)
     (out_dir / "gpu_bench_summary.txt").write_text(table + "\n")
     print(table)
