@@ -46,12 +46,15 @@ class Rope:
     cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def cos_sin(self, pos: torch.Tensor, dtype: torch.dtype, key=None):
-        """``(cos, sin) [len(pos), rot_dim/2]`` for (possibly fractional)
-        positions; ``key`` names ``pos`` to reuse the tables."""
+        """Rotation tables ``(C, S) [len(pos), 2, rot_dim/2]`` for (possibly
+        fractional) positions: ``C = (cos, cos)``, ``S = (-sin, sin)``, so that
+        the two halves ``x = (x1, x2)`` rotate as ``x * C + flip(x) * S``;
+        ``key`` names ``pos`` to reuse the tables."""
         if key is not None and (key, dtype) in self.cache:
             return self.cache[key, dtype]
         freqs = pos.to(torch.float32)[:, None] * self.inv_freq.to(pos.device, torch.float32)
-        cs = ((freqs.cos() * self.scaling).to(dtype), (freqs.sin() * self.scaling).to(dtype))
+        cos, sin = freqs.cos() * self.scaling, freqs.sin() * self.scaling
+        cs = (torch.stack((cos, cos), dim=-2).to(dtype), torch.stack((-sin, sin), dim=-2).to(dtype))
         if key is not None:
             self.cache[key, dtype] = cs
         return cs
@@ -61,13 +64,13 @@ def rotate(x: torch.Tensor, rope: Rope, pos: torch.Tensor, key=None) -> torch.Te
     """``x [..., len(pos), head_dim]`` rotated to positions ``pos``: channel
     ``c`` pairs with ``c + rot_dim/2`` (half-split RoPE); channels past
     ``rot_dim`` pass through (partial rotary)."""
-    cos, sin = rope.cos_sin(pos, x.dtype, key)
-    half = cos.shape[-1]
-    x1, x2 = x[..., :half], x[..., half:2 * half]
-    parts = [x1 * cos - x2 * sin, x2 * cos + x1 * sin]
+    C, S = rope.cos_sin(pos, x.dtype, key)
+    half = C.shape[-1]
+    xr = x[..., :2 * half].unflatten(-1, (2, half))                 # [..., L, 2, half]
+    out = torch.addcmul(xr * C, xr.flip(-2), S).flatten(-2)
     if 2 * half < x.shape[-1]:
-        parts.append(x[..., 2 * half:])
-    return torch.cat(parts, dim=-1)
+        out = torch.cat((out, x[..., 2 * half:]), dim=-1)
+    return out
 
 
 def _arange(a, b, device):
@@ -178,25 +181,40 @@ def _merge(parts):
 
 
 def _pair(qa, ka, va, ma, qb, kb, vb, mb, scale, backend):
-    """One softmax over a near key set (``qa . ka``) and a far one (``qb . kb``).
+    """One softmax over a near key set (``qa . ka``) and a far one (``qb . kb``)."""
+    return _attend_sets([(qa, ka, va, ma), (qb, kb, vb, mb)], scale, backend)
 
-    On CPU the two sets are scored separately and merged by log-sum-exp; on
-    GPU they are concatenated along the head dimension for one fused call.
+
+def _attend_sets(sets, scale, backend):
+    """One softmax over disjoint key sets, each scored with its own rotation:
+    ``sets`` of ``(q [b, h, R, d], k, v [b, kvh, L_s, d], mask [R, L_s] | None)``.
+
+    CPU: each set scored separately (:func:`_lse_parts`) and merged by
+    log-sum-exp.  GPU: two sets and many query rows are concatenated along the
+    head dimension (``[q_a, q_b] . [k_a, 0]`` and ``[q_a, q_b] . [0, k_b]``) for
+    one fused SDPA call; otherwise (few rows, or more sets, whose concatenation
+    would outgrow the fused kernels' head size) scores by matmul, in row chunks
+    within ``SCORE_BUDGET``, merged by log-sum-exp.
     """
-    sets = [(qx, kx, vx, mx) for qx, kx, vx, mx in ((qa, ka, va, ma), (qb, kb, vb, mb))
-            if kx is not None and kx.shape[2]]
-    if backend == "sdpa" and q_is_cpu_or_eager(qa, backend):
+    sets = [x for x in sets if x[1] is not None and x[1].shape[2]]
+    q0 = sets[0][0]
+    if backend == "sdpa" and q_is_cpu_or_eager(q0, backend):
         return _merge([p for x in sets for p in _lse_parts(*x, scale, backend)])
     if len(sets) == 1:
         return sdpa(*sets[0], scale, backend)
-    if q_is_cpu_or_eager(qa, backend) or _few_rows(qa, ka.shape[2] + kb.shape[2]):
-        return _merge([_attn_lse(qa, ka, va, ma, scale, backend),
-                       _attn_lse(qb, kb, vb, mb, scale, backend)])
-    q = torch.cat((qa, qb), dim=-1)
-    k = torch.cat((torch.cat((ka, torch.zeros_like(ka)), -1),
-                   torch.cat((torch.zeros_like(kb), kb), -1)), dim=2)
-    return sdpa(q, k, torch.cat((va, vb), dim=2), torch.cat((ma, mb), dim=1),
-                scale, backend)
+    n_keys = sum(x[1].shape[2] for x in sets)
+    if q_is_cpu_or_eager(q0, backend) or len(sets) > 2 or _few_rows(q0, n_keys):
+        step = max(1, SCORE_BUDGET // (4 * q0.shape[0] * q0.shape[1] * n_keys))
+        return torch.cat([_merge([_attn_lse(qx[:, :, a:a + step], kx, vx,
+                                            None if mx is None else mx[a:a + step],
+                                            scale, backend) for qx, kx, vx, mx in sets])
+                          for a in range(0, q0.shape[2], step)], dim=2)
+    n, d = len(sets), q0.shape[-1]
+    q = torch.cat([x[0] for x in sets], dim=-1)
+    k = torch.cat([F.pad(x[1], (d * t, d * (n - 1 - t))) for t, x in enumerate(sets)], dim=2)
+    mask = torch.cat([x[3] if x[3] is not None else torch.ones(
+        q0.shape[2], x[1].shape[2], dtype=torch.bool, device=q0.device) for x in sets], dim=1)
+    return sdpa(q, k, torch.cat([x[2] for x in sets], dim=2), mask, scale, backend)
 
 
 def q_is_cpu_or_eager(q, backend):
@@ -387,15 +405,40 @@ def _stair_rows(q, k, v, i0, rope, scale, backend, m: Mesa):
         return _stair_one(q, k, v, int(i_all[0]), rope, scale, backend, N, E)
     out = torch.empty(q.shape[:3] + (v.shape[-1],), dtype=q.dtype, device=q.device)
     Lk, Lq = k.shape[2], q.shape[2]
-    k_near = rotate(k, rope, _arange(0, Lk, q.device), ("lin", 0, Lk))
+    k0 = max(0, i0 - N + 1)                               # the first key a near window reaches
+    k_near = rotate(k[:, :, k0:], rope, _arange(k0, Lk, q.device), ("lin", k0, Lk))
     q_near = rotate(q, rope, i_all, ("lin", i0, i0 + Lq))
-    q_far = rotate(q, rope, torch.div(i_all - s, E, rounding_mode="floor"),   # m of i = s+r+E*m
-                   ("stair-q", i0, i0 + Lq))
+    m_all = torch.div(i_all - s, E, rounding_mode="floor")   # m of i = s + r + E*m
+    q_far = rotate(q, rope, m_all, ("stair-q", i0, i0 + Lq))
+    D = max(0, i0 - N + 1)                                # far keys every row sees
+    deep = None
+    if D:
+        deep = (*_deep_keys(k, v, rope, D, s, N, E),
+                rotate(q, rope, m_all + 1, ("stair-q1", i0, i0 + Lq)))
     for x in range(min(E, q.shape[2])):                   # one residue class each
         idx = torch.arange(x, q.shape[2], E, device=q.device)
-        out[:, :, idx] = _stair_class(q_near[:, :, idx], q_far[:, :, idx], k, k_near, v,
-                                      i_all[idx], (i0 + x - s) % E, rope, scale, backend, s, N, E)
+        out[:, :, idx] = _stair_class(q_near[:, :, idx], q_far[:, :, idx], idx, deep, k,
+                                      k_near, k0, v, i_all[idx], (i0 + x - s) % E, D, rope,
+                                      scale, backend, s, N, E)
     return out
+
+
+def _deep_keys(k, v, rope, D, s, N, E):
+    """Far keys ``0..D-1``, seen by every query of the block, prepared once for
+    all residue classes.  With ``s - N - j = E*a_j + b_j`` (``0 <= b_j < E``),
+    query ``i = s + r + E*m`` sees key ``j`` at ``P(i - j) = N + m + a_j +
+    [b_j >= E - r]``: keys rotated to ``-(N + a_j)`` and sorted by ``b_j``, class
+    ``r`` scores groups ``b < E - r`` with its query at ``m`` and the rest at
+    ``m + 1``, two contiguous ranges.  Returns ``(k_deep, v_deep, bounds)``,
+    ``bounds[b]`` the start of group ``b`` (``bounds[E] = D``)."""
+    j = _arange(0, D, k.device)
+    t = s - N - j
+    b = torch.remainder(t, E)
+    order = torch.argsort(b * D + j)                      # by group, then by position
+    kd = rotate(k.index_select(2, order), rope,
+                -(N + torch.div(t[order], E, rounding_mode="floor")), ("deep", D, s, N, E))
+    bounds = [0] + torch.cumsum(torch.bincount(b, minlength=E), 0).tolist()
+    return kd, v.index_select(2, order), bounds
 
 
 def _stair_one(q, k, v, i, rope, scale, backend, N, E):
@@ -441,27 +484,38 @@ def _stair(t, N, E):
     return torch.where(t < N, t, N + torch.div(t - N, E, rounding_mode="floor"))
 
 
-def _stair_class(q_near, q_far, k, k_near, v, i, r, rope, scale, backend, s, N, E):
-    """Queries ``i = s + r + E*m`` (one residue class, already rotated: near at
-    ``i``, far at ``m``): far keys at ``-g_r(j)``, so ``m + g_r(j) = P(i - j)``."""
+def _stair_class(q_near, q_far, idx, deep, k, k_near, k0, v, i, r, D, rope, scale, backend,
+                 s, N, E):
+    """Queries ``i = s + r + E*m`` (one residue class ``idx`` of the block,
+    already rotated: near at ``i``, far at ``m``).  Near keys: ``k_near`` holds
+    keys ``k0..`` at their own positions.  Far keys past the ``D`` deep ones
+    (:func:`_deep_keys`): rotated here to ``-g_r(j)``, so ``m + g_r(j) = P(i - j)``."""
     dev = q_near.device
-    f_all = max(0, int(i[-1]) - N + 1)                    # far keys of the last query
-    jf_all = _arange(0, f_all, dev)
-    k_far = rotate(k[:, :, :f_all], rope, -(N + torch.div(s + r - jf_all - N, E,
-                                                             rounding_mode="floor")),
-                   ("stair-k", r, f_all))
+    f_all = max(D, int(i[-1]) - N + 1)                    # far keys of the last query
+    je = _arange(D, f_all, dev)
+    k_edge = rotate(k[:, :, D:f_all], rope,
+                    -(N + torch.div(s + r - je - N, E, rounding_mode="floor")),
+                    ("stair-k", r, D, f_all))
+    deep_sets = []
+    if deep is not None:
+        kd, vd, bounds, q_far1 = deep
+        cut, qf1 = bounds[E - r], q_far1[:, :, idx]
+        deep_sets = [(kd[:, :, :cut], vd[:, :, :cut], None), (kd[:, :, cut:], vd[:, :, cut:], qf1)]
     out = []
     B = _block_size(q_near, k.shape[2] + N, backend)
     for a in range(0, q_near.shape[2], B):
         ib = i[a:a + B]
         lo, hi = int(ib[0]), int(ib[-1])
-        n0, f1 = max(0, lo - N + 1), max(0, hi - N + 1)
-        jn, jf = _arange(n0, hi + 1, dev), jf_all[:f1]
+        n0, f1 = max(0, lo - N + 1), max(D, hi - N + 1)
+        jn = _arange(n0, hi + 1, dev)
         ma = (jn[None, :] <= ib[:, None]) & (ib[:, None] - jn[None, :] < N)
-        mb = ib[:, None] - jf[None, :] >= N
-        out.append(_pair(q_near[:, :, a:a + B], k_near[:, :, n0:hi + 1], v[:, :, n0:hi + 1], ma,
-                         q_far[:, :, a:a + B], k_far[:, :, :f1], v[:, :, :f1], mb,
-                         scale, backend))
+        mb = ib[:, None] - je[None, :f1 - D] >= N
+        qf = q_far[:, :, a:a + B]
+        sets = [(q_near[:, :, a:a + B], k_near[:, :, n0 - k0:hi + 1 - k0], v[:, :, n0:hi + 1], ma),
+                (qf, k_edge[:, :, :f1 - D], v[:, :, D:f1], mb)]
+        sets += [(qf if qx is None else qx[:, :, a:a + B], kx, vx, None)
+                 for kx, vx, qx in deep_sets]
+        out.append(_attend_sets(sets, scale, backend))
     return torch.cat(out, dim=2)
 
 
