@@ -38,7 +38,7 @@ thresholds: setup
 
 bench: setup
 	$(VENV)/bin/mesa-viz bench --methods origin,mesa,rerope,leaky-rerope,dynamic-ntk,streaming-llm,lm-infinite \
-	    --lengths 2048,4096,8192,16384,32768 --repeats 1 --out runs/bench.jsonl --figure runs/bench.html
+	    --lengths 2048,4096,8192,16384,32768 --repeats 1 --decode-tokens 4 --out runs/bench.jsonl --figure runs/bench.html
 
 report: setup
 	$(VENV)/bin/mesa-viz report --out runs/report.html

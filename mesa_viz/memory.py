@@ -17,10 +17,10 @@ of 64): the estimate was compared with the RSS high-water mark of one
 every method with ``sdpa`` (origin, mesa, rerope, leaky-rerope, dynamic-ntk,
 streaming-llm, lm-infinite; Mesa also chunked, ``train_length=2048``) and for
 origin, rerope and chunked Mesa with ``eager``.  Measured inside
-:func:`exact_rss` (as ``mesa-viz bench`` does) every point is within 25% (native attention
-within 8%, the blocked kernels 0.91-1.21, eager chunked Mesa 0.77); the
-table is ``CALIBRATION`` in ``tests/test_memory.py``.  The kernels' terms
-follow ``mesa_viz/kernels.py`` as measured (2026-11-26): re-check after kernel
+:func:`exact_rss` (as ``mesa-viz bench`` does) every point is within 30% (the
+35 points of the 7-method grid from 2k to 32k tokens, ``benchmarks/cpu-grid/``: 0.74-1.00,
+native attention 0.82-1.00); the table is ``CALIBRATION`` in ``tests/test_memory.py``.  The
+kernels' terms follow ``mesa_viz/kernels.py`` as measured (2026-11-26): re-check after kernel
 changes (bench rows carry ``predicted_mem_bytes`` beside ``peak_mem_bytes``).
 
 Under glibc's default adaptive malloc policy the RSS depends on what ran
@@ -249,7 +249,8 @@ def estimate_peak_bytes(config, method_name, seq_len: int, *, dtype_bytes: int =
       O(n) copies (``KERNEL_Q_COPIES`` attention widths, ``KERNEL_KV_COPIES``
       KV widths) plus one query block's masks, ``KERNEL_BLOCK_FACTOR`` times
       its 4-byte ``rows x keys`` area, capped by ``kernels.SCORE_BUDGET / 2``
-      (``/ (2 * heads)`` on CUDA and with eager, where blocks hold every head);
+      (``/ (2 * heads)`` on CUDA and with eager, where blocks hold every head;
+      on CPU with ``sdpa`` by ``kernels.CPU_BLOCK`` rows);
       ``eager`` adds the block's ``[heads, rows, keys]`` scores
       (``EAGER_SCORE_COPIES`` of them);
     * logits ``logits_kept * vocab * b`` (all ``n`` rows if ``logits_kept`` is None);
@@ -259,7 +260,7 @@ def estimate_peak_bytes(config, method_name, seq_len: int, *, dtype_bytes: int =
 
     Returns bytes (int).
     """
-    from .kernels import SCORE_BUDGET
+    from .kernels import CPU_BLOCK, SCORE_BUDGET
     dims = model_dims(config)
     n = int(seq_len)
     if n < 1:
@@ -293,6 +294,8 @@ def estimate_peak_bytes(config, method_name, seq_len: int, *, dtype_bytes: int =
             # blocks hold every head on CUDA and with eager (the CPU flash path folds heads)
             per_head = backend == "eager" or not cpu
             cap = SCORE_BUDGET // (2 * h) if per_head else SCORE_BUDGET // 2
+            if cpu and backend == "sdpa":           # CPU blocks of CPU_BLOCK query rows
+                cap = min(cap, 4 * CPU_BLOCK * n)
             attn += KERNEL_BLOCK_FACTOR * min(cap, area)
             if backend == "eager":                  # [heads, rows, keys] scores, ~2 alive
                 attn += int(EAGER_SCORE_COPIES * h * min(cap, area) * b / 4)
