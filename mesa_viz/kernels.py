@@ -180,11 +180,6 @@ def _merge(parts):
     return (out / w.sum(0)[..., None]).to(parts[0][0].dtype)
 
 
-def _pair(qa, ka, va, ma, qb, kb, vb, mb, scale, backend):
-    """One softmax over a near key set (``qa . ka``) and a far one (``qb . kb``)."""
-    return _attend_sets([(qa, ka, va, ma), (qb, kb, vb, mb)], scale, backend)
-
-
 def _attend_sets(sets, scale, backend):
     """One softmax over disjoint key sets, each scored with its own rotation:
     ``sets`` of ``(q [b, h, R, d], k, v [b, kvh, L_s, d], mask [R, L_s] | None)``.
@@ -280,17 +275,14 @@ def _near_far(q, k, v, i0, rope, scale, backend, *, near, far_keys, far_q_pos,
         n0, n1 = max(near_floor, i0 + a - near + 1), i0 + b
         jn = j_all[n0:n1]
         ma = (jn[None, :] <= i[:, None]) & (i[:, None] - jn[None, :] < near)
+        sets = [(qa, k_near[:, :, n0:n1], v[:, :, n0:n1], ma)]
         f0, f1 = far_keys(i0 + a, i0 + b - 1)
-        if f1 <= f0:
-            out.append(_pair(qa, k_near[:, :, n0:n1], v[:, :, n0:n1], ma,
-                             None, None, None, None, scale, backend))
-            continue
-        jf = j_all[f0:f1]
-        qb = rotate(q[:, :, a:b], rope, far_q_pos(i), ("far-q", i0 + a, i0 + b))
-        kb = k_far[:, :, f0:f1]
-        mb = far_visible(i[:, None], jf[None, :]).expand(len(i), len(jf))
-        out.append(_pair(qa, k_near[:, :, n0:n1], v[:, :, n0:n1], ma,
-                         qb, kb, v[:, :, f0:f1], mb, scale, backend))
+        if f1 > f0:
+            jf = j_all[f0:f1]
+            qb = rotate(q[:, :, a:b], rope, far_q_pos(i), ("far-q", i0 + a, i0 + b))
+            mb = far_visible(i[:, None], jf[None, :]).expand(len(i), len(jf))
+            sets.append((qb, k_far[:, :, f0:f1], v[:, :, f0:f1], mb))
+        out.append(_attend_sets(sets, scale, backend))
     return torch.cat(out, dim=2)
 
 
@@ -405,12 +397,11 @@ def _stair_rows(q, k, v, i0, rope, scale, backend, m: Mesa):
         return _stair_one(q, k, v, int(i_all[0]), rope, scale, backend, N, E)
     out = torch.empty(q.shape[:3] + (v.shape[-1],), dtype=q.dtype, device=q.device)
     Lk, Lq = k.shape[2], q.shape[2]
-    k0 = max(0, i0 - N + 1)                               # the first key a near window reaches
-    k_near = rotate(k[:, :, k0:], rope, _arange(k0, Lk, q.device), ("lin", k0, Lk))
+    D = max(0, i0 - N + 1)            # keys 0..D-1 are far for every row; near windows start at D
+    k_near = rotate(k[:, :, D:], rope, _arange(D, Lk, q.device), ("lin", D, Lk))
     q_near = rotate(q, rope, i_all, ("lin", i0, i0 + Lq))
     m_all = torch.div(i_all - s, E, rounding_mode="floor")   # m of i = s + r + E*m
     q_far = rotate(q, rope, m_all, ("stair-q", i0, i0 + Lq))
-    D = max(0, i0 - N + 1)                                # far keys every row sees
     deep = None
     if D:
         deep = (*_deep_keys(k, v, rope, D, s, N, E),
@@ -418,7 +409,7 @@ def _stair_rows(q, k, v, i0, rope, scale, backend, m: Mesa):
     for x in range(min(E, q.shape[2])):                   # one residue class each
         idx = torch.arange(x, q.shape[2], E, device=q.device)
         out[:, :, idx] = _stair_class(q_near[:, :, idx], q_far[:, :, idx], idx, deep, k,
-                                      k_near, k0, v, i_all[idx], (i0 + x - s) % E, D, rope,
+                                      k_near, v, i_all[idx], (i0 + x - s) % E, D, rope,
                                       scale, backend, s, N, E)
     return out
 
@@ -469,26 +460,18 @@ def _stair_one(q, k, v, i, rope, scale, backend, N, E):
             scores.insert(0, torch.matmul(qs[:, :, :, 0], k[:, :, :r0].transpose(-1, -2)))
     s = torch.cat(scores, dim=-1).float() * scale                      # [b, kvh, rep, i+1]
     p = torch.softmax(s, dim=-1).to(v.dtype)
-    if q_is_cpu_or_eager(q, backend) or G == 0:
-        return torch.matmul(p, v).reshape(b, h, 1, -1)
-    # GPU: one long [rep, i+1] x [i+1, d_v] product runs on few blocks; split it by run
-    p_runs = p[..., r0:f].reshape(b, kvh, rep, G, E).transpose(2, 3)   # [b, kvh, G, rep, E]
-    out = torch.matmul(p_runs, v[:, :, r0:f].reshape(b, kvh, G, E, -1)).sum(2)
-    out = out + torch.matmul(p[..., f:], v[:, :, f:])
-    if r0:
-        out = out + torch.matmul(p[..., :r0], v[:, :, :r0])
-    return out.reshape(b, h, 1, -1)
+    return _pv(p, v, split=not q_is_cpu_or_eager(q, backend)).reshape(b, h, 1, -1)
 
 
 def _stair(t, N, E):
     return torch.where(t < N, t, N + torch.div(t - N, E, rounding_mode="floor"))
 
 
-def _stair_class(q_near, q_far, idx, deep, k, k_near, k0, v, i, r, D, rope, scale, backend,
+def _stair_class(q_near, q_far, idx, deep, k, k_near, v, i, r, D, rope, scale, backend,
                  s, N, E):
     """Queries ``i = s + r + E*m`` (one residue class ``idx`` of the block,
     already rotated: near at ``i``, far at ``m``).  Near keys: ``k_near`` holds
-    keys ``k0..`` at their own positions.  Far keys past the ``D`` deep ones
+    keys ``D..`` at their own positions.  Far keys past the ``D`` deep ones
     (:func:`_deep_keys`): rotated here to ``-g_r(j)``, so ``m + g_r(j) = P(i - j)``."""
     dev = q_near.device
     f_all = max(D, int(i[-1]) - N + 1)                    # far keys of the last query
@@ -511,7 +494,7 @@ def _stair_class(q_near, q_far, idx, deep, k, k_near, k0, v, i, r, D, rope, scal
         ma = (jn[None, :] <= ib[:, None]) & (ib[:, None] - jn[None, :] < N)
         mb = ib[:, None] - je[None, :f1 - D] >= N
         qf = q_far[:, :, a:a + B]
-        sets = [(q_near[:, :, a:a + B], k_near[:, :, n0 - k0:hi + 1 - k0], v[:, :, n0:hi + 1], ma),
+        sets = [(q_near[:, :, a:a + B], k_near[:, :, n0 - D:hi + 1 - D], v[:, :, n0:hi + 1], ma),
                 (qf, k_edge[:, :, :f1 - D], v[:, :, D:f1], mb)]
         sets += [(qf if qx is None else qx[:, :, a:a + B], kx, vx, None)
                  for kx, vx, qx in deep_sets]
