@@ -11,16 +11,24 @@ attention rows 16k+ keys wide are block-downsampled to at most
 ``MAX_COLUMNS`` columns (``window=`` zooms in on exact values), dense layouts
 are sampled with a stride, and long hidden-state curves keep each block's
 minimum and maximum.
+
+Every figure marks ``T``, chunk boundaries, thresholds and needles through
+one helper, :func:`mark` (linear, log and category axes, x or y, any
+subplot): the mark carries a ``name``, its label sits in a light box beside
+it, and a mark outside the data is not drawn (a span is clipped), so no
+marker stretches an axis.
 """
 
 from __future__ import annotations
 
+import bisect
 import csv
 import html
 import json
 import logging
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +41,12 @@ from .methods import METHODS, ChunkPlan
 
 __all__ = [
     "MAX_COLUMNS", "MAX_ROWS", "method_color", "downsample",
+    "MARK_COLOR", "MARK_COLOR_ON_DARK", "AxisInfo", "axis_info", "mark", "marker_items",
+    "add_marker_items", "category_boundary",
     "layout_heatmap", "layouts_side_by_side", "layout_difference", "chunk_plan_figure",
-    "attention_heatmap", "attention_by_distance", "hidden_state_figure",
-    "passkey_heatmap", "passkey_accuracy_lines", "bench_figure", "save_html", "load_rows",
-    "smooth_values",
+    "attention_heatmap", "attention_by_distance", "hidden_state_figure", "trend_range",
+    "passkey_heatmap", "passkey_accuracy_lines", "wilson_interval", "bench_figure",
+    "save_html", "load_rows", "smooth_values",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,6 +64,8 @@ _PALETTE = tuple(qualitative.D3)
 _CHUNK_COLORS = (("first", "#1f77b4"), ("middle", "#2ca02c"), ("last", "#d62728"),
                  ("whole", "#7f7f7f"))
 _REDUCERS = ("max", "mean")
+#: Chunk boundaries on a layout heatmap: visible on Viridis and on the blank (masked) cells.
+_CHUNK_LINE = "#e7298a"
 
 
 def method_color(name: str) -> str:
@@ -125,6 +137,329 @@ def _layout_title(lay: Layout) -> str:
     return f"{lay.method}: n={lay.seq_len}, T={T}"
 
 
+# -- markers: T, chunk boundaries, thresholds, spans ---------------------------------
+
+#: Marker line colour on light backgrounds (line and bar plots).
+MARK_COLOR = "#333333"
+#: Marker line colour on dark colour maps (Magma attention, Viridis layouts).
+MARK_COLOR_ON_DARK = "#00e5ff"
+
+
+def _label_style(name: str, text: str, border: str) -> dict:
+    """A marker label: dark text in a light box, readable on any colour map."""
+    return dict(name=name, text=text, bordercolor=border, font=dict(size=11, color="#111111"),
+                bgcolor="rgba(255,255,255,0.85)", borderwidth=1, borderpad=2, showarrow=False)
+
+
+_AXIS_TYPES = ("linear", "log", "category")
+
+
+@dataclass(frozen=True)
+class AxisInfo:
+    """What :func:`mark` needs to know about one axis of a figure.
+
+    ``ref``: plotly's axis id (``"x"``, ``"y2"``...); ``type``: ``"linear"``,
+    ``"log"`` or ``"category"``; ``lo <= hi``: the data extent in data units
+    (the explicit ``range`` when one is set; on a category axis, category
+    indices ``-0.5 .. n - 0.5``); ``reversed``: drawn high to low;
+    ``categories``: category names in axis order (category axes only).
+    """
+    letter: str
+    ref: str
+    type: str
+    lo: float
+    hi: float
+    reversed: bool = False
+    categories: tuple = ()
+
+    def position(self, value, what: str = "at") -> float:
+        """``value`` in the units shapes take: data values on linear and log
+        axes, the category index on a category axis (names are looked up)."""
+        if self.type == "category":
+            if isinstance(value, str):
+                if value not in self.categories:
+                    raise ValueError(f"{what}={value!r} is not a category of axis {self.ref}: "
+                                     f"allowed {list(self.categories)[:8]} or an index")
+                return float(self.categories.index(value))
+            return float(value)
+        v = float(value)
+        if self.type == "log" and not v > 0:
+            raise ValueError(f"{what}={value!r}: a log axis ({self.ref}) allows only values > 0")
+        return v
+
+    def annotation_coordinate(self, position: float) -> float:
+        """Where an annotation goes for a shape at ``position``: plotly.js reads
+        annotation coordinates on a log axis as log10 of the value (shapes take
+        the value itself; checked in headless Chromium, plotly.js 4.1)."""
+        return math.log10(position) if self.type == "log" else position
+
+    def fraction(self, position: float) -> float:
+        """0 at the visual start (left, bottom) of the extent, 1 at its end."""
+        f = math.log10 if self.type == "log" else float
+        lo, hi = f(self.lo), f(self.hi)
+        frac = 0.5 if hi == lo else (f(position) - lo) / (hi - lo)
+        return 1.0 - frac if self.reversed else frac
+
+
+def axis_info(fig: go.Figure, letter: str = "x", row: int | None = None,
+              col: int | None = None) -> AxisInfo:
+    """The ``letter`` (``"x"``/``"y"``) axis of ``fig`` (of subplot ``row, col``):
+    its id, type (set, or inferred as plotly does for numbers and text) and the
+    extent of the data drawn on it so far (or its explicit ``range``)."""
+    if letter not in ("x", "y"):
+        raise ValueError(f"axis={letter!r}: allowed 'x' or 'y'")
+    name = _axis_name(fig, letter, row, col)
+    ref = letter + name[5:]
+    lay = fig.layout[name]
+    traces = [t for t in fig.data if f"{letter}axis" in t and (t[f"{letter}axis"] or letter) == ref]
+    given = [_trace_values(t, letter, numeric=False) for t in traces]
+    typ = lay.type if lay.type not in (None, "-") else _infer_type(given)
+    if typ not in _AXIS_TYPES:
+        raise ValueError(f"{name}.type={typ!r}: allowed {list(_AXIS_TYPES)}")
+    rev = str(lay.autorange).endswith("reversed")
+    cats = _categories(lay, given, name) if typ == "category" else ()
+    if lay.range is not None and lay.autorange in (None, False):
+        r0, r1 = (float(v) for v in lay.range)
+        rev = r0 > r1
+        lo, hi = sorted((r0, r1))
+        lo, hi = (10.0 ** lo, 10.0 ** hi) if typ == "log" else (lo, hi)
+    elif typ == "category":
+        lo, hi = -0.5, len(cats) - 0.5
+    else:
+        lo, hi = _numeric_extent(traces, letter, typ == "log", name)
+    return AxisInfo(letter, ref, typ, lo, hi, rev, tuple(cats))
+
+
+def _axis_name(fig: go.Figure, letter: str, row, col) -> str:
+    if row is None and col is None:
+        return f"{letter}axis"
+    if row is None or col is None or not fig._has_subplots():
+        raise ValueError(f"row={row}, col={col}: allowed both None, or both set on a figure "
+                         "made with make_subplots")
+    try:
+        sub = fig.get_subplot(row, col)
+    except Exception as err:
+        raise ValueError(f"row={row}, col={col}: no such subplot ({err})") from err
+    if sub is None or not hasattr(sub, f"{letter}axis"):
+        raise ValueError(f"row={row}, col={col}: not an x/y subplot")
+    return getattr(sub, f"{letter}axis").plotly_name
+
+
+def _trace_values(t, letter: str, numeric: bool = True) -> list:
+    """The coordinates a trace puts on its ``letter`` axis; ``numeric``: as
+    drawn (heatmaps: cell edges; bars along their value axis: base and
+    base + value), else as given (category names)."""
+    v = t[letter] if letter in t else None
+    if t.type == "heatmap" and (numeric or v is None):
+        return _heatmap_edges(t, letter, v) if numeric else list(range(_heatmap_size(t, letter)))
+    if numeric and t.type == "bar" and (t.orientation or "v") == ("v" if letter == "y" else "h"):
+        base = 0.0 if t.base is None else np.asarray(t.base, dtype=float)
+        y = np.asarray(v if v is not None else [], dtype=float)
+        return list(np.ravel(base + np.nan_to_num(y))) + list(np.ravel(base))
+    return [] if v is None else list(np.ravel(np.asarray(v, dtype=object)))
+
+
+def _heatmap_size(t, letter: str) -> int:
+    return np.shape(t.z)[1 if letter == "x" else 0] if t.z is not None else 0
+
+
+def _heatmap_edges(t, letter: str, v) -> list:
+    n = _heatmap_size(t, letter)
+    if v is not None and any(isinstance(c, str) and not _is_number(c) for c in v):
+        return list(v)                                   # category names
+    if v is None:
+        start, step = (t[letter + "0"] or 0), (t["d" + letter] or 1)
+        v = start + step * np.arange(n)
+    c = np.asarray(v, dtype=float)
+    if len(c) == n + 1 or len(c) == 0:
+        return list(c)
+    if len(c) == 1:
+        return [c[0] - 0.5, c[0] + 0.5]
+    return [c[0] - (c[1] - c[0]) / 2, *c, c[-1] + (c[-1] - c[-2]) / 2]
+
+
+def _is_number(v) -> bool:
+    if isinstance(v, bool):
+        return False
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _infer_type(values: list) -> str:
+    text = any(isinstance(v, str) and not _is_number(v) for vals in values for v in vals)
+    return "category" if text else "linear"
+
+
+def _categories(lay, values: list, name: str) -> list[str]:
+    order = lay.categoryorder
+    if order not in (None, "trace", "array"):
+        raise ValueError(f"{name}.categoryorder={order!r}: mark() allows 'trace' or 'array'")
+    seen = list(lay.categoryarray or ()) if order == "array" else []
+    for vals in values:
+        seen += [v for v in vals if v is not None]
+    return list(dict.fromkeys(str(v) for v in seen))
+
+
+def _numeric_extent(traces, letter: str, log: bool, name: str) -> tuple[float, float]:
+    vals = np.array([float(v) for t in traces for v in _trace_values(t, letter)
+                     if v is not None and _is_number(v)], dtype=float)
+    vals = vals[np.isfinite(vals) & ((vals > 0) if log else True)]
+    if vals.size == 0:
+        raise ValueError(f"nothing is drawn on {name} yet: add the traces (and set the "
+                         "axis type) before marking it")
+    return float(vals.min()), float(vals.max())
+
+
+def mark(fig: go.Figure, at, *, name: str, label: str | None = None, axis: str = "x",
+         to=None, row: int | None = None, col: int | None = None, across=None,
+         color: str = MARK_COLOR, dash: str = "dash", width: float = 1.5,
+         fill_opacity: float = 0.15, label_at: float = 1.0) -> bool:
+    """Mark a position (a line) or a range (a shaded span) on one axis of ``fig``.
+
+    The one way figures mark ``T``, chunk boundaries, thresholds and needles;
+    it works on linear, log and category axes, x or y, in subplot
+    ``row, col``.  Add the traces and set the axis type first.
+
+    ``at`` (and ``to`` for a span ``[at, to]``): data values; on a category
+    axis a category name or index (``2.5``: between categories 2 and 3).
+    ``across``: ``(lo, hi)`` on the other axis the mark covers (default: all
+    of it), e.g. one heatmap row ``(i - 0.5, i + 0.5)``.  ``label``: text in a
+    light box (readable on dark colour maps) beside a line, or inside a span
+    from its outer end, running toward the middle of the plot; ``label_at``:
+    where along the other axis (0..1 of its domain).  The shape and the label
+    carry ``name``.
+
+    Never stretches the autorange: a line outside the extent of the data on
+    that axis (or its explicit ``range``) is **not drawn** and a span is
+    **clipped** to it; an undrawn mark with a ``label`` leaves a note at that
+    edge of the plot (``"◀ T=8192"``, in axis-domain units).  Returns whether
+    the mark was drawn.
+
+    plotly itself places shapes at data values but annotations on a log axis
+    at log10 of the value, and reads numeric-looking category names as
+    indices; :func:`mark` takes care of both (see :class:`AxisInfo`).  One
+    plotly.js quirk remains: on a *reversed autoranged* axis a label's padding
+    is applied to the wrong side, so a label on such an axis (a ``y`` mark on
+    a reversed y axis) can widen the range by its height; x marks there are fine.
+    """
+    ax = axis_info(fig, axis, row, col)
+    other = _other(fig, ax, across, row, col)
+    shape, note = marker_items(ax, other, at, name=name, label=label, to=to, across=across,
+                               color=color, dash=dash, width=width,
+                               fill_opacity=fill_opacity, label_at=label_at)
+    if shape is not None:
+        fig.add_shape(shape)
+    if note is not None:
+        fig.add_annotation(note)
+    return shape is not None
+
+
+def _other(fig, ax: AxisInfo, across, row, col):
+    """The other axis: its full info when ``across`` needs it, else its id."""
+    letter = "y" if ax.letter == "x" else "x"
+    if across is not None:
+        return axis_info(fig, letter, row, col)
+    return letter + _axis_name(fig, letter, row, col)[5:]
+
+
+def marker_items(ax: AxisInfo, other, at, *, name: str, label: str | None = None, to=None,
+                 across=None, color: str = MARK_COLOR, dash: str = "dash",
+                 width: float = 1.5, fill_opacity: float = 0.15, label_at: float = 1.0):
+    """The ``(shape, annotation)`` dicts :func:`mark` adds (either may be None),
+    for adding many marks at once; ``other``: the other axis's AxisInfo (needed
+    with ``across``) or its id."""
+    if not name:
+        raise ValueError("name is empty: allowed a non-empty name tests and widgets can find")
+    if not 0 <= label_at <= 1:
+        raise ValueError(f"label_at={label_at}: allowed 0..1 (fraction of the other axis)")
+    p0 = ax.position(at, "at")
+    lo, hi = sorted((p0, p0 if to is None else ax.position(to, "to")))
+    oref = other if isinstance(other, str) else other.ref
+    if hi < ax.lo or lo > ax.hi:
+        return None, (None if label is None else _edge_note(ax, oref, lo < ax.lo, label,
+                                                            name, label_at))
+    lo, hi = max(lo, ax.lo), min(hi, ax.hi)
+    if across is None:
+        o0, o1, oref_used = 0, 1, oref + " domain"
+    else:
+        o0, o1 = (other.position(v, "across") for v in across)
+        oref_used = oref
+    shape = dict(name=name, layer="above", **_span_coords(ax, lo, hi, oref_used, o0, o1))
+    if to is None:
+        shape.update(type="line", line=dict(color=color, dash=dash, width=width))
+    else:
+        shape.update(type="rect", fillcolor=color, opacity=fill_opacity, line=dict(width=0))
+    note = None
+    if label is not None:
+        note = _label(ax, oref, lo, hi, label, name, label_at, color, to is None)
+    return shape, note
+
+
+def add_marker_items(fig: go.Figure, items) -> None:
+    """Add many :func:`marker_items` results at once (one layout update, not
+    one per mark: plotly copies the shape list on every ``add_shape``)."""
+    items = list(items)
+    fig.update_layout(shapes=[*fig.layout.shapes, *(s for s, _ in items if s is not None)],
+                      annotations=[*fig.layout.annotations,
+                                   *(a for _, a in items if a is not None)])
+
+
+def _span_coords(ax: AxisInfo, lo, hi, oref, o0, o1) -> dict:
+    if ax.letter == "x":
+        return dict(x0=lo, x1=hi, xref=ax.ref, y0=o0, y1=o1, yref=oref)
+    return dict(y0=lo, y1=hi, yref=ax.ref, x0=o0, x1=o1, xref=oref)
+
+
+def _label(ax: AxisInfo, oref: str, lo, hi, text, name, label_at, color, line) -> dict:
+    """The label box beside a line (or inside a span, from its outer end) with
+    the text running toward the plot's middle, so it never pushes the
+    autorange out; ``label_at`` along the other axis's domain."""
+    inward = ax.fraction(math.sqrt(lo * hi) if ax.type == "log" else (lo + hi) / 2) < 0.5
+    pos = lo if line or inward != ax.reversed else hi       # the span's outer end
+    gap = (4 if inward else -4) if line else 0
+    a = _label_style(name, text, color)
+    if ax.letter == "x":
+        a.update(x=ax.annotation_coordinate(pos), xref=ax.ref, xanchor="left" if inward else "right",
+                 xshift=gap, y=label_at, yref=oref + " domain",
+                 yanchor="top" if label_at >= 0.5 else "bottom")
+    else:
+        a.update(y=ax.annotation_coordinate(pos), yref=ax.ref, yanchor="bottom" if inward else "top",
+                 yshift=gap, x=label_at, xref=oref + " domain",
+                 xanchor="right" if label_at >= 0.5 else "left")
+    return a
+
+
+def _edge_note(ax: AxisInfo, oref: str, below: bool, text: str, name: str,
+               label_at: float) -> dict:
+    """A note at the plot's edge for a mark outside the data (drawn nowhere else)."""
+    start = below != ax.reversed                   # the visual left / bottom edge
+    oref += " domain"
+    if ax.letter == "x":
+        a = _label_style(name, f"◀ {text}" if start else f"{text} ▶", "#999999")
+        a.update(xref=ax.ref + " domain",
+                 x=0 if start else 1, xanchor="left" if start else "right", yref=oref,
+                 y=label_at, yanchor="top" if label_at >= 0.5 else "bottom")
+    else:
+        a = _label_style(name, f"▼ {text}" if start else f"▲ {text}", "#999999")
+        a.update(yref=ax.ref + " domain",
+                 y=0 if start else 1, yanchor="bottom" if start else "top", xref=oref,
+                 x=label_at, xanchor="right" if label_at >= 0.5 else "left")
+    return a
+
+
+def category_boundary(categories, value: float) -> float:
+    """The category index between the numeric ``categories`` (sorted) ``<= value``
+    and those ``> value``, e.g. where ``T`` falls on a length axis of categories
+    ``[4096, 8192, 16384]``: ``1.5`` for ``T = 8192``."""
+    cats = [float(c) for c in categories]
+    if any(b < a for a, b in zip(cats, cats[1:])):
+        raise ValueError(f"categories={list(categories)[:8]}: allowed sorted numbers")
+    return bisect.bisect_right(cats, float(value)) - 0.5
+
+
 # -- layouts -------------------------------------------------------------------
 
 def layout_heatmap(layout: Layout, title: str | None = None) -> go.Figure:
@@ -149,22 +484,27 @@ def _chunk_kinds(plan: ChunkPlan) -> list[str]:
     return ["first"] + ["middle"] * (n - 2) + ["last"]
 
 
-def _annotate_chunks(fig: go.Figure, plan: ChunkPlan) -> None:
-    """Dashed lines at each chunk start (both axes) and a label per chunk."""
-    for (start, stop), kind in zip(plan.chunks, _chunk_kinds(plan)):
+def _annotate_chunks(fig: go.Figure, plan: ChunkPlan, max_labels: int = 8) -> None:
+    """Dashed lines at each chunk start (keys and queries) and a label per
+    chunk over its keys, at the top (the masked triangle); past
+    ``max_labels`` chunks only the first, the central middle chunk
+    (``middle ×n``) and the last are labelled."""
+    kinds = _chunk_kinds(plan)
+    n_mid = kinds.count("middle")
+    x, y = axis_info(fig, "x"), axis_info(fig, "y")
+    items = []
+    for k, ((start, stop), kind) in enumerate(zip(plan.chunks, kinds)):
         if start > 0:
-            for axis in ("x", "y"):
-                fig.add_shape(type="line", xref="x" if axis == "x" else "paper",
-                              yref="y" if axis == "y" else "paper",
-                              x0=start - 0.5 if axis == "x" else 0,
-                              x1=start - 0.5 if axis == "x" else 1,
-                              y0=0 if axis == "x" else start - 0.5,
-                              y1=1 if axis == "x" else start - 0.5,
-                              line=dict(color="white", width=1, dash="dash"),
-                              name=f"chunk boundary {start}")
-        fig.add_annotation(x=plan.chunks[-1][1] - 0.5, xref="x", xanchor="left",
-                           y=(start + stop - 1) / 2, yref="y", text=kind, showarrow=False,
-                           font=dict(size=10))
+            items += [marker_items(x, y.ref, start - 0.5, name=f"chunk boundary {start}",
+                                   color=_CHUNK_LINE),
+                      marker_items(y, x.ref, start - 0.5, name=f"chunk boundary {start}",
+                                   color=_CHUNK_LINE)]
+        if len(kinds) <= max_labels or kind != "middle" or k == len(kinds) // 2:
+            text = kind if len(kinds) <= max_labels or kind != "middle" else f"middle ×{n_mid}"
+            items.append(marker_items(x, y.ref, start - 0.5, to=stop - 0.5, label=text,
+                                      name=f"chunk {kind} {start}", fill_opacity=0.0,
+                                      color=dict(_CHUNK_COLORS)[kind]))
+    add_marker_items(fig, items)
 
 
 def layouts_side_by_side(layouts, cols: int | None = None,
@@ -317,8 +657,8 @@ def attention_heatmap(attn, query_rows=None, block: int | None = None, reduce: s
                       log_color: bool = True, window=None, title: str | None = None,
                       marks: dict | None = None, train_length: int | None = None,
                       floor: float = 1e-6, max_columns: int = MAX_COLUMNS,
-                      max_rows: int = MAX_ROWS, row_title: str = "query position q"
-                      ) -> go.Figure:
+                      max_rows: int = MAX_ROWS, row_title: str = "query position q",
+                      query_positions=None) -> go.Figure:
     """Attention rows ``attn [q_row, k_pos]`` as a heatmap that renders at any width.
 
     The key axis is block-downsampled (``reduce`` = ``"max"`` or ``"mean"``)
@@ -326,13 +666,21 @@ def attention_heatmap(attn, query_rows=None, block: int | None = None, reduce: s
     query axis likewise to ``max_rows``.  ``window=(k_start, k_stop)`` draws
     exact values of those keys (no downsampling up to ``max_columns`` keys).
     ``log_color`` colours by ``log10(max(p, floor))``.  ``marks``: name ->
-    ``(k_start, k_stop)`` drawn as shaded spans (e.g. the passkey needle);
-    ``train_length`` draws a vertical line at that key position.  Rows are
-    labelled by ``query_rows`` (any labels; ``row_title`` names them).  The
-    block sizes used are in ``fig.layout.meta``.
+    ``(k_start, k_stop)`` drawn as shaded spans (e.g. the passkey needle).
+    Rows are labelled by ``query_rows`` (any labels; ``row_title`` names them).
+
+    ``train_length`` marks, per row, where keys leave the trained range: for
+    query ``q`` the keys ``k <= q - T`` are at distance ``>= T``, so a line
+    at ``k = q - T + 0.5`` (one line when all rows share ``q``, else a segment
+    per row; rows with ``q < T`` have no such keys and no mark).  The query
+    position of each row is ``query_positions``, else ``query_rows`` when they
+    are integers, else the last key (a causal row cut at its query); the
+    label says which ``q`` it used.  A downsampled row block uses its first
+    row's ``q``.  The block sizes used are in ``fig.layout.meta``.
     """
     a = _check_attn(attn)
     rows = _check_rows(query_rows, a.shape[0])
+    q = _query_positions(query_positions, query_rows, a.shape)
     k0, k1 = (0, a.shape[1]) if window is None else _check_window(window, a.shape[1])
     a = a[:, k0:k1]
     kb = block if block is not None else _stride(a.shape[1], max_columns)
@@ -340,21 +688,19 @@ def attention_heatmap(attn, query_rows=None, block: int | None = None, reduce: s
     qb = _stride(a.shape[0], max_rows)
     a = downsample(a, qb, axis=0, reduce=reduce)
     z = np.log10(np.maximum(a, floor)) if log_color else a
-    x = np.arange(k0, k1, kb)
+    x = np.arange(k0, k1, kb) + (kb - 1) / 2                 # block centres
     y = rows[::qb]
     fig = go.Figure(go.Heatmap(
         z=z, x=x, y=[str(r) for r in y], customdata=a, name="attention",
         colorscale="Magma", reversescale=False,
         colorbar=dict(title="log10 p" if log_color else "p"),
-        hovertemplate=("%{y}<br>k=%{x}" + (f" (block of {kb}, {reduce})" if kb > 1 else "")
-                       + "<br>p=%{customdata:.3g}<extra></extra>")))
-    _mark_spans(fig, marks or {}, k0, k1)
-    if train_length is not None and k0 <= train_length < k1:
-        fig.add_vline(x=train_length - 0.5, line=dict(color="cyan", dash="dash"),
-                      annotation_text=f"T={train_length}", annotation_position="bottom right",
-                      name="train_length")
+        hovertemplate=("%{y}<br>" + (f"k≈%{{x:.1f}} (block of {kb}, {reduce})" if kb > 1
+                                     else "k=%{x}") + "<br>p=%{customdata:.3g}<extra></extra>")))
     fig.update_yaxes(autorange="reversed", title_text=row_title, type="category")
     fig.update_xaxes(title_text="key position k", range=[k0 - 0.5, k1 - 0.5])
+    _mark_spans(fig, marks or {})
+    if train_length is not None:
+        _mark_distance_boundary(fig, q[::qb], _positive(train_length, "train_length"))
     fig.update_layout(title=title or _attn_title(kb, reduce, window),
                       meta=dict(key_block=kb, query_block=qb, reduce=reduce,
                                 window=[k0, k1]),
@@ -362,82 +708,157 @@ def attention_heatmap(attn, query_rows=None, block: int | None = None, reduce: s
     return fig
 
 
+def _positive(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r}: allowed a positive integer")
+    return int(value)
+
+
+def _query_positions(query_positions, query_rows, shape) -> np.ndarray:
+    """``[q_row]`` query positions: given, the integer row labels, or the last key."""
+    if query_positions is not None:
+        q = np.asarray(query_positions).reshape(-1)
+        if q.size != shape[0] or not np.issubdtype(q.dtype, np.integer):
+            raise ValueError(f"query_positions={query_positions!r}: allowed {shape[0]} "
+                             "integer positions, one per row")
+        return q
+    labels = None if query_rows is None else np.asarray(query_rows).reshape(-1)
+    if labels is not None and np.issubdtype(labels.dtype, np.integer):
+        return labels
+    return np.full(shape[0], shape[1] - 1)
+
+
+def _mark_distance_boundary(fig: go.Figure, q: np.ndarray, T: int) -> None:
+    """Where keys reach distance ``>= T`` for each drawn row (query ``q``)."""
+    rows = [i for i, qi in enumerate(q) if qi >= T]
+    if not rows:
+        return
+    if len(set(q[rows])) == 1 and len(rows) == len(q):
+        mark(fig, q[0] - T + 0.5, name="train_length", color=MARK_COLOR_ON_DARK,
+             label=f"◀ distance ≥ T={T} (q={q[0]})", label_at=0.02)
+        return
+    x, y = axis_info(fig, "x"), axis_info(fig, "y")
+    add_marker_items(fig, [marker_items(           # labelled once, at the bottom row
+        x, y, q[i] - T + 0.5, name="train_length", across=(i - 0.5, i + 0.5),
+        color=MARK_COLOR_ON_DARK, label=f"◀ distance ≥ T={T}" if i == rows[-1] else None,
+        label_at=0.02, dash="solid", width=2.5) for i in rows])
+
+
 def _attn_title(kb: int, reduce: str, window) -> str:
     what = "attention" if window is None else f"attention, keys [{window[0]}, {window[1]})"
     return what + (f" ({reduce} over blocks of {kb} keys)" if kb > 1 else "")
 
 
-def _mark_spans(fig: go.Figure, marks: dict, k0: int, k1: int) -> None:
+def _mark_spans(fig: go.Figure, marks: dict) -> None:
+    """Shaded key spans ``name -> (k_start, k_stop)`` (clipped to the keys drawn)."""
     for k, (name, span) in enumerate(marks.items()):
         s0, s1 = _check_window(span, 10 ** 12)
-        if s1 <= k0 or s0 >= k1:
-            continue
-        fig.add_vrect(x0=max(s0, k0) - 0.5, x1=min(s1, k1) - 0.5,
-                      fillcolor=_PALETTE[(k + 2) % len(_PALETTE)], opacity=0.25,
-                      line_width=1, annotation_text=str(name),
-                      annotation_position="top left", name=str(name))
+        mark(fig, s0 - 0.5, to=s1 - 0.5, name=str(name), label=str(name),
+             color=_PALETTE[(k + 2) % len(_PALETTE)], fill_opacity=0.3, label_at=0.98)
 
 
-def _log_vline(fig: go.Figure, train_length) -> None:
-    """A dashed vertical line at ``train_length`` on a log x axis (shape
-    coordinates on log axes are log10 values)."""
-    if train_length is None:
-        return
-    if train_length <= 0:
-        raise ValueError(f"train_length={train_length}: allowed a positive number")
-    fig.add_vline(x=math.log10(train_length), line=dict(dash="dash"),
-                  annotation_text=f"T={train_length}", name="train_length")
-
-
-def _distance_edges(bins, max_d: int) -> np.ndarray:
+def _distance_edges(bins, max_d: int, train_length: int | None = None) -> np.ndarray:
+    """Bin edges over distances ``0..max_d``; ``train_length`` is always an edge
+    (when inside), with log-spaced bins below it and separate ones from it on."""
+    T = train_length if train_length is not None and 0 < train_length <= max_d else None
     if isinstance(bins, (int, np.integer)) and not isinstance(bins, bool):
         if bins < 1:
             raise ValueError(f"bins={bins}: allowed an integer >= 1 or bin edges")
-        inner = np.round(np.geomspace(1, max_d + 1, bins)).astype(int)
-        return np.unique(np.concatenate([[0], inner, [max_d + 1]]))
-    edges = np.asarray(bins, dtype=float).reshape(-1)
-    if edges.size < 2 or np.any(np.diff(edges) <= 0):
-        raise ValueError(f"bins={bins!r}: allowed an integer or increasing edges (>= 2)")
+        if T is None or T == 1:
+            inner = np.geomspace(1, max_d + 1, bins)
+        else:
+            far = max(1, round(bins * math.log((max_d + 1) / T) / math.log(max_d + 1)))
+            near = max(1, bins - 1 - far)
+            inner = np.r_[np.geomspace(1, T, near + 1), np.geomspace(T, max_d + 1, far + 1)]
+        edges = np.unique(np.concatenate([[0], np.round(inner).astype(int), [max_d + 1]]))
+    else:
+        edges = np.asarray(bins, dtype=float).reshape(-1)
+        if edges.size < 2 or np.any(np.diff(edges) <= 0):
+            raise ValueError(f"bins={bins!r}: allowed an integer or increasing edges (>= 2)")
+    if T is not None and edges[0] < T < edges[-1]:
+        edges = np.union1d(edges, [T])
     return edges
 
 
-def attention_by_distance(attn, query_rows, bins=24, mean: bool = False,
-                          train_length: int | None = None, title: str | None = None,
-                          names=None) -> go.Figure:
-    """Attention mass against relative distance ``d = q - k`` in log-spaced bins.
+def _bin_centres(edges: np.ndarray, log: bool) -> np.ndarray:
+    """Where each bin ``[a, b)`` of integer distances is drawn: the middle of the
+    distances it holds (geometric on a log axis, distance 0 at 0.5)."""
+    a = np.ceil(edges[:-1])
+    b = np.maximum(np.ceil(edges[1:]) - 1, a)
+    if log:
+        return np.sqrt(np.maximum(a, 0.5) * np.maximum(b, 0.5))
+    return (a + b) / 2
 
-    ``attn [q_row, k_pos]``; ``query_rows [q_row]`` the query positions.
-    One line per query row (``names`` labels them; default ``q=<row>``), or
-    their mean (``mean=True``).  ``bins``: a number of log-spaced bins or
-    explicit increasing edges (``[lo, hi)``).
-    """
-    a = _check_attn(attn)
-    rows = _check_rows(query_rows, a.shape[0])
-    if rows.min() < 0 or rows.max() >= a.shape[1]:
-        raise ValueError(f"query_rows must lie in [0, {a.shape[1] - 1}] (key positions), "
-                         f"got [{rows.min()}, {rows.max()}]")
-    edges = _distance_edges(bins, int(rows.max()))
+
+def _distance_mass(a: np.ndarray, rows: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """``[q_row, bin]`` attention mass of ``a [q_row, k_pos]`` by distance bin."""
     d = rows[:, None] - np.arange(a.shape[1])[None, :]
     which = np.searchsorted(edges, d, side="right") - 1
     ok = (d >= 0) & (which >= 0) & (which < len(edges) - 1)
     mass = np.zeros((a.shape[0], len(edges) - 1))
     for r in range(a.shape[0]):
         np.add.at(mass[r], which[r, ok[r]], a[r, ok[r]])
-    x = np.maximum(edges[:-1], 0.5)
+    return mass
+
+
+def attention_by_distance(attn, query_rows, bins=24, mean: bool = False,
+                          train_length: int | None = None, title: str | None = None,
+                          names=None, log_x: bool = True) -> go.Figure:
+    """Attention mass against relative distance ``d = q - k`` in log-spaced bins.
+
+    ``attn [q_row, k_pos]``; ``query_rows [q_row]`` the query positions.
+    One line per query row (``names`` labels them; default ``q=<row>``), or
+    their mean (``mean=True``).  ``bins``: a number of log-spaced bins or
+    explicit increasing edges (``[lo, hi)``).  Points sit at the middle of
+    their bin's distances; ``log_x``: log distance axis.
+
+    ``train_length`` (``T``) is made a bin edge, so the bins at distance
+    ``>= T`` hold exactly the mass past the trained range: they are shaded,
+    ``T`` is marked, and each curve's total there is in the subtitle and in
+    ``fig.layout.meta["mass_beyond_train_length"]``.
+    """
+    a = _check_attn(attn)
+    rows = _check_rows(query_rows, a.shape[0])
+    if rows.min() < 0 or rows.max() >= a.shape[1]:
+        raise ValueError(f"query_rows must lie in [0, {a.shape[1] - 1}] (key positions), "
+                         f"got [{rows.min()}, {rows.max()}]")
+    T = None if train_length is None else _positive(train_length, "train_length")
+    edges = _distance_edges(bins, int(rows.max()), T)
+    mass = _distance_mass(a, rows, edges)
     if names is not None and len(names) != len(rows):
         raise ValueError(f"names has {len(names)} entries: allowed one per row ({len(rows)})")
     names = [f"q={q}" for q in rows] if names is None else [str(n) for n in names]
     curves = {"mean": mass.mean(axis=0)} if mean else dict(zip(names, mass))
+    x = _bin_centres(edges, log_x)
     fig = go.Figure([go.Scatter(x=x, y=m, name=name, mode="lines+markers",
                                 customdata=np.stack([edges[:-1], edges[1:]], axis=1),
                                 hovertemplate="d in [%{customdata[0]}, %{customdata[1]})"
                                               "<br>mass=%{y:.3g}<extra>%{fullData.name}</extra>")
                      for name, m in curves.items()])
-    _log_vline(fig, train_length)
-    fig.update_xaxes(type="log", title_text="relative distance q - k (bin start)")
+    fig.update_xaxes(type="log" if log_x else "linear",
+                     title_text="relative distance q - k (middle of bin)")
     fig.update_yaxes(title_text="attention mass in bin")
-    fig.update_layout(title=title or "attention mass by distance", height=380)
+    fig.update_layout(title=title or "attention mass by distance", height=400)
+    if T is not None:
+        _mark_beyond(fig, curves, edges, x, T)
     return fig
+
+
+def _mark_beyond(fig: go.Figure, curves: dict, edges: np.ndarray, x: np.ndarray, T: int) -> None:
+    """Shade the bins at distance >= T, mark T, and report the mass there."""
+    far = edges[:-1] >= T
+    beyond = {name: float(m[far].sum()) for name, m in curves.items()}
+    mark(fig, T, name="train_length", label=f"T={T}")
+    if far.any():
+        mark(fig, T, to=float(x[far].max()), name="distance >= T", color="#d62728",
+             fill_opacity=0.08)
+        shown = ", ".join(f"{n} {v:.2%}" for n, v in list(beyond.items())[:4])
+        more = f" (+{len(beyond) - 4} more in meta)" if len(beyond) > 4 else ""
+        note = f"attention mass at distance ≥ T={T} (shaded): {shown}{more}"
+    else:
+        note = f"no bin reaches distance T={T}"
+    fig.update_layout(title_subtitle_text=note, margin_t=90,
+                      meta=dict(mass_beyond_train_length=beyond))
 
 
 # -- hidden states ---------------------------------------------------------------
@@ -473,19 +894,60 @@ def smooth_values(y: np.ndarray, window) -> np.ndarray:
 
 def hidden_state_figure(values_by_method: dict, train_length: int, threshold: float | None = None,
                         positions=None, smooth: int | None = None, title: str | None = None,
-                        max_points: int = MAX_POINTS) -> go.Figure:
+                        max_points: int = MAX_POINTS, *, zoom: bool = True,
+                        relative: bool = False, correlation: float | None = None,
+                        log_x: bool = False) -> go.Figure:
     """Hidden-state value against position for one (layer, dim), methods overlaid
     (the paper's Figure 2).
 
     ``values_by_method``: name -> ``[pos]`` array; ``positions`` (``[pos]``)
-    default to ``0..len-1``.  A vertical line marks ``train_length`` and a
-    horizontal one ``threshold`` (the value reached at ``train_length``).
-    ``smooth``: trailing moving-average window.  Curves longer than ``max_points`` keep
-    each block's min and max.
+    default to ``0..len-1``.  ``train_length`` and ``threshold`` (the value
+    reached at ``train_length``) are marked.  ``smooth``: trailing
+    moving-average window.  Curves longer than ``max_points`` keep each
+    block's min and max.
+
+    ``zoom`` (default): the y axis spans the trend, not the start transient:
+    the 0.5..99.5 percentiles of each curve after its first ``smooth``
+    positions (first position if unsmoothed), widened to the threshold, plus
+    a 5 % margin; how many points it clips is said in the subtitle (the
+    modebar's autoscale shows them).  ``relative``: plot
+    ``(value - threshold) * sign(correlation)`` so that "past the threshold"
+    is always up (> 0), with 0 marked; ``correlation`` (the pair's r with
+    log position) gives the sign (+1 when None).  ``log_x``: log position axis.
     """
+    curves = _hidden_curves(values_by_method, positions, smooth)
+    if relative:
+        if threshold is None:
+            raise ValueError("relative=True needs a threshold: allowed relative=False or a "
+                             "threshold value")
+        sign = -1.0 if correlation is not None and correlation < 0 else 1.0
+        curves = {n: (x, (y - float(threshold)) * sign) for n, (x, y) in curves.items()}
+    level = None if threshold is None else (0.0 if relative else float(threshold))
+    fig = go.Figure()
+    for name, (x, y) in curves.items():
+        xe, ye = _envelope(x, y, max_points)
+        fig.add_trace(go.Scatter(x=xe, y=ye, name=str(name), mode="lines",
+                                 line=dict(color=method_color(name), width=1.2),
+                                 hovertemplate="pos=%{x}<br>value=%{y:.4g}<extra>%{fullData.name}"
+                                               "</extra>"))
+    fig.update_xaxes(title_text="position", type="log" if log_x else "linear")
+    fig.update_yaxes(title_text=_hidden_y_title(relative, correlation))
+    fig.update_layout(title=title or "hidden state against position", height=440)
+    if zoom:
+        _zoom_to_trend(fig, [y for _, y in curves.values()], max(1, smooth or 1), level)
+    mark(fig, _positive(train_length, "train_length"), name="train_length",
+         label=f"T={train_length}")
+    if level is not None:
+        mark(fig, level, axis="y", name="threshold", color="#d62728", dash="dot",
+             label="threshold (0)" if relative else f"threshold {level:.3g}", label_at=0.01)
+    return fig
+
+
+def _hidden_curves(values_by_method: dict, positions, smooth) -> dict:
+    """name -> ``(positions [pos], smoothed values [pos])``, checked."""
     if not values_by_method:
         raise ValueError("values_by_method is empty: allowed a dict name -> [pos] array")
-    fig = go.Figure()
+    curves = {}
     for name, values in values_by_method.items():
         y = np.asarray(values, dtype=float)
         if y.ndim != 1:
@@ -494,20 +956,52 @@ def hidden_state_figure(values_by_method: dict, train_length: int, threshold: fl
         if len(x) != len(y):
             raise ValueError(f"positions has {len(x)} entries but values_by_method[{name!r}] "
                              f"has {len(y)}: allowed equal lengths")
-        x, y = _envelope(x, smooth_values(y, smooth), max_points)
-        fig.add_trace(go.Scatter(x=x, y=y, name=str(name), mode="lines",
-                                 line=dict(color=method_color(name), width=1.2),
-                                 hovertemplate="pos=%{x}<br>value=%{y:.4g}<extra>%{fullData.name}"
-                                               "</extra>"))
-    fig.add_vline(x=train_length, line=dict(color="black", dash="dash"),
-                  annotation_text=f"T={train_length}", name="train_length")
-    if threshold is not None:
-        fig.add_hline(y=float(threshold), line=dict(color="red", dash="dot"),
-                      annotation_text=f"threshold {float(threshold):.3g}", name="threshold")
-    fig.update_xaxes(title_text="position")
-    fig.update_yaxes(title_text="hidden-state value")
-    fig.update_layout(title=title or "hidden state against position", height=420)
-    return fig
+        curves[name] = (x, smooth_values(y, smooth))
+    return curves
+
+
+def _hidden_y_title(relative: bool, correlation) -> str:
+    if not relative:
+        return "hidden-state value"
+    if correlation is None:
+        return "value - threshold"
+    return "(value - threshold) × sign(r): > 0 is past it"
+
+
+def trend_range(curves, skip: int, include: float | None = None) -> tuple[float, float, int]:
+    """``(lo, hi, clipped)``: a y range for ``curves`` (``[pos]`` arrays) that
+    ignores their first ``skip`` values (the start transient) and isolated
+    spikes: the 0.5..99.5 percentiles of the rest of each curve, widened to
+    ``include``, plus a 5 % margin; ``clipped`` counts the values outside it."""
+    tails = [y[skip:][np.isfinite(y[skip:])] for y in map(np.asarray, curves)]
+    tails = [t for t in tails if t.size]
+    if not tails:
+        raise ValueError(f"no finite values after the first {skip} positions: allowed "
+                         "curves longer than the smoothing window")
+    lo = min(float(np.percentile(t, 0.5)) for t in tails)
+    hi = max(float(np.percentile(t, 99.5)) for t in tails)
+    if include is not None:
+        lo, hi = min(lo, include), max(hi, include)
+    pad = 0.05 * (hi - lo) or 0.05 * max(abs(hi), 1e-12)
+    lo, hi = lo - pad, hi + pad
+    clipped = sum(int(np.sum((y < lo) | (y > hi))) for y in map(np.asarray, curves))
+    return lo, hi, clipped
+
+
+def _zoom_to_trend(fig: go.Figure, curves: list, skip: int, level) -> None:
+    """Set the trend range when it clips something; curves no longer than the
+    smoothing window keep the full range."""
+    if all(len(y) <= skip for y in curves):
+        return
+    lo, hi, clipped = trend_range(curves, skip, level)
+    if not clipped:
+        return
+    total = sum(len(y) for y in curves)
+    fig.update_yaxes(range=[lo, hi])
+    fig.update_layout(title_subtitle_text=(
+        f"y zoomed to the trend after the first {skip} positions: {clipped} of {total} values "
+        "outside "
+        "(e.g. the start transient) are clipped; autoscale shows all"), margin_t=90)
 
 
 # -- passkey and bench sweeps ----------------------------------------------------
@@ -543,10 +1037,13 @@ def _accuracy_grid(rows, lengths, depths) -> tuple[np.ndarray, np.ndarray]:
     return acc, n
 
 
-def passkey_heatmap(rows, title: str | None = None, cols: int | None = None) -> go.Figure:
+def passkey_heatmap(rows, title: str | None = None, cols: int | None = None,
+                    train_length: int | None = None) -> go.Figure:
     """Passkey accuracy, depth x length, one subplot per method.
 
-    ``rows``: dicts with at least ``method, length, depth, correct``.
+    ``rows``: dicts with at least ``method, length, depth, correct``.  Cells
+    show the accuracy, hover adds the sample count.  ``train_length`` marks,
+    in every subplot, the boundary between lengths ``<= T`` and ``> T``.
     """
     rows = _check_row_keys(rows, ("method", "length", "depth", "correct"), "passkey")
     methods = _methods_in(rows)
@@ -554,27 +1051,81 @@ def passkey_heatmap(rows, title: str | None = None, cols: int | None = None) -> 
     depths = sorted({r["depth"] for r in rows})
     cols = cols or min(3, len(methods))
     nrows = math.ceil(len(methods) / cols)
-    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=methods,
-                        horizontal_spacing=0.06, vertical_spacing=0.12)
+    grid = _subplot_grid(nrows, row_px=250)
+    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=[str(m) for m in methods],
+                        horizontal_spacing=0.05, vertical_spacing=grid["vertical_spacing"])
     for k, m in enumerate(methods):
         acc, n = _accuracy_grid([r for r in rows if r["method"] == m], lengths, depths)
         fig.add_trace(go.Heatmap(
-            z=acc, x=[str(L) for L in lengths], y=[f"{d:g}" for d in depths], name=m,
+            z=acc, x=[str(L) for L in lengths], y=[f"{d:g}" for d in depths], name=str(m),
             coloraxis="coloraxis", customdata=n, text=np.where(np.isnan(acc), "", np.vectorize(
                 lambda v: f"{v:.0%}")(np.nan_to_num(acc))), texttemplate="%{text}",
-            hovertemplate=m + "<br>length=%{x}<br>depth=%{y}<br>accuracy=%{z:.0%} "
+            hovertemplate=f"{m}<br>length=%{{x}}<br>depth=%{{y}}<br>accuracy=%{{z:.0%}} "
                           "(n=%{customdata})<extra></extra>"), row=k // cols + 1, col=k % cols + 1)
-    fig.update_xaxes(title_text="length (tokens)", type="category")
-    fig.update_yaxes(title_text="depth", type="category")
+    fig.update_xaxes(type="category", tickangle=0)
+    fig.update_yaxes(type="category")
+    _outer_axis_titles(fig, len(methods), cols, "length (tokens)", "depth")
+    if train_length is not None:
+        T = _positive(train_length, "train_length")
+        for k in range(len(methods)):
+            mark(fig, category_boundary(lengths, T), name="train_length", label=f"T={T}",
+                 row=k // cols + 1, col=k % cols + 1, label_at=0.98)
     fig.update_layout(coloraxis=dict(colorscale="RdYlGn", cmin=0, cmax=1,
                                      colorbar=dict(title="accuracy")),
-                      title=title or "passkey retrieval accuracy", height=280 * nrows + 80)
+                      title=title or "passkey retrieval accuracy", height=grid["height"],
+                      margin=grid["margin"])
     return fig
 
 
-def passkey_accuracy_lines(rows, train_length: int | None = None,
-                           title: str | None = None) -> go.Figure:
-    """Passkey accuracy against length, one line per method (all depths pooled)."""
+def _subplot_grid(nrows: int, row_px: int, gap_px: int = 95) -> dict:
+    """Pixel-based spacing for ``nrows`` subplot rows: a gap between rows that
+    holds the upper row's tick labels and axis title plus the lower row's
+    subplot title, so none overlap at the default height."""
+    margin = dict(t=90, b=70)
+    plot_px = nrows * row_px + (nrows - 1) * gap_px
+    spacing = gap_px / plot_px if nrows > 1 else 0.0
+    return dict(height=plot_px + margin["t"] + margin["b"], vertical_spacing=spacing,
+                margin=margin)
+
+
+def _outer_axis_titles(fig: go.Figure, n: int, cols: int, x_title: str, y_title: str) -> None:
+    """Axis titles only on the bottom subplot of each column and the first column."""
+    for k in range(n):
+        row, col = k // cols + 1, k % cols + 1
+        if k + cols >= n:
+            fig.update_xaxes(title_text=x_title, row=row, col=col)
+        if col == 1:
+            fig.update_yaxes(title_text=y_title, row=row, col=col)
+
+
+def _length_ticks(lengths, most: int = 12) -> dict:
+    """Ticks at the measured lengths (when there are few), not at 2, 3, 5 x 10^k."""
+    lengths = sorted(set(lengths))
+    if not 1 < len(lengths) <= most:
+        return {}
+    return dict(tickvals=lengths, ticktext=[str(L) for L in lengths])
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for ``hits`` successes in ``n`` trials (95 % for
+    ``z = 1.96``); ``(nan, nan)`` when ``n == 0``."""
+    if n <= 0:
+        return math.nan, math.nan
+    p = hits / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def passkey_accuracy_lines(rows, train_length: int | None = None, title: str | None = None,
+                           log_x: bool = True) -> go.Figure:
+    """Passkey accuracy against length, one line per method (all depths pooled),
+    with 95 % Wilson intervals as error bars and the sample count in the hover.
+
+    ``log_x``: log length axis.  ``train_length`` is marked where it lies
+    inside the lengths measured (else noted at the plot's edge).
+    """
     rows = _check_row_keys(rows, ("method", "length", "correct"), "passkey")
     fig = go.Figure()
     for m in _methods_in(rows):
@@ -583,16 +1134,26 @@ def passkey_accuracy_lines(rows, train_length: int | None = None,
             if r["method"] == m:
                 by_len[r["length"]].append(bool(r["correct"]))
         lengths = sorted(by_len)
+        hits = [sum(by_len[L]) for L in lengths]
+        n = [len(by_len[L]) for L in lengths]
+        acc = np.array(hits) / np.array(n)
+        ci = np.array([wilson_interval(h, k) for h, k in zip(hits, n)])
         fig.add_trace(go.Scatter(
-            x=lengths, y=[np.mean(by_len[L]) for L in lengths], name=m,
-            mode="lines+markers", line=dict(color=method_color(m)),
-            customdata=[len(by_len[L]) for L in lengths],
-            hovertemplate=m + "<br>length=%{x}<br>accuracy=%{y:.0%} (n=%{customdata})"
-                              "<extra></extra>"))
-    _log_vline(fig, train_length)
-    fig.update_xaxes(title_text="length (tokens)", type="log")
-    fig.update_yaxes(title_text="accuracy", range=[-0.05, 1.05], tickformat=".0%")
+            x=lengths, y=acc, name=str(m), mode="lines+markers", line=dict(color=method_color(m)),
+            error_y=dict(type="data", symmetric=False, array=ci[:, 1] - acc,
+                         arrayminus=acc - ci[:, 0], thickness=1, width=3),
+            customdata=np.stack([hits, n, ci[:, 0], ci[:, 1]], axis=1),
+            hovertemplate=f"{m}<br>length=%{{x}}<br>accuracy=%{{y:.0%}} "
+                          "(%{customdata[0]}/%{customdata[1]})<br>95% CI "
+                          "[%{customdata[2]:.0%}, %{customdata[3]:.0%}]<extra></extra>"))
+    fig.update_xaxes(title_text="length (tokens)", type="log" if log_x else "linear",
+                     **_length_ticks(r["length"] for r in rows))
+    fig.update_yaxes(title_text="accuracy (95% Wilson interval)", range=[-0.05, 1.05],
+                     tickformat=".0%")
     fig.update_layout(title=title or "passkey accuracy against length", height=400)
+    if train_length is not None:
+        mark(fig, _positive(train_length, "train_length"), name="train_length",
+             label=f"T={train_length}", label_at=0.02)
     return fig
 
 
@@ -606,27 +1167,32 @@ def bench_figure(rows, title: str | None = None) -> go.Figure:
 
     ``rows``: dicts with ``method, length, prefill_s, peak_mem_bytes,
     decode_ms_per_token`` and optionally ``oom: true`` (measurements null) with
-    ``predicted_mem_bytes``; OOM rows are drawn as "OOM" markers.  Rows of
-    another ``kind`` than ``"point"`` (the machine line) and ``skipped`` rows
-    are left out.
+    ``predicted_mem_bytes``; OOM rows are drawn as labelled "OOM" markers (at
+    the predicted memory, else at 0) in every panel.  Rows without a method
+    (the machine line), of another ``kind`` than ``"point"`` and ``skipped``
+    rows are left out.
     """
-    rows = [r for r in rows if not isinstance(r, dict) or r.get("kind", "point") == "point"]
+    rows = [r for r in rows if not isinstance(r, dict)
+            or (r.get("kind", "point") == "point" and r.get("method") is not None)]
     rows = _check_row_keys(rows, ("method", "length"), "bench")
     rows = [r for r in rows if not r.get("skipped")]
+    if not rows:
+        raise ValueError("every bench row is skipped: allowed at least one measured or OOM row")
     fig = make_subplots(rows=1, cols=3, subplot_titles=(
         "peak memory (GiB)", "prefill time (s)", "decode time (ms/token)"),
-        horizontal_spacing=0.07)
+        horizontal_spacing=0.08)
     lengths = sorted({r["length"] for r in rows})
     for m in _methods_in(rows):
         mine = sorted((r for r in rows if r["method"] == m), key=lambda r: r["length"])
-        _bench_method(fig, m, mine)
+        _bench_method(fig, str(m), mine)
     fig.update_xaxes(title_text="length (tokens)")
     fig.update_xaxes(type="category", categoryorder="array",
                      categoryarray=[str(L) for L in lengths], row=1, col=1)
-    fig.update_xaxes(type="log", row=1, col=2)
-    fig.update_xaxes(type="log", row=1, col=3)
+    for col in (2, 3):
+        fig.update_xaxes(type="log", row=1, col=col, **_length_ticks(lengths))
     fig.update_layout(barmode="group", title=title or "memory and latency against length",
-                      height=430, legend=dict(orientation="h", y=-0.25))
+                      height=470, margin=dict(t=90, b=130),
+                      legend=dict(orientation="h", y=-0.3, yanchor="top", x=0))
     return fig
 
 
@@ -652,7 +1218,9 @@ def _bench_method(fig: go.Figure, m: str, rows: list[dict]) -> None:
             x=[str(r["length"]) for r in oom],
             y=[0 if p is None else p / gib for p in pred], name=f"{m} OOM", legendgroup=m,
             mode="markers+text", text=["OOM"] * len(oom), textposition="top center",
-            marker=dict(symbol="x", size=11, color=color), showlegend=False,
+            textfont=dict(color=color, size=13, family="sans-serif"), cliponaxis=False,
+            marker=dict(symbol="x-thin", size=12, color=color, line=dict(width=2, color=color)),
+            showlegend=False,
             hovertemplate=m + "<br>length=%{x}<br>out of memory<br>predicted %{y:.2f} GiB"
                               "<extra></extra>"), row=1, col=1)
 

@@ -11,10 +11,13 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 import pytest
+from plotly.subplots import make_subplots
 
 import mesa_viz
 from mesa_viz import plots
 from mesa_viz.methods import ChunkPlan
+
+pytestmark = pytest.mark.unit
 
 PLOTS_SRC = Path(plots.__file__)
 
@@ -38,6 +41,11 @@ def attention_rows(n_rows=3, width=16500, seed=0):
 
 def shape_names(fig):
     return [s.name for s in fig.layout.shapes]
+
+
+def annotation(fig, name):
+    (a,) = [a for a in fig.layout.annotations if a.name == name]
+    return a
 
 
 # -- architecture ------------------------------------------------------------------
@@ -73,8 +81,11 @@ def test_layout_heatmap_masks_and_values():
 
 def test_layout_heatmap_annotates_chunk_boundaries():
     fig = plots.layout_heatmap(figure1_mesa())
-    starts = {s.x0 + 0.5 for s in fig.layout.shapes if s.xref == "x"}
-    assert starts == {2, 5, 8, 11}
+    lines = [s for s in fig.layout.shapes if s.type == "line"]
+    assert {s.x0 + 0.5 for s in lines if s.xref == "x"} == {2, 5, 8, 11}      # keys
+    assert {s.y0 + 0.5 for s in lines if s.yref == "y"} == {2, 5, 8, 11}      # queries
+    spans = {s.name: (s.x0 + 0.5, s.x1 + 0.5) for s in fig.layout.shapes if s.type == "rect"}
+    assert spans["chunk first 0"] == (0, 2) and spans["chunk last 11"] == (11, 13)
     labels = [a.text for a in fig.layout.annotations]
     assert labels.count("middle") == 3 and "first" in labels and "last" in labels
     # no chunk plan -> no boundaries
@@ -195,14 +206,19 @@ def test_attention_heatmap_window_is_exact():
 
 def test_attention_heatmap_marks_and_train_length():
     a = attention_rows()
+    # rows without query positions: each row is the query at the last key (16499), so
+    # keys at distance >= T are k <= 16499 - 8192 (the old line sat at key T itself)
     fig = plots.attention_heatmap(a, marks={"needle": (8000, 8020)}, train_length=8192)
     assert shape_names(fig) == ["needle", "train_length"]
     needle, tl = fig.layout.shapes
     assert (needle.x0, needle.x1) == (7999.5, 8019.5)
-    assert tl.x0 == tl.x1 == 8191.5
-    # a mark outside the window is not drawn
+    assert tl.x0 == tl.x1 == 16499 - 8192 + 0.5
+    assert "q=16499" in annotation(fig, "train_length").text
+    # a mark outside the window is not drawn; its label stays as a note at the edge
     zoom = plots.attention_heatmap(a, marks={"needle": (8000, 8020)}, window=(0, 100))
     assert not zoom.layout.shapes
+    note = annotation(zoom, "needle")
+    assert note.xref == "x domain" and note.x == 1 and "▶" in note.text
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -231,8 +247,9 @@ def test_attention_by_distance_mass():
     edges = np.array(fig.data[0].customdata)[:, 0]
     assert edges[0] == 0 and np.all(np.diff(edges) > 0)
     assert fig.layout.xaxis.type == "log"
-    assert shape_names(fig) == ["train_length"]
-    assert fig.layout.shapes[0].x0 == pytest.approx(np.log10(64))     # log axis: log10 units
+    assert shape_names(fig) == ["train_length", "distance >= T"]
+    assert fig.layout.shapes[0].x0 == 64                  # shapes take data values on log axes
+    assert annotation(fig, "train_length").x == pytest.approx(np.log10(64))   # labels log10
     mean = plots.attention_by_distance(a, rows, bins=[0, 1, 10, 100, 300], mean=True)
     (t,) = mean.data
     np.testing.assert_allclose(t.y, [0.3, 0.45, 0.25, 0.0])
@@ -332,7 +349,8 @@ def test_passkey_accuracy_lines():
     np.testing.assert_allclose(origin.y, [1, 1, 0])
     np.testing.assert_allclose(mesa.y, [5 / 6] * 3)
     assert shape_names(fig) == ["train_length"]
-    assert fig.layout.shapes[0].x0 == pytest.approx(np.log10(256))
+    assert fig.layout.shapes[0].x0 == 256                 # data value (the old code: log10)
+    assert annotation(fig, "train_length").x == pytest.approx(np.log10(256))
 
 
 @pytest.mark.parametrize("rows, match", [
@@ -413,3 +431,295 @@ def test_method_colors_are_stable():
     assert plots.method_color("mesa") == plots.method_color("mesa")
     assert len({plots.method_color(m) for m in mesa_viz.METHODS}) == len(mesa_viz.METHODS)
     assert plots.method_color("something-else").startswith("#")
+
+
+# -- the marker helper ---------------------------------------------------------------------
+
+def line_figure(x, log=False):
+    fig = go.Figure(go.Scatter(x=x, y=np.arange(len(x)), mode="lines+markers"))
+    fig.update_xaxes(type="log" if log else "linear")
+    return fig
+
+
+def data_ref_coordinates(fig, letter="x"):
+    """Every coordinate a shape or annotation puts on the data axis ``letter``
+    (annotations on a log axis converted back from log10)."""
+    log = fig.layout[f"{letter}axis"].type == "log"
+    out = [v for s in fig.layout.shapes if s[f"{letter}ref"] == letter
+           for v in (s[f"{letter}0"], s[f"{letter}1"])]
+    out += [10 ** a[letter] if log else a[letter] for a in fig.layout.annotations
+            if a[f"{letter}ref"] == letter]
+    return out
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_mark_line_on_linear_and_log_axes(log):
+    fig = line_figure([1000, 2000, 4000, 16000, 32000], log=log)
+    assert plots.mark(fig, 8192, name="train_length", label="T=8192") is True
+    (shape,) = fig.layout.shapes
+    assert (shape.name, shape.type, shape.xref, shape.yref) == ("train_length", "line", "x",
+                                                                "y domain")
+    assert shape.x0 == shape.x1 == 8192                   # shapes: data values on any axis
+    label = annotation(fig, "train_length")
+    assert label.x == pytest.approx(np.log10(8192) if log else 8192)     # labels: log10 on log
+    assert label.text == "T=8192" and label.yref == "y domain"
+    assert label.bgcolor and label.bordercolor            # a light box: readable on dark maps
+    # 8192 is in the right half of [1000, 32000] on a log axis and the left half on a
+    # linear one: the label runs toward the middle of the plot
+    assert label.xanchor == ("right" if log else "left")
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_mark_outside_the_data_draws_no_shape_and_keeps_the_range(log):
+    fig = line_figure([2000, 4000, 8000], log=log)
+    before = plots.axis_info(fig, "x")
+    assert plots.mark(fig, 16384, name="train_length", label="T=16384") is False
+    assert plots.mark(fig, 100, name="low", label="low") is False
+    assert plots.mark(fig, 500, to=1000, name="span") is False        # span outside: nothing
+    assert not fig.layout.shapes
+    assert not data_ref_coordinates(fig)                 # nothing in data units to stretch
+    notes = {a.name: a for a in fig.layout.annotations}
+    assert notes["train_length"].xref == "x domain" and notes["train_length"].x == 1
+    assert notes["train_length"].text == "T=16384 ▶"
+    assert notes["low"].x == 0 and notes["low"].text == "◀ low"
+    after = plots.axis_info(fig, "x")
+    assert (after.lo, after.hi) == (before.lo, before.hi) == (2000, 8000)
+
+
+def test_mark_span_is_clipped_to_the_data():
+    fig = line_figure([0, 10, 20, 30])
+    assert plots.mark(fig, 25, to=99, name="beyond", label="beyond", fill_opacity=0.2)
+    (s,) = fig.layout.shapes
+    assert (s.type, s.x0, s.x1, s.opacity) == ("rect", 25, 30, 0.2)
+    assert max(data_ref_coordinates(fig)) <= 30
+    label = annotation(fig, "beyond")
+    assert (label.x, label.xanchor) == (30, "right")      # inside the span, from its outer end
+
+
+def test_mark_on_y_axis_and_in_subplots():
+    fig = make_subplots(rows=1, cols=2)
+    fig.add_trace(go.Scatter(x=[0, 1, 2], y=[0.5, 1.5, 2.5]), row=1, col=1)
+    fig.add_trace(go.Scatter(x=[10, 100, 1000], y=[1, 2, 3]), row=1, col=2)
+    fig.update_xaxes(type="log", row=1, col=2)
+    assert plots.mark(fig, 2.0, axis="y", name="threshold", label="thr", row=1, col=1)
+    assert plots.mark(fig, 50, name="T", label="T", row=1, col=2)
+    thr, T = fig.layout.shapes
+    assert (thr.yref, thr.y0, thr.xref) == ("y", 2.0, "x domain")
+    assert (T.xref, T.x0, T.yref) == ("x2", 50, "y2 domain")
+    assert annotation(fig, "T").x == pytest.approx(np.log10(50)) and annotation(fig, "T").xref == "x2"
+    assert annotation(fig, "threshold").y == 2.0
+
+
+def test_mark_on_category_axes():
+    fig = go.Figure(go.Heatmap(z=np.zeros((2, 3)), x=["4096", "8192", "16384"], y=["a", "b"]))
+    fig.update_xaxes(type="category")
+    info = plots.axis_info(fig, "x")
+    assert (info.type, info.lo, info.hi, info.categories) == ("category", -0.5, 2.5,
+                                                              ("4096", "8192", "16384"))
+    # numeric-looking names are passed to plotly as indices (plotly.js reads "8192" as 8192)
+    assert plots.mark(fig, "8192", name="name")
+    assert plots.mark(fig, plots.category_boundary([4096, 8192, 16384], 8192), name="T",
+                      label="T")
+    assert plots.mark(fig, 1.0, axis="y", name="row b")              # y auto-typed: text
+    by_name = {s.name: s for s in fig.layout.shapes}
+    assert by_name["name"].x0 == 1.0 and by_name["T"].x0 == 1.5 and by_name["row b"].y0 == 1.0
+    assert plots.category_boundary([4096, 8192], 100) == -0.5
+    assert plots.category_boundary([4096, 8192], 10 ** 6) == 1.5
+
+
+def test_mark_reversed_axis_edge_note_side():
+    fig = go.Figure(go.Heatmap(z=np.zeros((4, 4))))
+    fig.update_yaxes(autorange="reversed")
+    info = plots.axis_info(fig, "y")
+    assert info.reversed and (info.lo, info.hi) == (-0.5, 3.5)
+    plots.mark(fig, 10, axis="y", name="below", label="below")     # past the end: drawn low
+    note = annotation(fig, "below")
+    assert (note.y, note.text) == (0, "▼ below")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(at=5, name="m", axis="z"), "axis='z'"),
+    (dict(at=5, name=""), "name is empty"),
+    (dict(at=-1, name="m"), "log axis"),
+    (dict(at=5, name="m", row=1), "row=1, col=None"),
+    (dict(at=5, name="m", label_at=2), "label_at=2"),
+])
+def test_mark_errors(kwargs, match):
+    fig = line_figure([1, 10, 100], log=True)
+    with pytest.raises(ValueError, match=match):
+        plots.mark(fig, **kwargs)
+
+
+def test_mark_needs_data_first_and_known_categories():
+    with pytest.raises(ValueError, match="nothing is drawn on xaxis"):
+        plots.mark(go.Figure(), 3, name="m")
+    fig = go.Figure(go.Bar(x=["a", "b"], y=[1, 2]))
+    with pytest.raises(ValueError, match="'c' is not a category"):
+        plots.mark(fig, "c", name="m")
+
+
+def test_plots_marks_only_through_the_helper():
+    src = PLOTS_SRC.read_text()
+    for call in ("add_vline(", "add_hline(", "add_vrect(", "add_hrect(", "_log_vline"):
+        assert call not in src, f"plots.py marks with {call} instead of mark()"
+
+
+# -- distance, attention rows, thresholds, sweeps ------------------------------------------
+
+def test_attention_by_distance_has_an_edge_at_T_and_reports_mass_beyond():
+    n, T = 5000, 1000
+    rng = np.random.default_rng(3)
+    a = rng.random((2, n))
+    a /= a.sum(axis=1, keepdims=True)
+    rows = [n - 1, 2500]
+    for bins in (24, 5, [0, 10, 100, 4000, 5000]):
+        fig = plots.attention_by_distance(a, rows, bins=bins, train_length=T)
+        edges = np.array(fig.data[0].customdata, dtype=float)
+        assert T in edges[:, 0]                              # a bin starts exactly at T
+        assert not np.any((edges[:, 0] < T) & (edges[:, 1] > T))     # none straddles T
+        d = np.array(rows)[:, None] - np.arange(n)[None, :]
+        expect = (a * (d >= T)).sum(axis=1)
+        far = edges[:, 0] >= T
+        for t, e in zip(fig.data, expect):
+            assert np.sum(np.asarray(t.y)[far]) == pytest.approx(e)
+            assert fig.layout.meta["mass_beyond_train_length"][t.name] == pytest.approx(e)
+        assert f"{expect[0]:.2%}" in fig.layout.title.subtitle.text
+        span = next(s for s in fig.layout.shapes if s.name == "distance >= T")
+        assert span.type == "rect" and span.x0 == T and span.x1 > T
+        assert min(t.x[list(far).index(True)] for t in fig.data) > T    # points past the line
+
+
+def test_attention_by_distance_linear_axis_and_T_beyond_all_distances():
+    a = np.full((1, 100), 0.01)
+    fig = plots.attention_by_distance(a, [99], train_length=40, log_x=False)
+    assert fig.layout.xaxis.type == "linear"
+    assert annotation(fig, "train_length").x == 40
+    short = plots.attention_by_distance(a, [99], train_length=500)
+    assert not short.layout.shapes and "no bin reaches" in short.layout.title.subtitle.text
+    assert annotation(short, "train_length").text == "T=500 ▶"
+
+
+def test_attention_heatmap_marks_distance_T_per_row():
+    a = attention_rows(4, 3000)
+    T = 1000
+    fig = plots.attention_heatmap(a, query_rows=[500, 1500, 2500, 2999], train_length=T)
+    segs = [s for s in fig.layout.shapes if s.name == "train_length"]
+    assert [s.x0 for s in segs] == [1500 - T + 0.5, 2500 - T + 0.5, 2999 - T + 0.5]
+    assert [(s.y0, s.y1) for s in segs] == [(0.5, 1.5), (1.5, 2.5), (2.5, 3.5)]  # rows 1..3
+    assert "distance ≥ T" in annotation(fig, "train_length").text
+    # explicit query positions for rows labelled by layer; all rows share q: one line
+    lay = plots.attention_heatmap(a, ["layer 0", "layer 1", "layer 2", "layer 3"],
+                                  query_positions=[2999] * 4, train_length=T)
+    (line,) = lay.layout.shapes
+    assert line.x0 == 2999 - T + 0.5 and line.yref == "y domain"
+    none = plots.attention_heatmap(a, query_rows=[10, 20, 30, 40], train_length=T)
+    assert not none.layout.shapes                        # no row reaches distance T
+    with pytest.raises(ValueError, match="query_positions"):
+        plots.attention_heatmap(a, query_positions=[1, 2], train_length=T)
+
+
+def test_attention_heatmap_block_centres():
+    a = attention_rows(1, 1000)
+    fig = plots.attention_heatmap(a, block=10)
+    x = np.asarray(fig.data[0].x)
+    assert x[0] == 4.5 and x[1] == 14.5                  # block [0, 10) centred at 4.5
+
+
+def hidden_curves(n=4000, T=2000):
+    pos = np.arange(n, dtype=float)
+    origin = np.log1p(pos) / 10
+    origin[T:] += np.linspace(0, 0.2, n - T)
+    mesa = np.log1p(np.minimum(pos, T)) / 10
+    origin[0] = mesa[0] = 50.0                           # the position-0 transient
+    return {"origin": origin, "mesa": mesa}
+
+
+def test_hidden_state_zoom_excludes_the_transient_and_includes_threshold():
+    values = hidden_curves()
+    thr = float(np.log1p(2000) / 10)
+    fig = plots.hidden_state_figure(values, 2000, threshold=thr, smooth=16)
+    lo, hi = fig.layout.yaxis.range
+    assert hi < 5                                          # not the transient's 50/16
+    assert lo <= thr <= hi
+    tail = np.concatenate([plots.smooth_values(v, 16)[16:] for v in values.values()])
+    assert lo < np.percentile(tail, 1) and hi > np.percentile(tail, 99)
+    assert "clipped" in fig.layout.title.subtitle.text
+    assert plots.trend_range([np.r_[100.0, np.zeros(50)]], 1, include=3.0)[:2] == (
+        pytest.approx(-0.15), pytest.approx(3.15))
+    full = plots.hidden_state_figure(values, 2000, threshold=thr, smooth=16, zoom=False)
+    assert full.layout.yaxis.range is None
+    # a threshold far above the trend stays inside the zoomed range
+    high = plots.hidden_state_figure(values, 2000, threshold=3.0, smooth=16)
+    assert high.layout.yaxis.range[1] > 3.0
+
+
+def test_hidden_state_relative_to_threshold():
+    values = hidden_curves()
+    thr = 0.5
+    up = plots.hidden_state_figure(values, 2000, threshold=thr, relative=True, correlation=0.9,
+                                   zoom=False)
+    np.testing.assert_allclose(up.data[0].y, values["origin"] - thr)
+    down = plots.hidden_state_figure(values, 2000, threshold=thr, relative=True,
+                                     correlation=-0.9, zoom=False)
+    np.testing.assert_allclose(down.data[0].y, thr - values["origin"])
+    zero = next(s for s in down.layout.shapes if s.name == "threshold")
+    assert zero.y0 == 0 and "sign(r)" in down.layout.yaxis.title.text
+    with pytest.raises(ValueError, match="relative=True needs a threshold"):
+        plots.hidden_state_figure(values, 2000, relative=True)
+
+
+def test_hidden_state_log_axis_marks_T_in_log_units():
+    fig = plots.hidden_state_figure(hidden_curves(), 2000, log_x=True)
+    assert fig.layout.xaxis.type == "log"
+    assert fig.layout.shapes[0].x0 == 2000
+    assert annotation(fig, "train_length").x == pytest.approx(np.log10(2000))
+
+
+def test_passkey_accuracy_wilson_intervals_and_counts():
+    fig = plots.passkey_accuracy_lines(passkey_rows(), train_length=256)
+    mesa = fig.data[1]
+    lo, hi = plots.wilson_interval(5, 6)
+    np.testing.assert_allclose(mesa.error_y.array, [hi - 5 / 6] * 3)
+    np.testing.assert_allclose(mesa.error_y.arrayminus, [5 / 6 - lo] * 3)
+    assert np.asarray(mesa.customdata)[0, :2].tolist() == [5, 6]     # hits, n
+    assert 0 < lo < 5 / 6 < hi < 1
+    assert plots.wilson_interval(0, 10)[0] == 0 and plots.wilson_interval(10, 10)[1] == 1
+    assert list(fig.layout.xaxis.tickvals) == [100, 200, 400]
+    lin = plots.passkey_accuracy_lines(passkey_rows(), train_length=256, log_x=False)
+    assert lin.layout.xaxis.type == "linear" and annotation(lin, "train_length").x == 256
+    past = plots.passkey_accuracy_lines(passkey_rows(), train_length=50)
+    assert not past.layout.shapes and annotation(past, "train_length").text == "◀ T=50"
+
+
+def test_passkey_heatmap_marks_T_between_length_categories():
+    rows = passkey_rows() + [dict(r, method="rerope") for r in passkey_rows()[:18]]
+    fig = plots.passkey_heatmap(rows, train_length=200, cols=2)
+    lines = [s for s in fig.layout.shapes if s.name == "train_length"]
+    assert [(s.xref, s.x0) for s in lines] == [("x", 1.5), ("x2", 1.5), ("x3", 1.5)]
+    # axis titles only on the outer subplots, rows far enough apart for the titles
+    assert fig.layout.xaxis.title.text is None and fig.layout.xaxis3.title.text
+    assert fig.layout.xaxis2.title.text and fig.layout.yaxis2.title.text is None
+    gap = fig.layout.yaxis.domain[0] - fig.layout.yaxis3.domain[1]
+    plot_px = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b
+    assert gap * plot_px >= 90
+
+
+def test_bench_figure_ignores_rows_without_method():
+    rows = [{"cpu": "x", "matmul_gflops": 50.0, "method": None, "length": None},
+            {"kind": "machine", "method": None}, *bench_rows()]
+    fig = plots.bench_figure(rows)
+    assert "None" not in {t.name for t in fig.data}
+    assert [t.name for t in fig.data if t.type == "bar"] == ["origin", "mesa"]
+    oom = next(t for t in fig.data if t.name == "origin OOM")
+    assert oom.cliponaxis is False and oom.textfont.size >= 12
+    with pytest.raises(ValueError, match="bench rows are empty"):
+        plots.bench_figure([{"kind": "machine", "method": None}])
+
+
+def test_layout_heatmap_labels_few_chunks_each_and_many_chunks_once():
+    many = plots.layout_heatmap(mesa_viz.layout("mesa", 96, train_length=32))
+    texts = [a.text for a in many.layout.annotations]
+    assert texts[0] == "first" and texts[-1] == "last" and len(texts) == 3
+    assert texts[1].startswith("middle ×")
+    for a in many.layout.annotations:
+        assert a.yref == "y domain" and -0.5 <= a.x <= 95.5    # inside the keys drawn
