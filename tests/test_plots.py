@@ -16,6 +16,8 @@ import mesa_viz
 from mesa_viz import plots
 from mesa_viz.methods import ChunkPlan
 
+pytestmark = pytest.mark.unit
+
 PLOTS_SRC = Path(plots.__file__)
 
 
