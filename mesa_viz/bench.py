@@ -41,7 +41,7 @@ from .models import model_device, model_dtype
 from .results import append_jsonl, read_jsonl
 
 __all__ = ["visible_pairs", "prefill_flops", "matmul_gflops", "measure_point", "run",
-           "Settings", "plan_point", "machine_row", "check_grid", "rows_for", "summary_table",
+           "Settings", "machine_row", "check_grid", "rows_for", "summary_table",
            "sdpa_choices", "ALL_METHODS", "DEFAULT_LENGTHS"]
 
 log = logging.getLogger(__name__)
@@ -435,7 +435,7 @@ def _warm_up(model, seed: int) -> None:
               use_cache=True, logits_to_keep=1)
 
 
-def plan_point(grid: _Grid, method: str, n: int, params: dict) -> dict:
+def _plan_point(grid: _Grid, method: str, n: int, params: dict) -> dict:
     """The row of one point before it runs: resolved parameters, predicted
     memory (and the OOM check's estimate), available memory, useful FLOPs."""
     import torch
@@ -555,7 +555,7 @@ def run(model, methods, lengths, out, *, model_name: str = "model",
     stopped: dict[str, str] = {}
     for m, n in tqdm(todo, desc="bench", disable=not progress, unit="pt"):
         params = method_params.get(m, {})
-        row = plan_point(grid, m, n, params)
+        row = _plan_point(grid, m, n, params)
         guess = _predict_seconds(history.get(m, []), n)
         why = stopped.get(m) or _skip_reason(guess, settings.repeats + settings.warmup,
                                              deadline, point_limit_s)
