@@ -2,6 +2,8 @@
 #   make demo   set up, then a passkey comparison (origin vs mesa past 8192 tokens) on
 #               SmolLM2-135M-Instruct, offline, with its HTML figure in runs/demo/
 #   make test   set up (Python packages, headless Chromium), then the whole test suite
+# Test layers (pytest markers, README "Tests"): unit, tiny, slow (the default model), browser;
+#   make test-fast   unit + tiny only: no network, no default model, no browser (a few minutes)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -26,7 +28,7 @@ test: setup browser
 	$(PY) -m pytest -q
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow and not browser"
+	$(PY) -m pytest -q -m "unit or tiny"
 
 demo: setup
 	$(VENV)/bin/mesa-viz passkey --methods origin,mesa --lengths 12288,16384 \

@@ -16,26 +16,20 @@ import logging
 import sys
 from pathlib import Path
 
-from mesa_viz.passkey import default_tokenizer, make_sample
+from mesa_viz.cli.common import float_list, int_list
+from mesa_viz.models import default_tokenizer
+from mesa_viz.passkey import DEPTHS, make_sample
 
 log = logging.getLogger("make_passkey_data")
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lengths", type=_ints, required=True, help="comma-separated token counts")
-    p.add_argument("--depths", type=_floats, default=[0.1, 0.5, 0.9],
+    p.add_argument("--lengths", type=int_list, required=True, help="comma-separated token counts")
+    p.add_argument("--depths", type=float_list, default=list(DEPTHS),
                    help="comma-separated needle depths in [0, 1] (default 0.1,0.5,0.9)")
     seeds = p.add_mutually_exclusive_group()
-    seeds.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds")
+    seeds.add_argument("--seeds", type=int_list, default=None, help="comma-separated seeds")
     seeds.add_argument("--samples", type=int, default=1,
                        help="seeds 0..SAMPLES-1 per length x depth (default 1)")
     p.add_argument("--tokenizer", default=None,

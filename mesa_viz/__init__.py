@@ -15,6 +15,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "apply": "mesa_viz.application",
     "load_model": "mesa_viz.models",
+    "notebook_model": "mesa_viz.models",
+    "tiny_model": "mesa_viz.models",
+    "tiny_tokenizer": "mesa_viz.models",
     "trace": "mesa_viz.probes",
     "Trace": "mesa_viz.results",
     "find_thresholds": "mesa_viz.thresholds",

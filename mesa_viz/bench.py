@@ -1,8 +1,8 @@
 """Benchmark: prefill time, peak memory, decode time and FLOP rate by method and length.
 
-``mesa-viz bench --methods origin,mesa --lengths 2048,4096 --out bench.jsonl``
-
-Writes JSON lines as it goes (:func:`mesa_viz.results.append_jsonl`):
+``bench.run(model, ["origin", "mesa"], [2048, 4096], "bench.jsonl")`` (the
+command line: ``mesa-viz bench --methods origin,mesa --lengths 2048,4096``)
+writes JSON lines as it goes (:func:`mesa_viz.results.append_jsonl`):
 
 * once per run ``{"kind": "machine", "matmul_gflops": ..., "device": ...,
   "threads": ...}``: the machine's dense square matmul rate (best of a few);
@@ -29,16 +29,20 @@ import logging
 import math
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .checks import check_lengths, check_methods
 from .memory import GiB, PeakMemory, available_bytes, estimate_peak_bytes, model_dims
 from .methods import Mesa, Method, _SinkWindow, get_method
+from .models import model_device, model_dtype
 from .results import append_jsonl, read_jsonl
 
-__all__ = ["visible_pairs", "prefill_flops", "matmul_gflops", "measure_point", "run_bench",
-           "summary_table", "sdpa_choices", "add_arguments", "run", "ALL_METHODS"]
+__all__ = ["visible_pairs", "prefill_flops", "matmul_gflops", "measure_point", "run",
+           "Settings", "machine_row", "check_grid", "rows_for", "summary_table",
+           "sdpa_choices", "ALL_METHODS", "DEFAULT_LENGTHS"]
 
 log = logging.getLogger(__name__)
 
@@ -193,12 +197,8 @@ def sdpa_choices():
 
 # -- one point ----------------------------------------------------------------------------------
 
-def _model_device(model) -> str:
-    return str(next(model.parameters()).device)
-
-
 def _dtype_name(model) -> str:
-    return str(next(model.parameters()).dtype).replace("torch.", "")
+    return str(model_dtype(model)).replace("torch.", "")
 
 
 def page_in(model) -> None:
@@ -218,9 +218,9 @@ def random_ids(vocab: int, length: int, seed: int = 0, device="cpu"):
     return torch.randint(0, vocab, (1, length), generator=g).to(device)
 
 
-def _resolved(state, method, params, n, T):
-    if state is not None and state.resolved is not None:
-        return state.resolved
+def _resolve(method: str, params: dict, n: int, T: int) -> Method:
+    """``method`` with ``params`` resolved for a prefill of ``n`` tokens
+    against training length ``T`` (the bench's one way to resolve)."""
     return get_method(method, **params).resolve(n, T, prefill_length=n)
 
 
@@ -246,6 +246,52 @@ def _is_oom(exc: BaseException) -> bool:
                                               or "not enough memory" in text)
 
 
+@dataclass(frozen=True)
+class _Prefill:
+    """One measured prefill: seconds, peak bytes and how they were measured,
+    SDPA backends called (recorded on the first prefill only)."""
+
+    seconds: float
+    peak_bytes: int
+    mem_method: str
+    exact: bool
+    sdpa: dict
+
+
+def _prefill(model, ids, dev: str, *, exact: bool, record_sdpa: bool):
+    """``(output, _Prefill)`` of one timed ``model(ids, use_cache=True,
+    logits_to_keep=1)`` under a peak-memory meter."""
+    rec = sdpa_choices() if record_sdpa else contextlib.nullcontext({})
+    with rec as counts, PeakMemory(dev, exact=exact) as pm:
+        t0 = time.perf_counter()
+        out = model(ids, use_cache=True, logits_to_keep=1)
+        _sync(dev)
+        dt = time.perf_counter() - t0
+    how = pm.method + ("-exact" if exact else "")
+    return out, _Prefill(dt, pm.peak_bytes, how, exact, dict(counts))
+
+
+def _memory_of(prefills: list[_Prefill], cpu_exact: bool, warmup: int) -> tuple[list, str]:
+    """``(peaks, mem_method)``: the exact untimed prefill's peak (CPU with
+    ``exact_memory``), else the peaks of the timed prefills."""
+    kept = [p for r, p in enumerate(prefills) if p.exact or (not cpu_exact and r >= warmup)]
+    return [p.peak_bytes for p in kept], (kept[-1].mem_method if kept else None)
+
+
+def _decode(model, cache, token, steps: int, dev: str) -> list[float]:
+    """Seconds of each of ``steps`` greedy one-token steps on ``cache``."""
+    cache_arg = _cache_kwarg(model)
+    seconds = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step = model(token, use_cache=True, **{cache_arg: cache})
+        _sync(dev)
+        seconds.append(time.perf_counter() - t0)
+        token = step.logits[:, -1:].argmax(-1)
+        cache = _out_cache(step)
+    return seconds
+
+
 def measure_point(model, method: str, length: int, *, repeats: int = 3,
                   decode_tokens: int = 8, warmup: int = 0, params: dict | None = None,
                   train_length: int | None = None, seed: int = 0,
@@ -265,49 +311,27 @@ def measure_point(model, method: str, length: int, *, repeats: int = 3,
 
     from .application import apply, train_length_of
     params = dict(params or {})
-    dev = _model_device(model)
+    dev = model_device(model)
     cpu_exact = exact_memory and not dev.startswith("cuda")
     warmup = max(warmup, 1) if cpu_exact else warmup
     T = train_length or train_length_of(model)
     ids = random_ids(model.config.vocab_size, length, seed, dev)
-    times, peaks, resolved, sdpa, how = [], [], None, {}, None
-    out = None
+    out, prefills = None, []
     with torch.no_grad(), apply(model, method, train_length=T, **params) as state:
         for r in range(warmup + repeats):
-            out = None
-            exact = cpu_exact and r == 0
-            rec = sdpa_choices() if (record_sdpa and r == 0) else contextlib.nullcontext({})
-            with rec as counts, PeakMemory(dev, exact=exact) as pm:
-                t0 = time.perf_counter()
-                out = model(ids, use_cache=True, logits_to_keep=1)
-                _sync(dev)
-                dt = time.perf_counter() - t0
-            if r == 0:
-                sdpa = dict(counts)
-                resolved = _resolved(state, method, params, length, T)
-            if exact or (not cpu_exact and r >= warmup):
-                peaks.append(pm.peak_bytes)
-                how = pm.method + ("-exact" if exact else "")
-            if r >= warmup:
-                times.append(dt)
-        steps = []
-        if decode_tokens > 0:
-            cache_arg = _cache_kwarg(model)
-            cache = _out_cache(out)
-            tok = out.logits[:, -1:].argmax(-1)
-            out = None
-            for _ in range(decode_tokens):
-                t0 = time.perf_counter()
-                step = model(tok, use_cache=True, **{cache_arg: cache})
-                _sync(dev)
-                steps.append(time.perf_counter() - t0)
-                tok = step.logits[:, -1:].argmax(-1)
-                cache = _out_cache(step)
-            del cache, step
-    out = None
-    return {"prefill_s_all": times, "peak_mem_all": peaks, "decode_s_all": steps,
-            "resolved": resolved, "train_length": T, "sdpa_backends": sdpa,
-            "mem_method": how}
+            out = None                                   # free the last prefill's cache first
+            out, p = _prefill(model, ids, dev, exact=cpu_exact and r == 0,
+                              record_sdpa=record_sdpa and r == 0)
+            prefills.append(p)
+        resolved = state.resolved or _resolve(method, params, length, T)
+        cache, token = _out_cache(out), out.logits[:, -1:].argmax(-1)
+        out = None
+        steps = _decode(model, cache, token, decode_tokens, dev)
+        del cache
+    peaks, how = _memory_of(prefills, cpu_exact, warmup)
+    return {"prefill_s_all": [p.seconds for p in prefills[warmup:]], "peak_mem_all": peaks,
+            "decode_s_all": steps, "resolved": resolved, "train_length": T,
+            "sdpa_backends": prefills[0].sdpa if prefills else {}, "mem_method": how}
 
 
 # -- the grid -------------------------------------------------------------------------------------
@@ -340,134 +364,223 @@ def _predict_seconds(history: list[tuple[int, float]], n: int) -> float | None:
     return t0 * (n / n0) ** p
 
 
-def run_bench(model, methods, lengths, out, *, model_name: str = "model", repeats: int = 3,
-              decode_tokens: int = 8, warmup: int = 0, params_by_method: dict | None = None,
-              train_length: int | None = None, margin: float = 0.9, seed: int = 0,
-              progress: bool = True, deadline: float | None = None,
-              point_limit_s: float | None = None, machine: bool = True,
-              matmul_size: int | None = None, exact_memory: bool = True,
-              extra: dict | None = None) -> list[dict]:
-    """Measure every (method, length) and append one JSON line each to ``out``.
+@dataclass(frozen=True)
+class Settings:
+    """How every point of a grid is measured (see :func:`run`)."""
 
-    ``deadline`` (``time.monotonic()`` value) and ``point_limit_s``: a point
-    whose predicted time (from the same method's earlier lengths) would pass
-    the deadline or the limit is not run (a ``skipped`` row; the method's
-    longer lengths are skipped too).  ``machine``: write the machine line
-    (``matmul_size``: its matmul size).  ``extra``: fields added to every row.
-    ``exact_memory`` (CPU): see :func:`measure_point`; ``predicted_mem_bytes``
-    then predicts that measurement (no heap fragmentation) while the OOM check
-    uses the estimate with fragmentation (``oom_check_bytes``).  Weights are
-    paged in and one short forward runs first, so neither counts in the first
-    point.
-    Returns the rows written by this call (machine line first).
-    """
-    import torch
-    from tqdm.auto import tqdm
+    repeats: int = 3
+    decode_tokens: int = 8
+    warmup: int = 0
+    seed: int = 0
+    exact_memory: bool = True
+    margin: float = 0.9
 
-    from .application import train_length_of
-    out = Path(out)
-    dev = _model_device(model)
-    dtype = _dtype_name(model)
-    backend = model.config._attn_implementation
-    T = train_length or train_length_of(model)
-    extra = dict(extra or {})
-    common = {"device": dev, "dtype": dtype, "model": model_name, "backend": backend, **extra}
+
+@dataclass(frozen=True)
+class _Grid:
+    """What every point of one run shares: the model, its training length and
+    dimensions, the fields common to all rows, and the settings."""
+
+    model: object
+    train_length: int
+    common: dict
+    settings: Settings
+
+    @property
+    def device(self) -> str:
+        return self.common["device"]
+
+
+def _common_fields(model, model_name: str, extra: dict) -> dict:
+    """The fields that identify a run's rows (and key its resume)."""
+    return {"device": model_device(model), "dtype": _dtype_name(model), "model": model_name,
+            "backend": model.config._attn_implementation, **extra}
+
+
+def _todo(out: Path, common: dict, methods, lengths) -> list[tuple[str, int]]:
+    """The (method, length) points not measured yet in ``out`` (skipped
+    points are measured again)."""
     done = {_key(r) for r in read_jsonl(out)
             if r.get("kind", "point") == "point" and not r.get("skipped")}
     grid = [(m, int(n)) for n in lengths for m in methods]
     todo = [(m, n) for m, n in grid if _key({**common, "method": m, "length": n}) not in done]
-    rows: list[dict] = []
     if len(todo) < len(grid):
         log.info("resuming %s: %d of %d points already there", out, len(grid) - len(todo),
                  len(grid))
-    if not todo:
-        return rows
-    threads = torch.get_num_threads()
-    if machine:
-        mrow = {"kind": "machine", "matmul_gflops": matmul_gflops(dev, dtype, matmul_size),
-                "device": dev, "dtype": dtype, "threads": threads, "torch": torch.__version__,
-                "device_name": (torch.cuda.get_device_name(dev) if dev.startswith("cuda")
-                                else _cpu_name()),
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
-        append_jsonl(out, mrow)
-        rows.append(mrow)
-        log.info("machine: %.1f GFLOP/s dense %s matmul on %s (%d threads)",
-                 mrow["matmul_gflops"], dtype, dev, threads)
+    return todo
+
+
+def machine_row(device: str, dtype: str, matmul_size: int | None = None,
+                extra: dict | None = None) -> dict:
+    """The ``kind: machine`` row: dense matmul rate, threads, device name."""
+    import torch
+    row = {"kind": "machine", "matmul_gflops": matmul_gflops(device, dtype, matmul_size),
+           "device": device, "dtype": dtype, "threads": torch.get_num_threads(),
+           "torch": torch.__version__,
+           "device_name": (torch.cuda.get_device_name(device) if device.startswith("cuda")
+                           else _cpu_name()),
+           "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})}
+    log.info("machine: %.1f GFLOP/s dense %s matmul on %s (%d threads)",
+             row["matmul_gflops"], dtype, device, row["threads"])
+    return row
+
+
+def _warm_up(model, seed: int) -> None:
+    """Page the weights in and run one short forward (one-time allocations,
+    thread pools...), so neither counts in the first point."""
+    import torch
     page_in(model)
-    with torch.no_grad():                          # one-time allocations (thread pools...)
-        model(random_ids(model.config.vocab_size, 16, seed, dev), use_cache=True,
-              logits_to_keep=1)
+    with torch.no_grad():
+        model(random_ids(model.config.vocab_size, 16, seed, model_device(model)),
+              use_cache=True, logits_to_keep=1)
+
+
+def _plan_point(grid: _Grid, method: str, n: int, params: dict) -> dict:
+    """The row of one point before it runs: resolved parameters, predicted
+    memory (and the OOM check's estimate), available memory, useful FLOPs."""
+    import torch
+    s, dev, model = grid.settings, grid.device, grid.model
+    resolved = _resolve(method, params, n, grid.train_length)
     dims = model_dims(model.config)
-    elem = next(model.parameters()).element_size()
+    kw = dict(dtype_bytes=model_dtype(model).itemsize, backend=grid.common["backend"],
+              decode_tokens=s.decode_tokens, device=dev)
+    flops = prefill_flops(dims, resolved, n)
+    return {"kind": "point", "method": method, "length": n, "prefill_s": None,
+            "prefill_s_all": None, "peak_mem_bytes": None, "decode_ms_per_token": None,
+            "gflops_achieved": None, "useful_flops": flops,
+            "attention_pairs": visible_pairs(resolved, n),
+            "predicted_mem_bytes": estimate_peak_bytes(
+                dims, resolved, n, fragmentation=0.0 if s.exact_memory else None, **kw),
+            "oom_check_bytes": estimate_peak_bytes(dims, resolved, n, **kw),
+            "available_bytes": available_bytes(dev), "oom": False,
+            **grid.common, "params": resolved.params(), "plan": _plan_summary(resolved),
+            "train_length": grid.train_length, "threads": torch.get_num_threads(),
+            "repeats": s.repeats, "decode_tokens": s.decode_tokens,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def _skip_reason(guess: float | None, runs: int, deadline: float | None,
+                 point_limit_s: float | None) -> str | None:
+    """Why a point predicted to take ``guess`` seconds a prefill (``runs``
+    prefills) is not run, or None."""
+    if guess is not None:
+        if point_limit_s is not None and guess > point_limit_s:
+            return f"predicted prefill {guess:.1f}s > point limit {point_limit_s:.0f}s"
+        if deadline is not None and time.monotonic() + guess * runs * 1.1 > deadline:
+            return f"predicted {guess * runs * 1.1:.1f}s would pass the time budget"
+    if deadline is not None and time.monotonic() > deadline:
+        return "time budget spent"
+    return None
+
+
+def _oom_reason(row: dict, margin: float) -> str | None:
+    """Why a point is predicted not to fit, or None."""
+    check, avail = row["oom_check_bytes"], row["available_bytes"]
+    if check > margin * avail:
+        return f"predicted {check / GiB:.2f} GiB > {margin:.0%} of {avail / GiB:.2f} GiB available"
+    return None
+
+
+def _measure(grid: _Grid, method: str, n: int, params: dict, flops: int) -> dict:
+    """The measured fields of one point, or ``oom`` fields if it ran out of memory."""
+    s = grid.settings
+    try:
+        res = measure_point(grid.model, method, n, repeats=s.repeats,
+                            decode_tokens=s.decode_tokens, warmup=s.warmup, params=params,
+                            train_length=grid.train_length, seed=s.seed,
+                            exact_memory=s.exact_memory)
+    except Exception as exc:             # noqa: BLE001
+        if not _is_oom(exc):
+            raise
+        if grid.device.startswith("cuda"):
+            import torch
+            torch.cuda.empty_cache()
+        log.warning("%s @ %d ran out of memory: %s", method, n, exc)
+        return {"oom": True, "oom_reason": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    pre = statistics.median(res["prefill_s_all"])
+    return {"prefill_s": pre, "prefill_s_all": res["prefill_s_all"],
+            "peak_mem_bytes": max(res["peak_mem_all"]), "peak_mem_all": res["peak_mem_all"],
+            "mem_method": res["mem_method"],
+            "decode_ms_per_token": (1e3 * statistics.median(res["decode_s_all"])
+                                    if res["decode_s_all"] else None),
+            "decode_ms_all": [1e3 * t for t in res["decode_s_all"]],
+            "gflops_achieved": flops / pre / 1e9, "params": res["resolved"].params(),
+            "sdpa_backends": res["sdpa_backends"]}
+
+
+def check_grid(methods, lengths, method_params: dict | None = None) -> None:
+    """Raise ValueError for a grid :func:`run` would refuse (no model needed)."""
+    check_methods(methods, method_params)
+    check_lengths(lengths)
+
+
+def run(model, methods, lengths, out, *, model_name: str = "model",
+        method_params: dict | None = None, train_length: int | None = None,
+        settings: Settings = Settings(), deadline: float | None = None,
+        point_limit_s: float | None = None, machine: bool = True,
+        matmul_size: int | None = None, extra: dict | None = None,
+        progress: bool = True) -> list[dict]:
+    """Measure every (method, length) and append one JSON line each to ``out``.
+
+    ``method_params``: ``{method: {param: value}}``; ``train_length``: default
+    the model's; ``settings``: repeats, decode steps, warm-up, seed, memory
+    mode and OOM margin (:class:`Settings`).  ``deadline``
+    (``time.monotonic()`` value) and ``point_limit_s``: a point whose
+    predicted time (from the same method's earlier lengths) would pass the
+    deadline or the limit is not run (a ``skipped`` row; the method's longer
+    lengths are skipped too).  ``machine``: write the machine line first
+    (``matmul_size``: its matmul size).  ``extra``: fields added to every row.
+    With ``exact_memory`` (CPU, :func:`measure_point`) ``predicted_mem_bytes``
+    predicts that measurement (no heap fragmentation) while the OOM check uses
+    the estimate with fragmentation (``oom_check_bytes``).  Points already in
+    ``out`` for the same model, device, dtype and backend are not run again.
+    Returns the rows written by this call (machine line first).
+    """
+    from tqdm.auto import tqdm
+
+    from .application import train_length_of
+    method_params = dict(method_params or {})
+    check_grid(methods, lengths, method_params)
+    out, extra = Path(out), dict(extra or {})
+    grid = _Grid(model, train_length or train_length_of(model),
+                 _common_fields(model, model_name, extra), settings)
+    todo = _todo(out, grid.common, methods, lengths)
+    if not todo:
+        return []
+    rows = [machine_row(grid.device, grid.common["dtype"], matmul_size, extra)] if machine else []
+    for row in rows:
+        append_jsonl(out, row)
+    _warm_up(model, settings.seed)
     history: dict[str, list[tuple[int, float]]] = {}
     stopped: dict[str, str] = {}
-    bar = tqdm(todo, desc="bench", disable=not progress, unit="pt")
-    for m, n in bar:
-        bar.set_postfix_str(f"{m} @ {n}")
-        params = dict((params_by_method or {}).get(m, {}))
-        resolved = get_method(m, **params).resolve(n, T, prefill_length=n)
-        kw = dict(dtype_bytes=elem, backend=backend, decode_tokens=decode_tokens, device=dev)
-        predicted = estimate_peak_bytes(dims, resolved, n, fragmentation=(
-            0.0 if exact_memory else None), **kw)
-        check = estimate_peak_bytes(dims, resolved, n, **kw)
-        avail = available_bytes(dev)
-        flops = prefill_flops(dims, resolved, n)
-        row = {"kind": "point", "method": m, "length": n, "prefill_s": None,
-               "prefill_s_all": None, "peak_mem_bytes": None, "decode_ms_per_token": None,
-               "gflops_achieved": None, "useful_flops": flops,
-               "attention_pairs": visible_pairs(resolved, n),
-               "predicted_mem_bytes": predicted, "oom_check_bytes": check,
-               "available_bytes": avail, "oom": False,
-               **common, "params": resolved.params(), "plan": _plan_summary(resolved),
-               "train_length": T, "threads": threads, "repeats": repeats,
-               "decode_tokens": decode_tokens, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    for m, n in tqdm(todo, desc="bench", disable=not progress, unit="pt"):
+        params = method_params.get(m, {})
+        row = _plan_point(grid, m, n, params)
         guess = _predict_seconds(history.get(m, []), n)
-        why = stopped.get(m)
-        if why is None and guess is not None:
-            total = guess * (repeats + warmup) * 1.1
-            if point_limit_s is not None and guess > point_limit_s:
-                why = f"predicted prefill {guess:.1f}s > point limit {point_limit_s:.0f}s"
-            elif deadline is not None and time.monotonic() + total > deadline:
-                why = f"predicted {total:.1f}s would pass the time budget"
-        if why is None and deadline is not None and time.monotonic() > deadline:
-            why = "time budget spent"
+        why = stopped.get(m) or _skip_reason(guess, settings.repeats + settings.warmup,
+                                             deadline, point_limit_s)
         if why is not None:
             stopped[m] = why
             row.update(skipped=why, predicted_prefill_s=guess)
             log.info("skipping %s @ %d: %s", m, n, why)
-        elif check > margin * avail:
-            row["oom"] = True
-            row["oom_reason"] = (f"predicted {check / GiB:.2f} GiB > {margin:.0%} of "
-                                 f"{avail / GiB:.2f} GiB available")
-            log.info("not running %s @ %d: %s", m, n, row["oom_reason"])
+        elif (reason := _oom_reason(row, settings.margin)) is not None:
+            row.update(oom=True, oom_reason=reason)
+            log.info("not running %s @ %d: %s", m, n, reason)
         else:
-            try:
-                res = measure_point(model, m, n, repeats=repeats, decode_tokens=decode_tokens,
-                                    warmup=warmup, params=params, train_length=T, seed=seed,
-                                    exact_memory=exact_memory)
-            except Exception as exc:             # noqa: BLE001
-                if not _is_oom(exc):
-                    raise
-                if dev.startswith("cuda"):
-                    torch.cuda.empty_cache()
-                row.update(oom=True, oom_reason=f"{type(exc).__name__}: {str(exc)[:300]}")
-                log.warning("%s @ %d ran out of memory: %s", m, n, exc)
-            else:
-                pre = statistics.median(res["prefill_s_all"])
-                row.update(
-                    prefill_s=pre, prefill_s_all=res["prefill_s_all"],
-                    peak_mem_bytes=max(res["peak_mem_all"]),
-                    peak_mem_all=res["peak_mem_all"], mem_method=res["mem_method"],
-                    decode_ms_per_token=(1e3 * statistics.median(res["decode_s_all"])
-                                         if res["decode_s_all"] else None),
-                    decode_ms_all=[1e3 * s for s in res["decode_s_all"]],
-                    gflops_achieved=flops / pre / 1e9, params=res["resolved"].params(),
-                    sdpa_backends=res["sdpa_backends"])
-                history.setdefault(m, []).append((n, pre))
+            row.update(_measure(grid, m, n, params, row["useful_flops"]))
+            if row["prefill_s"] is not None:
+                history.setdefault(m, []).append((n, row["prefill_s"]))
         append_jsonl(out, row)
         rows.append(row)
-    bar.close()
     return rows
+
+
+def rows_for(out: "str | Path", model, model_name: str) -> list[dict]:
+    """The rows of ``out`` measured on this model, device, dtype and backend,
+    and the machine rows."""
+    common = _common_fields(model, model_name, {})
+    return [r for r in read_jsonl(out)
+            if r.get("kind") == "machine" or all(r.get(k) == v for k, v in common.items())]
 
 
 def _cpu_name() -> str:
@@ -509,77 +622,3 @@ def summary_table(rows, matmul_gflops: float | None = None) -> str:
         lines.append(f"(machine: {matmul_gflops:.1f} GFLOP/s dense matmul; '% mm' = achieved "
                      "useful GFLOP/s as a share of it)")
     return "\n".join(lines)
-
-
-# -- the command ------------------------------------------------------------------------------
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--methods", default=",".join(ALL_METHODS),
-                        help=f"comma-separated methods (default all: {','.join(ALL_METHODS)})")
-    parser.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)),
-                        help="comma-separated input lengths in tokens")
-    parser.add_argument("--repeats", type=int, default=3, help="prefills per point (median)")
-    parser.add_argument("--warmup", type=int, default=0, help="unmeasured prefills first")
-    parser.add_argument("--decode-tokens", type=int, default=8,
-                        help="greedy decode steps after the prefill (0: none)")
-    parser.add_argument("--out", default="runs/bench.jsonl", help="JSON-lines file (resumed)")
-    g = parser.add_mutually_exclusive_group()
-    g.add_argument("--model", default=None, help="HF id or path (default SmolLM2-135M-Instruct)")
-    g.add_argument("--tiny", action="store_true", help="a random tiny Llama (plumbing test)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
-                        help="default float32 on CPU, bfloat16 on CUDA")
-    parser.add_argument("--backend", default="sdpa", choices=("sdpa", "eager"),
-                        help="attention implementation the model is loaded with")
-    parser.add_argument("--train-length", type=int, default=None,
-                        help="T (default the model's max_position_embeddings)")
-    parser.add_argument("--params", default=None,
-                        help='method parameters as JSON, e.g. \'{"mesa": {"stair": "anchored"}}\'')
-    parser.add_argument("--time-budget", type=float, default=None,
-                        help="seconds; points predicted to pass it are skipped")
-    parser.add_argument("--figure", default=None, help="also write this HTML figure")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def run(args) -> int:
-    import json
-
-    import torch
-
-    from .models import DEFAULT_MODEL, load_model, tiny_model
-    methods, lengths = _csv(args.methods), [int(x) for x in _csv(args.lengths)]
-    bad = [m for m in methods if m not in ALL_METHODS]
-    if bad:
-        raise SystemExit(f"unknown method(s) {bad}: allowed {','.join(ALL_METHODS)}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype or ("float32" if device == "cpu" else "bfloat16")
-    if args.tiny:
-        model, _ = tiny_model("llama", attn_implementation=args.backend)
-        model = model.to(device=device, dtype=getattr(torch, dtype))
-        name = "tiny-llama"
-    else:
-        model, _ = load_model(args.model, device=device, dtype=dtype,
-                              attn_implementation=args.backend)
-        name = args.model or DEFAULT_MODEL
-    params = json.loads(args.params) if args.params else None
-    deadline = None if args.time_budget is None else time.monotonic() + args.time_budget
-    run_bench(model, methods, lengths, args.out, model_name=name, repeats=args.repeats,
-              decode_tokens=args.decode_tokens, warmup=args.warmup, params_by_method=params,
-              train_length=args.train_length, seed=args.seed, progress=not args.no_progress,
-              deadline=deadline)
-    common = {"model": name, "device": _model_device(model), "dtype": _dtype_name(model),
-              "backend": model.config._attn_implementation}
-    rows = [r for r in read_jsonl(args.out)
-            if r.get("kind") == "machine" or all(r.get(k) == v for k, v in common.items())]
-    if args.figure:
-        from . import plots
-        pts = [r for r in rows if r.get("kind", "point") == "point" and not r.get("skipped")]
-        plots.save_html(plots.bench_figure(pts, title=f"{name} on {common['device']} "
-                                           f"({common['dtype']})"), args.figure,
-                        title="mesa_viz bench")
-    return summary_table(rows)

@@ -45,6 +45,7 @@ import time
 from dataclasses import dataclass
 
 from .methods import DynamicNTK, Mesa, Method, Origin, get_method
+from .models import model_device, model_dtype
 
 __all__ = ["available_bytes", "estimate_peak_bytes", "check_fits", "LengthTooLong",
            "PeakMemory", "exact_rss", "set_mmap_threshold", "ModelDims", "model_dims", "GiB"]
@@ -305,20 +306,6 @@ def estimate_peak_bytes(config, method_name, seq_len: int, *, dtype_bytes: int =
 
 # -- the check ------------------------------------------------------------------------
 
-def _model_device(model) -> str:
-    try:
-        return str(next(model.parameters()).device)
-    except StopIteration:
-        return "cpu"
-
-
-def _model_dtype_bytes(model) -> int:
-    try:
-        return next(model.parameters()).element_size()
-    except StopIteration:
-        return 4
-
-
 def check_fits(model, method_name, seq_len: int, device=None, margin: float = 0.9,
                **kw) -> int:
     """Estimate the peak of a prefill of ``seq_len`` tokens under
@@ -328,8 +315,8 @@ def check_fits(model, method_name, seq_len: int, device=None, margin: float = 0.
     ``device`` defaults to the model's; ``kw`` go to :func:`estimate_peak_bytes`
     (``dtype_bytes`` and ``backend`` default to the model's).
     """
-    dev = str(device) if device is not None else _model_device(model)
-    kw.setdefault("dtype_bytes", _model_dtype_bytes(model))
+    dev = str(device) if device is not None else model_device(model)
+    kw.setdefault("dtype_bytes", model_dtype(model).itemsize)
     kw.setdefault("backend", getattr(model.config, "_attn_implementation", "sdpa") or "sdpa")
     if kw["backend"] not in ("sdpa", "eager", "flash_attention_2"):
         kw["backend"] = "sdpa"

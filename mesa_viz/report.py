@@ -1,264 +1,292 @@
-"""``mesa-viz report``: a headless, self-contained HTML report.
+"""A headless, self-contained HTML report of the analyses.
 
-Sections: the layouts of every method and Mesa's chunk plan; attention of
-the last query under each traced method on a prompt past the training length
-(needle marked); hidden-state thresholds (when ``mesa_viz.thresholds`` is
-available); passkey and bench sweeps from result files (``--passkey``,
-``--bench``).  Everything computed is saved next to the HTML (``<out>_data/``)
-before it is drawn.  One HTML file, plotly.js inlined: it works offline.
+``report.build(out, model=..., tokenizer=..., results={"passkey": ..., "bench": ...})``
+writes one HTML file (plotly.js inlined: it works offline) and saves every
+computed array next to it (``<out>_data/``) before drawing it.
 
-    mesa-viz report --out report.html                  # default model, 1.25 x T tokens
-    mesa-viz report --tiny --out /tmp/r.html           # random tiny model, seconds
+The report is a list of :class:`Section` (:data:`SECTIONS`): each one a
+title and a function of one :class:`Context` returning page items (figures
+and HTML strings).  A section that lacks its input (no model, no results
+file) says how to include it instead of being left out.  The model runs
+through :meth:`Context.trace`, once per method, whatever sections use it.
+Adding a section: one function and one :class:`Section` line (with
+``reads="KIND"`` if it draws a results file passed as ``results={KIND: path}``).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import html
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from . import plots
 from .layouts import layout
 from .methods import METHODS
+from .results import Trace
 
-__all__ = ["add_arguments", "run", "build_report"]
+__all__ = ["build", "Context", "Section", "SECTIONS"]
 
 log = logging.getLogger(__name__)
 
-TINY_TRAIN_LENGTH = 64
-TINY_LENGTH = 200
+
+@dataclass
+class Context:
+    """What every section sees: the data folder, the model (or None), the
+    options, and the traces computed so far (:meth:`trace`)."""
+
+    data: Path
+    model: object = None
+    tokenizer: object = None
+    train_length: int | None = None
+    length: int | None = None
+    methods: tuple[str, ...] = ("origin", "mesa")
+    layers: list[int] | None = None
+    layout_length: int = 48
+    layout_train_length: int = 16
+    window: int | None = None
+    min_correlation: float = 0.99
+    results: dict[str, Path] = field(default_factory=dict)
+    seed: int = 0
+    traces: dict[str, Trace] = field(default_factory=dict)
+    _prompt: dict | None = None
+
+    @property
+    def T(self) -> int:
+        """The training length: given, else the model's."""
+        from .application import train_length_of
+        return int(self.train_length or train_length_of(self.model))
+
+    @property
+    def n(self) -> int:
+        """Prompt length in tokens: given, else 1.25 x T."""
+        return int(self.length or self.T * 1.25)
+
+    @property
+    def smoothing(self) -> int:
+        """The threshold finder's window: given, else min(256, T / 4)."""
+        return int(self.window or max(1, min(256, self.T // 4)))
+
+    def prompt(self) -> dict:
+        """The passkey sample every model section shares (needle at half
+        depth), saved as ``input_ids.npy`` and ``prompt.json``."""
+        if self._prompt is None:
+            from .passkey import make_sample
+            self._prompt = make_sample(self.tokenizer, self.n, depth=0.5, seed=self.seed)
+            np.save(self.data / "input_ids.npy", np.asarray(self._prompt["input_ids"]))
+            (self.data / "prompt.json").write_text(json.dumps(
+                {k: self._prompt[k] for k in ("passkey", "needle_span", "length", "depth",
+                                              "seed")}))
+        return self._prompt
+
+    def attention_layers(self) -> list[int]:
+        """The decoder layers whose attention is shown: given, else first,
+        middle and last."""
+        L = self.model.config.num_hidden_layers
+        if self.layers is None:
+            return sorted({0, L // 2, L - 1})
+        bad = [l for l in self.layers if not 0 <= l < L]
+        if bad:
+            raise ValueError(f"layers {bad} out of range: allowed 0..{L - 1}")
+        return list(self.layers)
+
+    def trace(self, method: str) -> Trace:
+        """``method``'s trace of :meth:`prompt`: attention of the last query in
+        :meth:`attention_layers` and the hidden states the threshold finder
+        reads; computed once, saved as ``trace_<method>``."""
+        if method not in self.traces:
+            from .probes import trace
+            from .thresholds import default_hidden_layers
+            tr = trace(self.model, self.prompt()["input_ids"], method=method,
+                       layers=self.attention_layers(), query_rows=[self.n - 1],
+                       hidden_layers=default_hidden_layers(self.model.config.num_hidden_layers),
+                       tokenizer=self.tokenizer, train_length=self.T)
+            tr.save(self.data / f"trace_{method}")
+            self.traces[method] = tr
+        return self.traces[method]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``mesa-viz report`` options."""
-    parser.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file to write")
-    parser.add_argument("--model", default=None,
-                        help="HF id or local path (default: SmolLM2-135M-Instruct, offline)")
-    parser.add_argument("--tiny", action="store_true",
-                        help=f"random-weight tiny llama, T={TINY_TRAIN_LENGTH}, "
-                             f"{TINY_LENGTH} tokens (tests)")
-    parser.add_argument("--no-model", action="store_true",
-                        help="layouts and given result files only")
-    parser.add_argument("--length", type=int, default=None,
-                        help="prompt length in tokens (default: 1.25 x train length)")
-    parser.add_argument("--train-length", type=int, default=None,
-                        help="training length T (default: the model's)")
-    parser.add_argument("--methods", nargs="+", default=["origin", "mesa"],
-                        choices=list(METHODS), help="methods traced on the model")
-    parser.add_argument("--layers", type=int, nargs="+", default=None,
-                        help="decoder layers whose attention is shown (default: first, middle, last)")
-    parser.add_argument("--layout-length", type=int, default=48,
-                        help="sequence length of the layout figures")
-    parser.add_argument("--layout-train-length", type=int, default=16,
-                        help="train length of the layout figures")
-    parser.add_argument("--window", type=int, default=None,
-                        help="threshold smoothing window (default min(256, T/4))")
-    parser.add_argument("--min-correlation", type=float, default=None,
-                        help="threshold finder |r| cut (default 0.99; 0.5 with --tiny)")
-    parser.add_argument("--passkey", type=Path, default=None, help="passkey results (.jsonl/.json/.csv)")
-    parser.add_argument("--bench", type=Path, default=None, help="bench results (.jsonl/.json/.csv)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
-    parser.add_argument("--seed", type=int, default=0)
+@dataclass(frozen=True)
+class Section:
+    """One part of the report: ``draw(context)`` returns its page items;
+    ``reads`` names the ``results`` file it draws, if any."""
 
-
-def run(args: argparse.Namespace) -> int:
-    """Build the report; returns the exit status."""
-    path = build_report(args)
-    log.info("wrote %s", path)
-    return 0
-
-
-def _h(text: str, level: int = 2) -> str:
-    return f"<h{level}>{html.escape(text)}</h{level}>"
+    title: str
+    draw: Callable[[Context], list]
+    reads: str | None = None
 
 
 def _p(text: str) -> str:
     return f"<p class='note'>{html.escape(text)}</p>"
 
 
-def build_report(args: argparse.Namespace) -> Path:
-    """Compute, save and draw every section; returns the HTML path."""
-    out = Path(args.out)
-    data = out.with_name(out.stem + "_data")
-    data.mkdir(parents=True, exist_ok=True)
-    steps = [("layouts", _layout_section)]
-    if not args.no_model:
-        steps.append(("model", _model_sections))
-    steps += [("passkey", _passkey_section), ("bench", _bench_section)]
-    items: list = [_p("Mesa-Extrapolation (arXiv 2410.15859) and its baselines: position "
-                      "layouts, attention past the training length, hidden-state thresholds, "
-                      f"passkey retrieval and cost. Data: {data.name}/")]
-    for name, step in tqdm(steps, desc="report", unit="section"):
-        log.info("report section: %s", name)
-        items += step(args, data)
-    return plots.save_html(items, out, title="mesa_viz report")
+def _missing(what: str, how: str) -> list:
+    return [_p(f"Not included: {what}. To include it, {how}.")]
 
 
-# -- layouts ---------------------------------------------------------------------
+# -- sections ---------------------------------------------------------------------
 
-def _layout_section(args, data: Path) -> list:
-    n, T = args.layout_length, args.layout_train_length
+def layouts_section(ctx: Context) -> list:
+    """Every method's layout at a small size, Mesa's chunk plan and its
+    difference with origin."""
+    n, T = ctx.layout_length, ctx.layout_train_length
     lays = [layout(m, n, train_length=T) for m in METHODS]
     summary = [{"method": l.method, "seq_len": n, "params": l.params,
                 "max_relative_position": l.max_relative_position,
                 "chunk_plan": l.chunk_plan.to_dict() if l.chunk_plan else None} for l in lays]
-    (data / "layouts.json").write_text(json.dumps(summary, indent=1))
+    (ctx.data / "layouts.json").write_text(json.dumps(summary, indent=1))
     mesa = next(l for l in lays if l.method == "mesa")
     origin = next(l for l in lays if l.method == "origin")
     beyond = [l.method for l in lays if l.max_relative_position >= T]
-    return [_h("Position layouts"),
-            _p(f"n={n}, T={T}. Methods using relative positions >= T somewhere: "
+    return [_p(f"n={n}, T={T}. Methods using relative positions >= T somewhere: "
                f"{', '.join(beyond) or 'none'}."),
             plots.layouts_side_by_side(lays), plots.layout_heatmap(mesa),
             plots.chunk_plan_figure(mesa), plots.layout_difference(mesa, origin)]
 
 
-# -- the model: attention and thresholds -------------------------------------------
-
-def _load(args):
-    from .application import train_length_of
-    if args.tiny:
-        from .models import tiny_model
-        from .passkey import default_tokenizer
-        tok = default_tokenizer()
-        T = args.train_length or TINY_TRAIN_LENGTH
-        model, _ = tiny_model("llama", seed=args.seed, vocab_size=len(tok),
-                              max_position_embeddings=T)
-    else:
-        from .models import load_model
-        model, tok = load_model(args.model, device=args.device)
-        T = args.train_length or train_length_of(model)
-    n = args.length or (TINY_LENGTH if args.tiny else int(T * 1.25))
-    if args.min_correlation is None:
-        args.min_correlation = 0.5 if args.tiny else 0.99
-    return model, tok, T, n
+_NO_MODEL = ("no model was given",
+             "pass model= and tokenizer= to report.build (mesa-viz report without --no-model)")
 
 
-def _model_sections(args, data: Path) -> list:
-    model, tok, T, n = _load(args)
-    ids, needle, info = _prompt(model, tok, n, args.seed)
-    np.save(data / "input_ids.npy", ids)
-    (data / "prompt.json").write_text(json.dumps({"needle": needle, **info}))
-    items = [_h("Attention past the training length"),
-             _p(f"{n} tokens, T={T}; {info.get('what', '')}")]
-    items += _attention_section(args, data, model, tok, ids, needle, T)
-    items += _threshold_section(args, data, model, tok, n, T)
-    return items
-
-
-def _prompt(model, tok, n: int, seed: int):
-    """``(ids [pos], needle (start, stop) or None, info)``: a passkey prompt of
-    ``n`` tokens (needle at half depth) when there is a tokenizer, else random
-    ids with a marked span at half depth."""
-    if tok is not None:
-        from .passkey import make_sample
-        s = make_sample(tok, n, depth=0.5, seed=seed)
-        return (np.asarray(s["input_ids"]), tuple(s["needle_span"]),
-                {"what": "passkey prompt, needle at half depth", "passkey": s["passkey"]})
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, model.config.vocab_size, size=n)
-    start = n // 2
-    return ids, (start, start + 5), {"what": "random token ids; marked span at half depth"}
-
-
-def _pick_layers(model, layers):
-    L = model.config.num_hidden_layers
-    if layers is None:
-        return sorted({0, L // 2, L - 1})
-    bad = [l for l in layers if not 0 <= l < L]
-    if bad:
-        raise ValueError(f"--layers {bad} out of range: allowed [0, {L - 1}]")
-    return list(layers)
-
-
-def _attention_section(args, data, model, tok, ids, needle, T) -> list:
-    from . import trace
-    n = len(ids)
-    layers = _pick_layers(model, args.layers)
-    rows, names, items = [], [], []
-    for method in tqdm(args.methods, desc="trace", unit="method"):
-        tr = trace(model, ids, method=method, layers=layers, query_rows=[n - 1],
-                   hidden_layers=[], tokenizer=tok, train_length=T)
-        tr.save(data / f"trace_{method}")
-        per_layer = tr.attention[:, :, 0].max(axis=1)           # [layer, k_pos], max over heads
-        marks = {"needle": needle} if needle else None
+def attention_section(ctx: Context) -> list:
+    """Attention of the last query past ``T`` per method (max over heads, the
+    needle marked), its needle share and its mass by distance."""
+    if ctx.model is None:
+        return _missing(*_NO_MODEL)
+    needle, n, T = tuple(ctx.prompt()["needle_span"]), ctx.n, ctx.T
+    items = [_p(f"{n} tokens, T={T}; passkey prompt, needle at half depth "
+                f"(tokens [{needle[0]}, {needle[1]}))")]
+    for method in ctx.methods:
+        tr = ctx.trace(method)
         items.append(plots.attention_heatmap(
-            per_layer, [f"layer {l}" for l in tr.layers], marks=marks, train_length=T,
-            row_title="layer (max over heads)",
+            tr.attention[:, :, 0].max(axis=1), [f"layer {l}" for l in tr.layers],
+            marks={"needle": needle}, train_length=T, row_title="layer (max over heads)",
             title=f"{method}: attention of the last query (q={n - 1}), max over heads"))
-        rows.append(tr.attention[:, :, 0].mean(axis=(0, 1)))     # [k_pos]
-        names.append(method)
-        if needle:
-            share = tr.attention[:, :, 0, needle[0]:needle[1]].sum(axis=-1)   # [layer, head]
-            items.append(_p(f"{method}: needle share of the last query's attention, "
-                            f"mean over heads, by layer: " + ", ".join(
-                                f"{l}: {s:.2%}" for l, s in zip(tr.layers, share.mean(axis=1)))))
+        share = tr.needle_share(needle).mean(axis=1)                       # [layer]
+        items.append(_p(f"{method}: needle share of the last query's attention, mean over "
+                        "heads, by layer: " + ", ".join(
+                            f"{l}: {s:.2%}" for l, s in zip(tr.layers, share))))
+    rows = np.stack([ctx.trace(m).attention[:, :, 0].mean(axis=(0, 1)) for m in ctx.methods])
     items.append(plots.attention_by_distance(
-        np.stack(rows), [n - 1] * len(rows), names=names, train_length=T,
+        rows, [n - 1] * len(rows), names=list(ctx.methods), train_length=T,
         title="attention mass of the last query by distance (mean over layers and heads)"))
     return items
 
 
-def _threshold_section(args, data, model, tok, n, T) -> list:
-    try:
-        from .thresholds import run_thresholds
-    except ImportError:
-        return [_h("Hidden-state thresholds"), _p("mesa_viz.thresholds is not available.")]
-    if tok is None:
-        return [_h("Hidden-state thresholds"), _p("needs a tokenizer (plain-text input).")]
-    window = args.window or max(1, min(256, T // 4))
-    pairs, traces = run_thresholds(
-        model, tok, n, args.methods, window=window, min_correlation=args.min_correlation,
-        method_params={m: {"train_length": T} for m in ["origin", *args.methods]},
-        out_dir=data / "thresholds")
-    pairs = [dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in pairs]
-    (data / "thresholds.json").write_text(json.dumps(pairs, indent=1, default=float))
-    items = [_h("Hidden-state thresholds (Figure 2)"),
-             _p(f"(layer, dim) pairs whose value follows log(position) inside T (|r| >= "
-                f"{args.min_correlation}), smoothed over {window} tokens; the horizontal line "
+def thresholds_section(ctx: Context) -> list:
+    """The threshold finder on origin's trace and each method's crossings."""
+    from .thresholds import find_thresholds, measure_crossings
+    if ctx.model is None:
+        return _missing(*_NO_MODEL)
+    if ctx.n < ctx.T:
+        return _missing(f"the prompt has {ctx.n} tokens, fewer than T={ctx.T}",
+                        "give a length >= T")
+    window = ctx.smoothing
+    traces = {m: ctx.trace(m) for m in dict.fromkeys(["origin", *ctx.methods])}
+    pairs = find_thresholds(traces["origin"], min_correlation=ctx.min_correlation,
+                            window=window)
+    measure_crossings(pairs, traces, window)
+    pairs = [dataclasses.asdict(p) for p in pairs]
+    (ctx.data / "thresholds.json").write_text(json.dumps(pairs, indent=1, default=float))
+    items = [_p(f"(layer, dim) pairs whose value follows log(position) inside T (|r| >= "
+                f"{ctx.min_correlation}), smoothed over {window} tokens; the horizontal line "
                 "is the value reached at T. The theory: origin passes it beyond T, a weave PE "
                 f"stays inside. {len(pairs)} pairs found.")]
     for p in pairs[:4]:
         values = {m: tr.hidden_values(p["layer"], p["dim"]) for m, tr in traces.items()}
+        fractions = ", ".join(f"{k} {v:.0%}" for k, v in p["past_fraction"].items())
         items.append(plots.hidden_state_figure(
-            values, T, threshold=p.get("threshold"), smooth=window,
-            title=f"layer {p['layer']}, dim {p['dim']}, r={p['correlation']:+.3f}; past T beyond "
-                  f"the threshold: {_fmt_fraction(p.get('past_fraction'))}"))
+            values, ctx.T, threshold=p["threshold"], smooth=window,
+            title=f"layer {p['layer']}, dim {p['dim']}, r={p['correlation']:+.3f}; past T "
+                  f"beyond the threshold: {fractions}"))
     return items
 
 
-def _fmt_fraction(value) -> str:
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {v:.0%}" for k, v in value.items())
-    return "n/a" if value is None else f"{value:.0%}"
+def _from_results(ctx: Context, kind: str, unit: str, how: str, draw) -> list:
+    """Draw the ``kind`` results file (copied to ``<kind>.json`` first), or say
+    how to include it."""
+    if kind not in ctx.results:
+        return _missing(f"no {kind} results were given",
+                        f"{how} and pass results={{'{kind}': FILE}} to report.build "
+                        f"(mesa-viz report --{kind} FILE)")
+    path = ctx.results[kind]
+    rows = plots.load_rows(path)
+    (ctx.data / f"{kind}.json").write_text(json.dumps(rows, indent=1, default=str))
+    return [_p(f"{len(rows)} {unit} from {path.name}"), *draw(rows)]
 
 
-# -- result files ------------------------------------------------------------------
-
-def _copy_rows(rows, data: Path, name: str) -> None:
-    (data / f"{name}.json").write_text(json.dumps(rows, indent=1, default=str))
-
-
-def _passkey_section(args, data: Path) -> list:
-    if args.passkey is None:
-        return []
-    rows = plots.load_rows(args.passkey)
-    _copy_rows(rows, data, "passkey")
-    return [_h("Passkey retrieval"), _p(f"{len(rows)} samples from {args.passkey.name}"),
-            plots.passkey_accuracy_lines(rows, train_length=args.train_length),
-            plots.passkey_heatmap(rows)]
+def passkey_section(ctx: Context) -> list:
+    """Passkey accuracy by length and depth from a results file."""
+    return _from_results(
+        ctx, "passkey", "samples", "run `make demo` (FILE = runs/demo/passkey.jsonl) or "
+        "mesa-viz passkey --out DIR (FILE = DIR/passkey.jsonl)",
+        lambda rows: [plots.passkey_accuracy_lines(rows, train_length=ctx.train_length),
+                      plots.passkey_heatmap(rows)])
 
 
-def _bench_section(args, data: Path) -> list:
-    if args.bench is None:
-        return []
-    rows = plots.load_rows(args.bench)
-    _copy_rows(rows, data, "bench")
-    return [_h("Memory and latency"), _p(f"{len(rows)} rows from {args.bench.name}"),
-            plots.bench_figure(rows)]
+def bench_section(ctx: Context) -> list:
+    """Prefill time, memory and decode time from a bench results file."""
+    return _from_results(ctx, "bench", "rows", "run `make bench` (FILE = runs/bench.jsonl)",
+                         lambda rows: [plots.bench_figure(rows)])
+
+
+#: The report's sections, in page order.
+SECTIONS = (
+    Section("Position layouts", layouts_section),
+    Section("Attention past the training length", attention_section),
+    Section("Hidden-state thresholds (Figure 2)", thresholds_section),
+    Section("Passkey retrieval", passkey_section, reads="passkey"),
+    Section("Memory and latency", bench_section, reads="bench"),
+)
+
+
+# -- the page -----------------------------------------------------------------------
+
+def build(out: "str | Path", *, model=None, tokenizer=None, results: dict | None = None,
+          sections=SECTIONS, **options) -> Path:
+    """Compute, save and draw every section; returns the HTML path.
+
+    ``model`` and ``tokenizer``: both or neither (without them the model
+    sections say how to include them).  ``results``: ``{kind: file}`` for the
+    sections that draw saved results (``"passkey"``, ``"bench"``: ``.jsonl``,
+    ``.json`` or ``.csv``).  ``options``: the :class:`Context` fields
+    (``train_length``, ``length``, ``methods``, ``layers``, ``layout_length``,
+    ``layout_train_length``, ``window``, ``min_correlation``, ``seed``).
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    ctx = _context(out, model, tokenizer, results or {}, sections, options)
+    items: list = [_p("Mesa-Extrapolation (arXiv 2410.15859) and its baselines: position "
+                      "layouts, attention past the training length, hidden-state thresholds, "
+                      f"passkey retrieval and cost. Data: {ctx.data.name}/")]
+    for section in tqdm(sections, desc="report", unit="section"):
+        log.info("report section: %s", section.title)
+        items += [f"<h2>{html.escape(section.title)}</h2>", *section.draw(ctx)]
+    return plots.save_html(items, out, title="mesa_viz report")
+
+
+def _context(out: Path, model, tokenizer, results: dict, sections, options: dict) -> Context:
+    if (model is None) != (tokenizer is None):
+        raise ValueError("model and tokenizer: allowed both (the model sections) or neither")
+    allowed = {f.name for f in dataclasses.fields(Context)} - {
+        "data", "model", "tokenizer", "results", "traces", "_prompt"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"unknown report options {unknown}: allowed {sorted(allowed)}")
+    kinds = {s.reads for s in sections if s.reads}
+    bad = sorted(set(results) - kinds)
+    if bad:
+        raise ValueError(f"results for {bad}: allowed kinds {sorted(kinds)}")
+    unknown_methods = [m for m in options.get("methods", ()) if m not in METHODS]
+    if unknown_methods:
+        raise ValueError(f"unknown methods {unknown_methods}: allowed {list(METHODS)}")
+    data = out.with_name(out.stem + "_data")
+    data.mkdir(parents=True, exist_ok=True)
+    return Context(data=data, model=model, tokenizer=tokenizer,
+                   results={k: Path(v) for k, v in results.items()}, **options)

@@ -13,7 +13,7 @@ import numpy as np
 
 from .methods import get_method
 
-__all__ = ["Trace", "append_jsonl", "read_jsonl"]
+__all__ = ["Trace", "needle_share", "append_jsonl", "read_jsonl"]
 
 
 @dataclass
@@ -60,6 +60,12 @@ class Trace:
         return self.attention[self.layers.index(layer), self.heads.index(head),
                               self.query_rows.index(row)]
 
+    def needle_share(self, needle: tuple[int, int], row: int | None = None) -> np.ndarray:
+        """``[layer, head]`` attention of captured query ``row`` (default the
+        last captured) on the needle tokens ``[start, stop)``."""
+        row = self.query_rows[-1] if row is None else row
+        return needle_share(self.attention[:, :, self.query_rows.index(row)], needle)
+
     def hidden_values(self, layer: int, dim: int) -> np.ndarray:
         """``[pos]`` hidden-state value at (``layer``, ``dim``)."""
         return self.hidden[self.hidden_layers.index(layer), :, self.dims.index(dim)]
@@ -84,6 +90,19 @@ class Trace:
         with np.load(path.with_suffix(".npz")) as arrays:
             meta.update({k: arrays[k] for k in cls._ARRAYS})
         return cls(**meta)
+
+
+def needle_share(attention, needle: tuple[int, int]):
+    """Attention probability on the needle tokens ``needle = (start, stop)``:
+    ``attention [..., k_pos]`` summed over ``k_pos`` in ``[start, stop)``.
+    Returns ``[...]`` (a float for one row ``[k_pos]``)."""
+    attention = np.asarray(attention)
+    start, stop = (int(v) for v in needle)
+    if not 0 <= start < stop <= attention.shape[-1]:
+        raise ValueError(f"needle={tuple(needle)!r}: allowed (start, stop) with "
+                         f"0 <= start < stop <= {attention.shape[-1]}")
+    share = attention[..., start:stop].sum(axis=-1)
+    return float(share) if share.ndim == 0 else share
 
 
 def _jsonable(value):

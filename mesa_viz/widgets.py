@@ -28,9 +28,11 @@ import plotly.graph_objects as go
 from . import plots
 from .layouts import layout
 from .methods import METHODS
+from .results import needle_share
+from .thresholds import crossings, smooth
 
 __all__ = ["Explorer", "layout_explorer", "attention_explorer", "threshold_explorer",
-           "sweep_viewer", "crossings", "needle_share"]
+           "sweep_viewer"]
 
 log = logging.getLogger(__name__)
 
@@ -261,12 +263,6 @@ def _ids_1d(input_ids) -> np.ndarray:
     return ids
 
 
-def needle_share(attn_row, needle) -> float:
-    """Sum of attention probabilities ``attn_row [k_pos]`` on ``needle=(start, stop)``."""
-    k0, k1 = needle
-    return float(np.asarray(attn_row)[k0:k1].sum())
-
-
 def attention_explorer(model, tokenizer, input_ids, methods=("origin", "mesa"), needle=None,
                        layers=None, heads=None, query_rows=None, method_params=None,
                        **trace_kwargs) -> Explorer:
@@ -362,18 +358,6 @@ def _draw_attention(tr, controls: dict, figures: dict, outputs: dict, needle) ->
 
 # -- threshold explorer ----------------------------------------------------------
 
-def crossings(values, train_length: int, threshold: float, sign: float = 1.0):
-    """``(count, fraction, first)`` of positions ``>= train_length`` where
-    ``values [pos]`` are past ``threshold`` in the direction ``sign`` (+1:
-    above, -1: below); ``first`` is the first such position or None."""
-    past = np.asarray(values, dtype=float)[train_length:]
-    hit = past > threshold if sign >= 0 else past < threshold
-    if not hit.size:
-        return 0, 0.0, None
-    first = int(np.argmax(hit)) + train_length if hit.any() else None
-    return int(hit.sum()), float(hit.mean()), first
-
-
 def _as_pair(p) -> dict:
     """A threshold pair (``ThresholdPair`` or dict) as a dict."""
     if dataclasses.is_dataclass(p):
@@ -394,7 +378,7 @@ def threshold_explorer(pairs, traces=None, train_length: int | None = None,
 
     ``pairs``: threshold-finder results (``ThresholdPair`` or dicts with
     ``layer, dim, threshold`` and optionally ``correlation``), or the
-    ``(pairs, traces)`` tuple of ``thresholds.run_thresholds``.  ``traces``:
+    ``(pairs, traces)`` of ``thresholds.find``.  ``traces``:
     method -> Trace holding those hidden layers and dims.  Controls: ``pair``
     (index into pairs), ``smooth`` (trailing window, default ``window`` as the
     finder used).  Figure: ``hidden``; ``outputs["crossings"]`` counts, per
@@ -446,14 +430,14 @@ def _draw_thresholds(pair, traces, T, controls, figures, outputs) -> None:
     if thr is None:
         outputs["crossings"].value = "no threshold for this pair"
         return
-    sign = 1.0 if (pair.get("correlation") or 1.0) >= 0 else -1.0
+    r = 1.0 if pair.get("correlation") is None else pair["correlation"]
     parts = []
     for m, v in values.items():
-        count, frac, first = crossings(plots.smooth_values(v, w), T, thr, sign)
+        count, frac, first = crossings(smooth(v, w), T, thr, r)
         parts.append(f"{m}: {count} positions ({frac:.0%})"
                      + (f", first at {first}" if first is not None else ""))
     outputs["crossings"].value = (
-        f"<b>past T={T} and {'above' if sign > 0 else 'below'} the threshold {thr:.4g}</b>: "
+        f"<b>past T={T} and {'above' if r >= 0 else 'below'} the threshold {thr:.4g}</b>: "
         + html.escape("; ".join(parts)))
 
 

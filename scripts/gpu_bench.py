@@ -6,7 +6,7 @@ What it does
   * builds ``LlamaConfig(hidden 2048, MLP 5632, 22 layers, 32 heads / 4 KV heads,
     vocab 32000, max_position_embeddings 8192)`` (TinyLlama-1.1B's shape; T = 8192)
     with random weights straight on the GPU (no hub, no download);
-  * runs ``mesa_viz.bench.run_bench`` for origin and mesa at 8k, 16k, 32k, 64k, 128k,
+  * runs ``mesa_viz.bench.run`` for origin and mesa at 8k, 16k, 32k, 64k, 128k,
     192k, 256k: median prefill of ``--repeats`` after ``--warmup``, peak CUDA memory
     net of the weights (``max_memory_allocated``), decode ms/token, useful GFLOP/s,
     and which SDPA backend each attention call got (``sdpa_backends`` per row);
@@ -263,9 +263,10 @@ def main(argv=None) -> int:
           f"{time.monotonic() - t0:.1f}s; lengths {lengths}; budget {budget:.0f}s",
           flush=True)
     with sdpa_policy(torch, args.flash_only, device) as policy:
-        rows = bench.run_bench(
-            model, methods, lengths, out, model_name=name, repeats=args.repeats,
-            decode_tokens=args.decode_tokens, warmup=args.warmup, progress=False,
+        settings = bench.Settings(repeats=args.repeats, decode_tokens=args.decode_tokens,
+                                  warmup=args.warmup)
+        rows = bench.run(
+            model, methods, lengths, out, model_name=name, settings=settings, progress=False,
             deadline=START + budget, point_limit_s=point_limit,
             matmul_size=256 if args.tiny else None,
             extra={"script": "gpu_bench", "sdpa_policy": policy, "config": cfg,

@@ -11,6 +11,8 @@ from mesa_viz.kernels import query_scale
 from mesa_viz.models import tiny_model
 from reference import reference_logits
 
+pytestmark = pytest.mark.tiny
+
 ALL = ["origin", "mesa", "rerope", "leaky-rerope", "dynamic-ntk", "streaming-llm", "lm-infinite"]
 SMALL_T = {
     "mesa": dict(first_chunk=8, chunk_size=16, last_chunk=16),

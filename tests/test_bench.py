@@ -1,8 +1,6 @@
 """The benchmark on a tiny random model: rows, resume, predicted OOM, the FLOP
 formula against hand counts, the CLI.  No timing is asserted."""
 
-import json
-
 import numpy as np
 import pytest
 
@@ -11,13 +9,24 @@ from mesa_viz.memory import ModelDims
 from mesa_viz.methods import get_method
 from mesa_viz.results import read_jsonl
 
+pytestmark = pytest.mark.tiny
+
 POINT_FIELDS = {
     "method": str, "length": int, "prefill_s": float, "peak_mem_bytes": int,
     "decode_ms_per_token": float, "gflops_achieved": float, "useful_flops": int,
     "predicted_mem_bytes": int, "oom": bool, "device": str, "dtype": str, "model": str,
     "backend": str, "params": dict,
 }
+#: Every field of a measured point row (before splitting bench.run_bench: keep them).
+POINT_KEYS = {
+    "kind", "method", "length", "prefill_s", "prefill_s_all", "peak_mem_bytes", "peak_mem_all",
+    "mem_method", "decode_ms_per_token", "decode_ms_all", "gflops_achieved", "useful_flops",
+    "attention_pairs", "predicted_mem_bytes", "oom_check_bytes", "available_bytes", "oom",
+    "device", "dtype", "model", "backend", "params", "plan", "train_length", "threads", "repeats",
+    "decode_tokens", "time", "sdpa_backends"}
 MESA_SMALL = dict(first_chunk=8, chunk_size=32, last_chunk=32)
+ONE = bench.Settings(repeats=1, decode_tokens=2)
+NONE = bench.Settings(repeats=1, decode_tokens=0)
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +38,9 @@ def tiny():
 @pytest.fixture(scope="module")
 def ran(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.jsonl"
-    rows = bench.run_bench(tiny, ["origin", "mesa"], [64, 160], out, model_name="tiny",
-                           repeats=1, decode_tokens=2, train_length=128, progress=False,
-                           params_by_method={"mesa": MESA_SMALL}, matmul_size=256)
+    rows = bench.run(tiny, ["origin", "mesa"], [64, 160], out, model_name="tiny", settings=ONE,
+                     train_length=128, progress=False, method_params={"mesa": MESA_SMALL},
+                     matmul_size=256)
     return out, rows
 
 
@@ -45,6 +54,7 @@ def test_rows_have_every_field_typed(ran):
     assert sorted((r["method"], r["length"]) for r in pts) == [
         ("mesa", 64), ("mesa", 160), ("origin", 64), ("origin", 160)]
     for r in pts:
+        assert set(r) == POINT_KEYS
         for k, t in POINT_FIELDS.items():
             assert isinstance(r[k], t), (k, r[k])
         assert r["oom"] is False and r["prefill_s"] > 0 and r["peak_mem_bytes"] >= 0
@@ -71,9 +81,9 @@ def test_resume_skips_finished_points(ran, tiny, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a finished point was measured again")
     monkeypatch.setattr(bench, "measure_point", boom)
-    again = bench.run_bench(tiny, ["origin", "mesa"], [64, 160], out, model_name="tiny",
-                            repeats=1, decode_tokens=2, train_length=128, progress=False,
-                            params_by_method={"mesa": MESA_SMALL}, matmul_size=256)
+    again = bench.run(tiny, ["origin", "mesa"], [64, 160], out, model_name="tiny", settings=ONE,
+                      train_length=128, progress=False, method_params={"mesa": MESA_SMALL},
+                      matmul_size=256)
     assert again == [] and out.read_text() == before
 
 
@@ -83,8 +93,8 @@ def test_predicted_oom_is_written_not_run(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "measure_point", boom)
     monkeypatch.setattr(bench, "available_bytes", lambda device=None: 1000)
     out = tmp_path / "oom.jsonl"
-    rows = bench.run_bench(tiny, ["origin"], [64], out, model_name="tiny", repeats=1,
-                           decode_tokens=0, progress=False, matmul_size=128)
+    rows = bench.run(tiny, ["origin"], [64], out, model_name="tiny", settings=NONE,
+                     progress=False, matmul_size=128)
     (r,) = [r for r in rows if r["kind"] == "point"]
     assert r["oom"] is True and r["prefill_s"] is None and r["peak_mem_bytes"] is None
     assert r["predicted_mem_bytes"] > 1000 and "GiB" in r["oom_reason"]
@@ -96,21 +106,34 @@ def test_measured_oom_becomes_a_row(tiny, tmp_path, monkeypatch):
     def oom(*a, **k):
         raise MemoryError("can't allocate memory")
     monkeypatch.setattr(bench, "measure_point", oom)
-    rows = bench.run_bench(tiny, ["mesa"], [32], tmp_path / "o.jsonl", model_name="tiny",
-                           repeats=1, decode_tokens=0, progress=False, machine=False)
+    rows = bench.run(tiny, ["mesa"], [32], tmp_path / "o.jsonl", model_name="tiny",
+                     settings=NONE, progress=False, machine=False)
     assert rows[0]["oom"] is True and "MemoryError" in rows[0]["oom_reason"]
 
 
 def test_time_budget_skips_longer_lengths(tiny, tmp_path):
     out = tmp_path / "t.jsonl"
-    rows = bench.run_bench(tiny, ["origin"], [32, 64, 128], out, model_name="tiny",
-                           repeats=1, decode_tokens=0, progress=False, machine=False,
-                           point_limit_s=1e-12)
+    rows = bench.run(tiny, ["origin"], [32, 64, 128], out, model_name="tiny", settings=NONE,
+                     progress=False, machine=False, point_limit_s=1e-12)
     assert rows[0]["prefill_s"] is not None
     assert all(r.get("skipped") for r in rows[1:]) and len(rows) == 3
     # skipped points are retried on resume
-    assert len(bench.run_bench(tiny, ["origin"], [32, 64], out, model_name="tiny", repeats=1,
-                               decode_tokens=0, progress=False, machine=False)) == 1
+    assert len(bench.run(tiny, ["origin"], [32, 64], out, model_name="tiny", settings=NONE,
+                         progress=False, machine=False)) == 1
+
+
+@pytest.mark.parametrize("args, match", [
+    (dict(methods=[]), "methods is empty"), (dict(methods=["nope"]), "unknown method 'nope'"),
+    (dict(lengths=[]), "lengths is empty"), (dict(lengths=[64, 0]), r"lengths \[0\]"),
+    (dict(method_params={"rerope": {"window": 8}}), "not among methods"),
+    (dict(method_params={"origin": {"bogus": 1}}), "unknown parameter"),
+])
+def test_bad_grids_are_refused_before_anything_runs(tiny, tmp_path, args, match):
+    kwargs = {**dict(methods=["origin"], lengths=[64], method_params=None), **args}
+    with pytest.raises(ValueError, match=match):
+        bench.run(tiny, kwargs.pop("methods"), kwargs.pop("lengths"), tmp_path / "b.jsonl",
+                  **kwargs)
+    assert not (tmp_path / "b.jsonl").exists()
 
 
 # -- FLOPs -------------------------------------------------------------------------------
@@ -167,11 +190,14 @@ def test_cli_end_to_end(tmp_path, capsys):
     rc = main(["bench", "--tiny", "--methods", "origin,mesa", "--lengths", "32,80",
                "--repeats", "1", "--decode-tokens", "1", "--train-length", "64",
                "--out", str(out), "--figure", str(fig), "--no-progress",
-               "--params", json.dumps({"mesa": {"first_chunk": 4, "chunk_size": 16,
-                                                "last_chunk": 16}})])
+               "--param", "mesa.first_chunk=4", "--param", "mesa.chunk_size=16",
+               "--param", "mesa.last_chunk=16"])
     assert rc == 0
     rows = read_jsonl(out)
     assert sum(r["kind"] == "point" for r in rows) == 4
+    mesa = [r for r in rows if r.get("method") == "mesa"]
+    assert all(r["params"]["chunk_size"] == 16 and r["train_length"] == 64 for r in mesa)
+    assert mesa[-1]["plan"]["chunks"] > 1 and mesa[-1]["model"] == "tiny-llama"
     assert fig.exists() and fig.stat().st_size > 1000
     text = capsys.readouterr().out
     assert "origin" in text and "mesa" in text

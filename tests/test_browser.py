@@ -79,24 +79,18 @@ def severe_errors(drv, ignore=()) -> list[str]:
 # -- the report --------------------------------------------------------------------
 
 def make_report(tmp_path: Path) -> Path:
-    """The report on the tiny model when the probes exist, else layouts and
-    synthetic sweeps only."""
+    """The report on the tiny model, with a synthetic passkey sweep."""
     from mesa_viz import report
-    import argparse
+    from mesa_viz.models import tiny_model
 
-    parser = argparse.ArgumentParser()
-    report.add_arguments(parser)
     passkey = tmp_path / "passkey.jsonl"
     passkey.write_text("\n".join(
         f'{{"method": "{m}", "length": {L}, "depth": {d}, "correct": {str(L < 300 or m == "mesa").lower()}}}'
         for m in ("origin", "mesa") for L in (100, 200, 400) for d in (0.0, 0.5, 1.0)))
-    argv = ["--out", str(tmp_path / "report.html"), "--passkey", str(passkey)]
-    try:
-        import mesa_viz.probes  # noqa: F401
-        argv += ["--tiny", "--length", "160", "--train-length", "64", "--layers", "0", "1"]
-    except ImportError:
-        argv += ["--no-model"]
-    return report.build_report(parser.parse_args(argv))
+    model, tok = tiny_model("llama", max_position_embeddings=64)
+    return report.build(tmp_path / "report.html", model=model, tokenizer=tok,
+                        results={"passkey": passkey}, length=160, layers=[0, 1],
+                        min_correlation=0.5)
 
 
 def test_report_renders_offline(driver, tmp_path):

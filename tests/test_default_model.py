@@ -8,6 +8,7 @@ import torch
 
 import mesa_viz as mv
 from mesa_viz import passkey
+from mesa_viz.results import read_jsonl
 
 pytestmark = pytest.mark.slow
 COVER = {"rerope": dict(window=8191), "leaky-rerope": dict(window=8191)}
@@ -52,13 +53,15 @@ def test_hidden_state_thresholds_origin_crosses_mesa_stays_inside(smol, tmp_path
     dims following log(position) at |r| >= 0.99 inside [0, 8192); past 8192
     origin's smoothed value is beyond the threshold for some of them at most
     positions, Mesa's for none at any position up to 16k."""
-    from mesa_viz.thresholds import run_thresholds
+    from mesa_viz.thresholds import find
     model, tok = smol
-    pairs, traces = run_thresholds(model, tok, 16384, ["origin", "mesa"], out_dir=tmp_path)
+    out = tmp_path / "thresholds.jsonl"
+    pairs, traces = find(model, tok, length=16384, methods=["origin", "mesa"], out=out)
     assert len(pairs) >= 4
     assert all(abs(p.correlation) >= 0.99 and p.layer <= 8 for p in pairs)
     crossed = [p for p in pairs if p.past_fraction["origin"] > 0.5]
     assert len(crossed) >= 2
     assert all(p.first_crossing["origin"] < 8192 + 512 for p in crossed)
     assert all(p.past_fraction["mesa"] == 0.0 for p in pairs)
-    assert (tmp_path / "trace_mesa.npz").exists()
+    assert (tmp_path / "thresholds_traces" / "trace_mesa.npz").exists()
+    assert len(read_jsonl(out)) == len(pairs)

@@ -14,6 +14,8 @@ from mesa_viz import kernels
 from mesa_viz.methods import get_method
 from reference import dense_scores
 
+pytestmark = pytest.mark.unit
+
 H, KVH, D, ROT = 4, 2, 16, 12          # GQA and partial rotary (12 of 16 channels)
 
 

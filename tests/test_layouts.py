@@ -6,6 +6,8 @@ import pytest
 import mesa_viz as mv
 from mesa_viz.methods import stair_position
 
+pytestmark = pytest.mark.unit
+
 FIG1 = dict(train_length=5, first_chunk=2, chunk_size=3, last_chunk=2, stair_width=2)
 
 

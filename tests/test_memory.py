@@ -8,6 +8,8 @@ import mesa_viz.memory as memory
 from mesa_viz.memory import (GiB, LengthTooLong, ModelDims, PeakMemory, available_bytes,
                              check_fits, estimate_peak_bytes, exact_rss, model_dims)
 
+pytestmark = pytest.mark.tiny
+
 SMOL = ModelDims(layers=30, hidden=576, intermediate=1536, heads=9, kv_heads=3, head_dim=64,
                  vocab=49152, max_positions=8192)
 

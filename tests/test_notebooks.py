@@ -16,6 +16,7 @@ import pytest
 import mesa_viz
 from mesa_viz import widgets
 
+pytestmark = pytest.mark.tiny
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 EXPECTED = ["01_weave_layouts", "02_attention_beyond_training_length",
@@ -131,11 +132,7 @@ def test_layout_explorer_parameters_and_errors():
 @pytest.fixture(scope="module")
 def tiny_lm():
     from mesa_viz.models import tiny_model
-    from mesa_viz.passkey import default_tokenizer
-
-    tok = default_tokenizer()
-    model, _ = tiny_model("llama", vocab_size=len(tok), max_position_embeddings=T)
-    return model, tok
+    return tiny_model("llama", max_position_embeddings=T)
 
 
 def test_attention_explorer_methods_rows_and_needle(tiny_lm):
@@ -187,13 +184,14 @@ def test_attention_explorer_errors(tiny_lm):
 # -- notebook 03: threshold explorer ----------------------------------------------------------
 
 def test_threshold_explorer_pairs_and_crossings(tiny_lm):
-    from mesa_viz.thresholds import run_thresholds
+    from mesa_viz.thresholds import find
 
     model, tok = tiny_lm
     window = 16
-    pairs, traces = run_thresholds(model, tok, 160, ["origin", "mesa"], hidden_layers=[1, 2],
-                                   window=window, min_correlation=0.0, top=3)
-    ex = widgets.threshold_explorer((pairs, traces), window=window)
+    found = find(model, tok, length=160, methods=["origin", "mesa"], hidden_layers=[1, 2],
+                 window=window, min_correlation=0.0, top=3)
+    pairs, traces = found
+    ex = widgets.threshold_explorer(found, window=window)
     fig = ex.figures["hidden"]
     assert [t.name for t in fig.data] == ["origin", "mesa"]
     names = [s.name for s in fig.layout.shapes]

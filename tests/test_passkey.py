@@ -1,6 +1,7 @@
-"""mesa_viz.passkey: exact-length prompts with the real tokenizer, answer
-parsing, the evaluation loop on a tiny random model (streamed rows, resume,
-memory refusal), the summary, the data script and the CLI end to end."""
+"""mesa_viz.passkey: exact-length prompts with a real (tiny, in-process)
+tokenizer, answer parsing, the evaluation loop on a tiny random model
+(streamed rows, resume, memory refusal), the summary, the data script and the
+CLI end to end."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-import mesa_viz
 from mesa_viz import passkey
 from mesa_viz.cli import main as cli_main
 from mesa_viz.models import tiny_model
 from mesa_viz.results import read_jsonl
 
+pytestmark = pytest.mark.tiny
 ROOT = Path(__file__).resolve().parents[1]
 T_TINY = 128                       # tiny model's training length: 200 tokens extrapolate
 FIELDS = {"method", "length", "depth", "seed", "expected", "answer", "correct", "seconds",
@@ -25,14 +26,18 @@ FIELDS = {"method", "length", "depth", "seed", "expected", "answer", "correct", 
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return passkey.default_tokenizer()
+def tiny_lm():
+    return tiny_model("llama", max_position_embeddings=T_TINY)
 
 
 @pytest.fixture(scope="module")
-def tiny(tok):
-    model, _ = tiny_model("llama", vocab_size=len(tok), max_position_embeddings=T_TINY)
-    return model
+def tok(tiny_lm):
+    return tiny_lm[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_lm):
+    return tiny_lm[0]
 
 
 @pytest.fixture
@@ -58,7 +63,7 @@ def test_sample_has_exact_length_and_reencodes(tok, length, depth):
     assert len(s["input_ids"]) == s["length"] == length
     assert tok(s["prompt"])["input_ids"] == s["input_ids"]
     assert s["prompt"].rstrip().endswith("What is the pass key? The pass key is")
-    assert "<|im_start|>" not in s["prompt"]                    # no chat template
+    assert s["input_ids"][0] == tok.bos_token_id and s["input_ids"].count(tok.bos_token_id) == 1
     assert (s["depth"], s["seed"]) == (depth, 7)
 
 
@@ -102,11 +107,19 @@ def test_parse_answer(text, key):
 
 # -- evaluation --------------------------------------------------------------------
 
+def run(model, tok, path, **kwargs) -> list[dict]:
+    return list(passkey.evaluate(model, tok, out=path, **kwargs))
+
+
 def test_evaluate_streams_rows_and_resumes(tok, counted, tmp_path):
     model, calls = counted
     grid = dict(methods=["origin", "mesa"], lengths=[100, 200], depths=[0.2, 0.8])
-    rows = passkey.evaluate(model, tok, samples=1, out_dir=tmp_path, max_new_tokens=3, **grid)
     path = tmp_path / "passkey.jsonl"
+    stream = passkey.evaluate(model, tok, samples=1, out=path, max_new_tokens=3, **grid)
+    assert not path.exists() and calls == []                   # nothing runs until asked
+    first = next(stream)                                       # saved before it is yielded
+    assert read_jsonl(path) == [first] and len(calls) == 1
+    rows = [first, *stream]
     assert len(rows) == len(calls) == 8 == len(read_jsonl(path))
     for row in read_jsonl(path):
         assert FIELDS <= set(row)
@@ -118,18 +131,18 @@ def test_evaluate_streams_rows_and_resumes(tok, counted, tmp_path):
     assert mesa_long["params"]["first_chunk"] == T_TINY // 16
     assert mesa_long["params"]["prefill_length"] == 200
 
-    again = passkey.evaluate(model, tok, samples=1, out_dir=tmp_path, max_new_tokens=3, **grid)
+    again = run(model, tok, path, samples=1, max_new_tokens=3, **grid)
     assert len(calls) == 8 and again == rows                   # nothing recomputed
 
-    more = passkey.evaluate(model, tok, samples=2, out_dir=tmp_path, max_new_tokens=3, **grid)
+    more = run(model, tok, path, samples=2, max_new_tokens=3, **grid)
     assert len(calls) == 16 and len(more) == 16 == len(read_jsonl(path))
     assert {(r["seed"]) for r in more} == {0, 1}
 
 
 def test_evaluate_passes_method_params(tok, tiny, tmp_path):
-    rows = passkey.evaluate(tiny, tok, ["mesa"], [200], [0.5], 1, tmp_path,
-                            method_params={"mesa": {"stair": "anchored", "chunk_size": 16}},
-                            max_new_tokens=2)
+    rows = run(tiny, tok, tmp_path / "p.jsonl", methods=["mesa"], lengths=[200], depths=[0.5],
+               method_params={"mesa": {"stair": "anchored", "chunk_size": 16}},
+               max_new_tokens=2)
     assert rows[0]["params"]["stair"] == "anchored"
     assert rows[0]["params"]["chunk_size"] == 16
 
@@ -139,7 +152,8 @@ def test_evaluate_scores_a_right_answer(tok, tiny, tmp_path, monkeypatch):
         return f" {sample['passkey']}. Remember", {"train_length": T_TINY}, 0.01
 
     monkeypatch.setattr(passkey, "_generate", oracle)
-    rows = passkey.evaluate(tiny, tok, ["origin"], [100], [0.5], 2, tmp_path)
+    rows = run(tiny, tok, tmp_path / "p.jsonl", methods=["origin"], lengths=[100],
+               depths=[0.5], samples=2)
     assert [r["correct"] for r in rows] == [True, True]
     assert rows[0]["answer"] == rows[0]["expected"]
 
@@ -151,17 +165,18 @@ def test_evaluate_skips_lengths_that_do_not_fit(tok, counted, tmp_path, monkeypa
     assert est[200] > est[100]
     avail = (est[100] + est[200]) / 2 / 0.9          # 100 tokens fit, 200 do not
     monkeypatch.setattr(memory, "available_bytes", lambda device=None: avail)
-    rows = passkey.evaluate(model, tok, ["origin"], [100, 200], [0.5], 1, tmp_path,
-                            max_new_tokens=2)
+    rows = run(model, tok, tmp_path / "p.jsonl", methods=["origin"], lengths=[100, 200],
+               depths=[0.5], max_new_tokens=2)
     assert [r["length"] for r in rows] == [100] and calls == [100]
 
 
 def test_evaluate_with_given_samples(tok, tiny, tmp_path):
     samples = [passkey.make_sample(tok, L, 0.5, 4) for L in (90, 120)]
-    rows = passkey.evaluate(tiny, tok, ["origin"], None, None, samples, tmp_path,
-                            max_new_tokens=2)
+    rows = run(tiny, tok, tmp_path / "p.jsonl", methods=["origin"], samples=samples,
+               max_new_tokens=2)
     assert [(r["length"], r["seed"]) for r in rows] == [(90, 4), (120, 4)]
-    only = passkey.evaluate(tiny, tok, ["origin"], [120], None, samples, tmp_path)
+    only = run(tiny, tok, tmp_path / "p.jsonl", methods=["origin"], lengths=[120],
+               samples=samples)
     assert [r["length"] for r in only] == [120]
 
 
@@ -169,17 +184,20 @@ def test_evaluate_with_given_samples(tok, tiny, tmp_path):
     (dict(methods=["nope"]), "unknown method 'nope'"),
     (dict(methods=[]), "methods is empty"),
     (dict(lengths=[]), "lengths is empty"),
-    (dict(lengths=[0]), "positive integer"),
+    (dict(lengths=[0]), r"lengths \[0\]: allowed positive integers"),
     (dict(depths=[]), "depths is empty"),
     (dict(depths=[2.0]), "depth"),
     (dict(method_params={"mesa": {"bogus": 1}}), "unknown parameter"),
     (dict(method_params={"rerope": {"window": 8}}), "not among methods"),
+    (dict(samples=0), "samples=0"),
+    (dict(lengths=None), "lengths given"),
+    (dict(out="."), "is a folder"),
 ])
 def test_evaluate_refuses_bad_input(tok, tiny, tmp_path, kwargs, match):
     args = {**dict(methods=["origin", "mesa"], lengths=[100], depths=[0.5], samples=1,
-                   out_dir=tmp_path), **kwargs}
+                   out=tmp_path / "passkey.jsonl"), **kwargs}
     with pytest.raises(ValueError, match=match):
-        passkey.evaluate(tiny, tok, **args)
+        passkey.evaluate(tiny, tok, **args)                # refused at the call, not later
     assert not (tmp_path / "passkey.jsonl").exists()
 
 
@@ -198,20 +216,11 @@ def test_summary():
     assert "50%" in text and "origin" in text
 
 
-def test_parse_params():
-    got = passkey.parse_params(["mesa.stair=anchored", "mesa.chunk_size=512",
-                                "rerope.window=2048", "mesa.log_scaling=true"])
-    assert got == {"mesa": {"stair": "anchored", "chunk_size": 512, "log_scaling": True},
-                   "rerope": {"window": 2048}}
-    with pytest.raises(ValueError, match="METHOD.KEY=VALUE"):
-        passkey.parse_params(["stair=anchored"])
-
-
 # -- data script and CLI -----------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def tiny_dir(tok, tiny, tmp_path_factory):
-    """The tiny model saved with the real tokenizer, loadable by ``--model``."""
+    """The tiny model saved with its tokenizer, loadable by ``--model``."""
     path = tmp_path_factory.mktemp("tiny-llama")
     tiny.save_pretrained(path)
     tok.save_pretrained(path)
@@ -226,10 +235,11 @@ def _data_script():
     return module
 
 
-def test_data_script_writes_samples(tok, tmp_path):
+def test_data_script_writes_samples(tok, tiny_dir, tmp_path):
     out = tmp_path / "data.jsonl"
     assert _data_script().main(["--lengths", "100,150", "--depths", "0.25,0.75",
-                                "--seeds", "3,9", "--out", str(out)]) == 0
+                                "--seeds", "3,9", "--out", str(out),
+                                "--tokenizer", str(tiny_dir)]) == 0
     samples = passkey.read_samples(out)
     assert len(samples) == 8
     assert {(s["length"], s["depth"], s["seed"]) for s in samples} == {
@@ -239,7 +249,8 @@ def test_data_script_writes_samples(tok, tmp_path):
         assert s == {**passkey.make_sample(tok, s["length"], s["depth"], s["seed"]),
                      "tokenizer": s["tokenizer"]}
     with pytest.raises(SystemExit):
-        _data_script().main(["--lengths", "100", "--depths", "1.5", "--out", str(out)])
+        _data_script().main(["--lengths", "100", "--depths", "1.5", "--out", str(out),
+                             "--tokenizer", str(tiny_dir)])
 
 
 def _cli(*args):

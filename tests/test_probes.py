@@ -8,6 +8,8 @@ import mesa_viz as mv
 from mesa_viz.models import tiny_model
 from mesa_viz.results import Trace
 
+pytestmark = pytest.mark.tiny
+
 
 def _ids(n, seed=0):
     return torch.randint(0, 500, (1, n), generator=torch.Generator().manual_seed(seed))

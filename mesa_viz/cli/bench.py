@@ -1,0 +1,60 @@
+"""``mesa-viz bench``: prefill/decode time, peak memory and FLOP rate by method and length.
+
+Appends to ``--out`` (JSON lines, resumed), optionally draws ``--figure``
+and prints the table of this model's rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from ..bench import ALL_METHODS, DEFAULT_LENGTHS
+from .common import add_model_arguments, add_param_argument, int_list, load, name_list, parse_params
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--methods", type=name_list, default=list(ALL_METHODS),
+                        help=f"comma-separated methods (default all: {','.join(ALL_METHODS)})")
+    parser.add_argument("--lengths", type=int_list, default=list(DEFAULT_LENGTHS),
+                        help="comma-separated input lengths in tokens")
+    parser.add_argument("--repeats", type=int, default=3, help="prefills per point (median)")
+    parser.add_argument("--warmup", type=int, default=0, help="unmeasured prefills first")
+    parser.add_argument("--decode-tokens", type=int, default=8,
+                        help="greedy decode steps after the prefill (0: none)")
+    parser.add_argument("--out", default="runs/bench.jsonl", help="JSON-lines file (resumed)")
+    add_model_arguments(parser)
+    parser.add_argument("--train-length", type=int, default=None,
+                        help="T (default the model's max_position_embeddings)")
+    add_param_argument(parser)
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds; points predicted to pass it are skipped")
+    parser.add_argument("--figure", default=None, help="also write this HTML figure")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import bench
+    params = parse_params(args.param)
+    bench.check_grid(args.methods, args.lengths, params)
+    model, _, name = load(args)
+    deadline = None if args.time_budget is None else time.monotonic() + args.time_budget
+    settings = bench.Settings(repeats=args.repeats, decode_tokens=args.decode_tokens,
+                              warmup=args.warmup, seed=args.seed)
+    bench.run(model, args.methods, args.lengths, args.out, model_name=name,
+              method_params=params, train_length=args.train_length, settings=settings,
+              deadline=deadline, progress=not args.no_progress)
+    rows = bench.rows_for(args.out, model, name)
+    if args.figure:
+        _figure(rows, args.figure, name)
+    print(bench.summary_table(rows))
+    return 0
+
+
+def _figure(rows, path, name: str) -> None:
+    from .. import plots
+    pts = [r for r in rows if r.get("kind", "point") == "point" and not r.get("skipped")]
+    first = pts[0] if pts else {}
+    plots.save_html(plots.bench_figure(pts, title=f"{name} on {first.get('device')} "
+                                       f"({first.get('dtype')})"), path, title="mesa_viz bench")
