@@ -38,6 +38,7 @@ from plotly.subplots import make_subplots
 
 from .layouts import Layout
 from .methods import METHODS, ChunkPlan
+from .thresholds import smooth
 
 __all__ = [
     "MAX_COLUMNS", "MAX_ROWS", "method_color", "downsample",
@@ -879,17 +880,11 @@ def _envelope(x: np.ndarray, y: np.ndarray, max_points: int):
 
 
 def smooth_values(y: np.ndarray, window) -> np.ndarray:
-    """Trailing moving average: position ``p`` averages ``p - window + 1 .. p``
-    (never the future), as the threshold finder smooths."""
-    y = np.asarray(y, dtype=float)
+    """Trailing moving average (``None`` or 1: the values themselves), the
+    threshold finder's own :func:`mesa_viz.thresholds.smooth`."""
     if window is None or window == 1:
-        return y
-    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
-        raise ValueError(f"smooth={window!r}: allowed None or an integer window >= 1")
-    c = np.cumsum(y)
-    out = c.copy()
-    out[window:] = c[window:] - c[:-window]
-    return out / np.minimum(np.arange(len(y)) + 1, window)
+        return np.asarray(y, dtype=float)
+    return smooth(y, window)
 
 
 def hidden_state_figure(values_by_method: dict, train_length: int, threshold: float | None = None,

@@ -302,7 +302,7 @@ def test_hidden_state_figure_smooth_and_positions():
     ({}, {}, "empty"),
     ({"m": np.zeros((3, 3))}, {}, r"allowed \[pos\]"),
     ({"m": np.zeros(5)}, {"positions": np.arange(4)}, "positions has 4"),
-    ({"m": np.zeros(5)}, {"smooth": 2.5}, "smooth=2.5"),
+    ({"m": np.zeros(5)}, {"smooth": 2.5}, "window=2.5"),
 ])
 def test_hidden_state_figure_errors(values, kwargs, match):
     with pytest.raises(ValueError, match=match):
