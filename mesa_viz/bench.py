@@ -31,10 +31,8 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
-
 from .memory import GiB, PeakMemory, available_bytes, estimate_peak_bytes, model_dims
-from .methods import Mesa, Method, _SinkWindow, get_method
+from .methods import Mesa, Method, get_method
 from .results import append_jsonl, read_jsonl
 
 __all__ = ["visible_pairs", "prefill_flops", "matmul_gflops", "measure_point", "run_bench",
@@ -49,41 +47,10 @@ DEFAULT_LENGTHS = (2048, 4096, 8192, 16384, 32768)
 
 # -- FLOPs ------------------------------------------------------------------------------
 
-def _tri(n: int) -> int:
-    return n * (n + 1) // 2
-
-
 def visible_pairs(method: Method, seq_len: int) -> int:
     """Query/key pairs the (resolved) method's layout makes visible in a prefill
-    of ``seq_len`` tokens, each counted once.
-
-    Origin, Dynamic-NTK, ReRoPE, Leaky-ReRoPE, Stair: every causal pair,
-    ``n(n+1)/2`` (ReRoPE's kernels score far keys a second time, with another
-    rotation: that work is not counted, it is overhead, not extra visibility).
-    StreamingLLM/LM-Infinite: per query ``min(i+1, window)`` local keys plus the
-    sinks before the window.  Mesa (``n > T``): first chunk ``F(F+1)/2``,
-    each middle chunk ``C*F + C(C+1)/2``, each last-chunk row ``i`` all its
-    ``i+1`` keys.
-    """
-    n = int(seq_len)
-    if isinstance(method, Mesa):
-        plan = method.plan()
-        if len(plan.chunks) == 1:
-            return _tri(n)
-        F = plan.first[1]
-        total = _tri(F)
-        for a, b in plan.middle:
-            C = b - a
-            total += C * F + _tri(C)
-        s = plan.last_start
-        return total + _tri(n) - _tri(s)
-    if isinstance(method, _SinkWindow):
-        S, W = method.sink_tokens, method.window
-        i = np.arange(n, dtype=np.int64)
-        near = np.minimum(i + 1, W)
-        sinks = np.minimum(S, np.maximum(0, i - W + 1))
-        return int(near.sum() + sinks.sum())
-    return _tri(n)
+    of ``seq_len`` tokens, each counted once: :meth:`Method.visible_pairs`."""
+    return method.visible_pairs(int(seq_len))
 
 
 def _linear_params(dims) -> int:
