@@ -2,17 +2,28 @@
 
 ``with apply(model, "mesa"):`` installs, for the duration of the block only:
 
-* a forward hook on the model's rotary embedding that records the positions
-  and hands the attention modules the identity rotation, so queries and keys
-  reach attention (and the KV cache) *before* RoPE;
-* an attention function registered under a name unique to this application
-  through transformers' ``AttentionInterface`` (and a mask function through
-  ``AttentionMaskInterface``: the kernels build their own masks), which rotates
-  q and k at the method's positions (``mesa_viz.kernels``).
+* a forward hook on the model's rotary embedding that records the positions,
+  resolves the method for the sequence and, for methods that run a mesa_viz
+  kernel (``not method.native``, or a probe's capture), hands the attention
+  modules the identity rotation, so queries and keys reach attention (and the
+  KV cache) *before* RoPE;
+* for those methods, an attention function registered under a name unique to
+  this application through transformers' ``AttentionInterface`` (and a mask
+  function through ``AttentionMaskInterface``: the kernels build their own
+  masks), which runs the method's kernel from ``mesa_viz.kernels``' registry;
+* for a method with a RoPE frequency rule (``method.rope_parameters()``), a
+  rotary embedding of the model's class built by transformers from those
+  ``rope_parameters`` (Dynamic-NTK: ``{"rope_type": "dynamic", ...}``);
+* a filter on transformers' generation logger that drops its "exceeded the
+  model's predefined maximum length" reminder (and that logger's
+  ``warning_once``, so transformers' process-wide once-cache never records the
+  dropped reminder): under a method the reminder says the opposite of what
+  happens, so ``apply`` logs (INFO, once) what the method does past the
+  training length instead.
 
-Dynamic-NTK swaps in a rotary embedding built by transformers from
-``rope_parameters = {"rope_type": "dynamic", ...}``.  On exit, also after an
-exception, every hook, registration and attribute is put back.
+On exit, also after an exception, every hook, registration, filter and
+attribute is put back.  Applications do not nest: a model that already carries
+a method is refused.
 """
 
 from __future__ import annotations
@@ -20,20 +31,26 @@ from __future__ import annotations
 import copy
 import logging
 import uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
 from . import kernels
 from .compat import check_transformers
-from .methods import DynamicNTK, Method, Origin, get_method
+from .methods import Method, get_method
 
 __all__ = ["apply", "Applied", "Capture", "train_length_of", "find_rotary"]
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_BACKENDS = ("sdpa", "eager")
+#: The attribute marking a model that carries an application (removed on exit).
+_MARK = "_mesa_viz_applied"
+#: The logger and the start of transformers' reminder that generation passed
+#: ``max_position_embeddings`` (``generation/stopping_criteria.py``, 5.x).
+_LENGTH_LOGGER = "transformers.generation.stopping_criteria"
+_LENGTH_REMINDER = "This is a friendly reminder - the current text generation call has exceeded"
 
 
 @dataclass
@@ -52,21 +69,30 @@ class Capture:
 
 @dataclass
 class Applied:
-    """The live state of one application (one model, one method)."""
+    """The live state of one application (one model, one method).
+
+    ``kernel``: whether attention runs the method's mesa_viz kernel (False: the
+    model's own attention).  Per forward: ``positions``, ``resolved`` (the
+    method resolved for the sequence), ``tables`` (the cos/sin tables of this
+    forward, shared by its layers).
+    """
 
     method: Method
     train_length: int
     rotary: torch.nn.Module
     backend: str
+    kernel: bool = True
     capture: Capture | None = None
     resolved: Method | None = None
     prefill_length: int | None = None
     positions: torch.Tensor | None = None
-    current_rope: kernels.Rope | None = None
+    tables: kernels.RopeTables | None = None
+    told_past_train_length: bool = False
 
     # -- hooks ------------------------------------------------------------------
     def on_rotary(self, module, args, kwargs, output):
-        """Record the positions; return the identity rotation."""
+        """Record the positions and resolve the method; under a kernel, return
+        the identity rotation (and make this forward's RoPE tables)."""
         pos = kwargs.get("position_ids", args[1] if len(args) > 1 else None)
         if pos.shape[0] > 1 and not bool((pos == pos[:1]).all()):
             raise ValueError("mesa_viz methods need the same positions in every batch "
@@ -76,14 +102,26 @@ class Applied:
         if i0 == 0:
             self.prefill_length = kv_len
         self.positions = pos
-        self.current_rope = self.rope()          # one cos/sin cache per forward pass
         self.resolved = self.method.resolve(kv_len, self.train_length,
                                             prefill_length=self.prefill_length or kv_len)
+        self._tell_past_train_length(kv_len)
+        if not self.kernel:
+            return None
+        self.tables = kernels.RopeTables(self.rope(), self.resolved)   # private to this forward
         cos, sin = output
         return torch.ones_like(cos), torch.zeros_like(sin)
 
+    def _tell_past_train_length(self, kv_len: int) -> None:
+        if kv_len <= self.train_length or self.told_past_train_length:
+            return
+        self.told_past_train_length = True
+        m = self.resolved
+        log.info("%s past train_length=%d (%d tokens): %s; parameters %s", m.name,
+                 self.train_length, kv_len, m.past_train_length or "its own layout", m.params())
+
     def rope(self) -> kernels.Rope:
-        return kernels.Rope(self.rotary.inv_freq, float(getattr(self.rotary, "attention_scaling", 1.0)))
+        return kernels.Rope(self.rotary.inv_freq,
+                            float(getattr(self.rotary, "attention_scaling", 1.0)))
 
     def attention(self, module, query, key, value, attention_mask, scaling=None,
                   dropout=0.0, **kwargs):
@@ -98,13 +136,13 @@ class Applied:
                              f"the cache length {key.shape[2]}: custom position_ids are "
                              "not supported under mesa_viz methods")
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        rope = self.current_rope
-        out = kernels.attend(self.resolved, query, key, value, i0, rope, scale, self.backend)
+        out = kernels.attend(self.resolved, query, key, value, i0, self.tables, scale,
+                             self.backend)
         if self.capture is not None and module.layer_idx in self.capture.layers:
-            out = self._capture(module.layer_idx, query, key, value, i0, rope, scale, out)
+            out = self._capture(module.layer_idx, query, key, value, i0, scale, out)
         return out.transpose(1, 2).contiguous(), None
 
-    def _capture(self, layer, query, key, value, i0, rope, scale, out):
+    def _capture(self, layer, query, key, value, i0, scale, out):
         """Exact probabilities of the captured rows; their outputs are recomputed
         from the stored probabilities so what is shown is what the model used."""
         c = self.capture
@@ -112,7 +150,8 @@ class Applied:
         if not rows:
             return out
         local = torch.as_tensor([r - i0 for r in rows], device=query.device)
-        probs = kernels.dense_rows(self.resolved, query[:, :, local], key, rows, rope, scale)
+        probs = kernels.dense_rows(self.resolved, query[:, :, local], key, rows,
+                                   self.tables.rope, scale)
         rep = query.shape[1] // key.shape[1]
         v = value.repeat_interleave(rep, 1).to(torch.float32)
         out = out.clone()
@@ -121,6 +160,45 @@ class Applied:
         prev = c.attention.get(layer)
         c.attention[layer] = got if prev is None else torch.cat((prev, got), dim=1)
         return out
+
+
+class _DropLengthReminder(logging.Filter):
+    """Drops transformers' "exceeded the model's predefined maximum length"
+    reminder (``apply`` logs what the method does instead)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_LENGTH_REMINDER)
+
+
+def _dropping(logger: logging.Logger) -> bool:
+    return any(isinstance(f, _DropLengthReminder) for f in logger.filters)
+
+
+def _warning_once_unless_dropped(logger: logging.Logger):
+    """``logger.warning_once`` that returns before transformers' process-wide
+    once-cache (an ``lru_cache``) sees the reminder while an application drops
+    it, so a reminder dropped inside ``apply`` is still shown once after it."""
+    def warning_once(msg, *args, **kwargs):
+        if _dropping(logger) and str(msg).startswith(_LENGTH_REMINDER):
+            return None
+        return type(logger).warning_once(logger, msg, *args, **kwargs)
+    return warning_once
+
+
+def _drop_length_reminder(undo: ExitStack) -> None:
+    """Drop the reminder until ``undo`` closes (applications may overlap, on
+    several models, and close in any order: the last one out restores)."""
+    logger = logging.getLogger(_LENGTH_LOGGER)
+    if not _dropping(logger):
+        logger.warning_once = _warning_once_unless_dropped(logger)
+    drop = _DropLengthReminder()
+    logger.addFilter(drop)
+
+    def restore():
+        logger.removeFilter(drop)
+        if not _dropping(logger):
+            vars(logger).pop("warning_once", None)
+    undo.callback(restore)
 
 
 def train_length_of(model) -> int:
@@ -154,16 +232,48 @@ def _parent(model, path):
     return mod, leaf
 
 
-def _dynamic_rotary(rotary, m: DynamicNTK, T: int):
-    """A rotary embedding of the same class built by transformers for
-    ``rope_type='dynamic'`` (``factor``) with training length ``T``."""
+def _rotary_for(rotary, rope_parameters: dict, T: int):
+    """A rotary embedding of ``rotary``'s class built by transformers from the
+    model's ``rope_parameters`` updated with ``rope_parameters`` (e.g.
+    ``{"rope_type": "dynamic", "factor": 2.0}``), for training length ``T``."""
     cfg = copy.copy(rotary.config)
     rp = dict(cfg.rope_parameters)
-    rp.update(rope_type="dynamic", factor=float(m.factor))
+    rp.update(rope_parameters)
     cfg.rope_parameters = rp
     cfg.max_position_embeddings = T
     new = type(rotary)(config=cfg)
     return new.to(rotary.inv_freq.device)
+
+
+def _refuse_nesting(model) -> None:
+    """A model carries at most one application at a time."""
+    prev = getattr(model, _MARK, None)
+    impl = str(getattr(model.config, "_attn_implementation", ""))
+    if prev is None and not impl.startswith("mesa_viz_"):
+        return
+    name = repr(prev.method.name) if prev is not None else f"(attention {impl!r})"
+    raise ValueError(f"method {name} is already applied to this {type(model).__name__}: "
+                     "mesa_viz applications do not nest; leave its `with apply(...)` "
+                     "block first")
+
+
+def _checked(model, method, train_length, capture, params):
+    """The method value, rotary module (and its path), training length and
+    backend of an application, every refusal raised before anything changes."""
+    check_transformers()
+    _refuse_nesting(model)
+    m = get_method(method, **params)
+    rotary, path = find_rotary(model)
+    T = int(train_length) if train_length is not None else train_length_of(model)
+    m.resolve(T, T)                                      # validate early
+    backend = model.config._attn_implementation
+    if capture is not None or not m.native:
+        kernels.kernel_for(m)                            # refuse a method without a kernel
+        if backend not in SUPPORTED_BACKENDS:
+            raise ValueError(f"attention implementation {backend!r} is not supported for "
+                             f"method {m.name!r}: allowed {SUPPORTED_BACKENDS} (load the "
+                             "model with attn_implementation='sdpa')")
+    return m, rotary, path, T, backend
 
 
 @contextmanager
@@ -174,44 +284,43 @@ def apply(model, method: "str | Method" = "origin", *, train_length: int | None 
     ``params`` are the method's parameters (see ``mesa_viz.methods``);
     defaults come from the model (``train_length`` from its config).  Yields
     the live :class:`Applied` state (``.resolved`` holds the parameters of the
-    last forward).  Origin and Dynamic-NTK run the model's own attention
-    unless a probe captures it.
+    last forward).  Native methods (origin, dynamic-ntk) run the model's own
+    attention unless a probe captures it; every other method runs its kernel.
+    Raises ValueError before changing anything for an unknown method or
+    parameter, a method without a kernel, an unsupported attention backend, or
+    a model that already carries a method.
     """
-    check_transformers()
-    m = get_method(method, **params)
-    rotary, path = find_rotary(model)
-    T = int(train_length) if train_length is not None else train_length_of(model)
-    m.resolve(T, T)                                      # validate early
-    backend = model.config._attn_implementation
-    if backend not in SUPPORTED_BACKENDS and (capture or not isinstance(m, (Origin, DynamicNTK))):
-        raise ValueError(f"attention implementation {backend!r} is not supported for "
-                         f"method {m.name!r}: allowed {SUPPORTED_BACKENDS} (load the model "
-                         "with attn_implementation='sdpa')")
-    state = Applied(method=m, train_length=T, rotary=rotary, backend=backend, capture=capture)
-    parent, leaf = _parent(model, path)
-    name = f"mesa_viz_{uuid.uuid4().hex[:12]}"
-    handles, swapped, registered = [], False, False
-    try:
-        handles.append(model.register_forward_pre_hook(_check_inputs, with_kwargs=True))
-        if isinstance(m, DynamicNTK):
-            state.rotary = _dynamic_rotary(rotary, m, T)
-            setattr(parent, leaf, state.rotary)
-            swapped = True
-        if capture is not None or not isinstance(m, (Origin, DynamicNTK)):
-            _register(name, state)
-            registered = True
-            handles.append(state.rotary.register_forward_hook(state.on_rotary, with_kwargs=True))
-            model.set_attn_implementation(name)
+    m, rotary, path, T, backend = _checked(model, method, train_length, capture, params)
+    state = Applied(method=m, train_length=T, rotary=rotary, backend=backend,
+                    kernel=capture is not None or not m.native, capture=capture)
+    with ExitStack() as undo:
+        _install(undo, model, state, path)
         log.debug("applied %s to %s", m.name, type(model).__name__)
         yield state
-    finally:
-        for h in handles:
-            h.remove()
-        if registered:
-            model.set_attn_implementation(backend)
-            _unregister(name)
-        if swapped:
-            setattr(parent, leaf, rotary)
+
+
+def _install(undo: ExitStack, model, state: Applied, path: str) -> None:
+    """Install the application; ``undo`` takes it all back."""
+    setattr(model, _MARK, state)
+    undo.callback(delattr, model, _MARK)
+    handle = model.register_forward_pre_hook(_check_inputs, with_kwargs=True)
+    undo.callback(handle.remove)
+    _drop_length_reminder(undo)
+    rope_parameters = state.method.rope_parameters()
+    if rope_parameters is not None:
+        parent, leaf = _parent(model, path)
+        original = getattr(parent, leaf)
+        state.rotary = _rotary_for(original, rope_parameters, state.train_length)
+        setattr(parent, leaf, state.rotary)
+        undo.callback(setattr, parent, leaf, original)
+    handle = state.rotary.register_forward_hook(state.on_rotary, with_kwargs=True)
+    undo.callback(handle.remove)
+    if state.kernel:
+        name = f"mesa_viz_{uuid.uuid4().hex[:12]}"
+        _register(name, state)
+        undo.callback(_unregister, name)
+        model.set_attn_implementation(name)
+        undo.callback(model.set_attn_implementation, state.backend)
 
 
 def _check_inputs(module, args, kwargs):

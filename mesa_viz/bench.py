@@ -32,11 +32,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from .checks import check_lengths, check_methods
 from .memory import GiB, PeakMemory, available_bytes, estimate_peak_bytes, model_dims
-from .methods import Mesa, Method, _SinkWindow, get_method
+from .methods import Method, resolve
 from .models import model_device, model_dtype
 from .results import append_jsonl, read_jsonl
 
@@ -53,41 +52,10 @@ DEFAULT_LENGTHS = (2048, 4096, 8192, 16384, 32768)
 
 # -- FLOPs ------------------------------------------------------------------------------
 
-def _tri(n: int) -> int:
-    return n * (n + 1) // 2
-
-
 def visible_pairs(method: Method, seq_len: int) -> int:
     """Query/key pairs the (resolved) method's layout makes visible in a prefill
-    of ``seq_len`` tokens, each counted once.
-
-    Origin, Dynamic-NTK, ReRoPE, Leaky-ReRoPE, Stair: every causal pair,
-    ``n(n+1)/2`` (ReRoPE's kernels score far keys a second time, with another
-    rotation: that work is not counted, it is overhead, not extra visibility).
-    StreamingLLM/LM-Infinite: per query ``min(i+1, window)`` local keys plus the
-    sinks before the window.  Mesa (``n > T``): first chunk ``F(F+1)/2``,
-    each middle chunk ``C*F + C(C+1)/2``, each last-chunk row ``i`` all its
-    ``i+1`` keys.
-    """
-    n = int(seq_len)
-    if isinstance(method, Mesa):
-        plan = method.plan()
-        if len(plan.chunks) == 1:
-            return _tri(n)
-        F = plan.first[1]
-        total = _tri(F)
-        for a, b in plan.middle:
-            C = b - a
-            total += C * F + _tri(C)
-        s = plan.last_start
-        return total + _tri(n) - _tri(s)
-    if isinstance(method, _SinkWindow):
-        S, W = method.sink_tokens, method.window
-        i = np.arange(n, dtype=np.int64)
-        near = np.minimum(i + 1, W)
-        sinks = np.minimum(S, np.maximum(0, i - W + 1))
-        return int(near.sum() + sinks.sum())
-    return _tri(n)
+    of ``seq_len`` tokens, each counted once: :meth:`Method.visible_pairs`."""
+    return method.visible_pairs(int(seq_len))
 
 
 def _linear_params(dims) -> int:
@@ -113,11 +81,8 @@ def prefill_flops(config, method, seq_len: int, *, train_length: int | None = No
     """
     dims = model_dims(config)
     n = int(seq_len)
-    m = get_method(method, **(params or {}))
-    if m.train_length is None or (isinstance(m, Mesa) and m.prefill_length is None) \
-            or train_length is not None:
-        T = train_length or m.train_length or dims.max_positions or n
-        m = m.resolve(n, int(T))
+    m = resolve(method, n, train_length=train_length, default_train_length=dims.max_positions,
+                **(params or {}))
     pairs = visible_pairs(m, n)
     linear = 2 * n * _linear_params(dims)
     attention = 4 * dims.head_dim * dims.heads * pairs * dims.layers
@@ -221,7 +186,7 @@ def random_ids(vocab: int, length: int, seed: int = 0, device="cpu"):
 def _resolve(method: str, params: dict, n: int, T: int) -> Method:
     """``method`` with ``params`` resolved for a prefill of ``n`` tokens
     against training length ``T`` (the bench's one way to resolve)."""
-    return get_method(method, **params).resolve(n, T, prefill_length=n)
+    return resolve(method, n, train_length=T, prefill_length=n, **params)
 
 
 def _cache_kwarg(model) -> str:
@@ -342,7 +307,7 @@ def _key(row) -> tuple:
 
 
 def _plan_summary(m: Method):
-    if isinstance(m, Mesa):
+    if m.chunked:
         plan = m.plan()
         return {"chunks": len(plan.chunks), "first": list(plan.first),
                 "middle": len(plan.middle), "last": list(plan.last)}

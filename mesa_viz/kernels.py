@@ -1,70 +1,113 @@
-"""Attention kernels for every method, on keys cached *before* RoPE.
+"""Attention kernels: each method's position math, on keys cached *before* RoPE.
 
-Pure torch (no transformers).  Each kernel receives un-rotated queries
-``q [batch, head, q_len, head_dim]`` at absolute positions ``i0 .. i0+q_len-1``
-and un-rotated keys/values ``k, v [batch, kv_head, kv_len, head_dim]`` at
-positions ``0 .. kv_len-1``, applies RoPE at the positions its layout
-prescribes and returns ``[batch, head, q_len, head_dim]``.
+Pure torch (no transformers).  The generic machinery (one softmax over several
+key sets, CPU blocks, GPU split-K, block sizing) is ``mesa_viz.attention_sets``;
+here each method says which keys it scores at which rotation.
 
-Methods whose relative position is not a difference of one query and one key
-position (ReRoPE, Stair PE, sinks) split keys into a *near* and a *far* set,
-each with its own rotation.  Both sets are scored in one softmax by
-concatenating along the head dimension: ``[q_near, q_far] . [k_near, 0]`` and
-``[q_near, q_far] . [0, k_far]``.  Queries are processed in blocks so nothing
-holds an ``[n, n]`` matrix.
+The kernel registry
+-------------------
+One entry per method class, declared on the kernel with ``@kernel(MethodClass,
+...)`` and looked up by :func:`attend` (and by ``apply()``, which refuses a
+method that is neither native nor registered before the first forward)::
+
+    @kernel(MyMethod)
+    def my_method(method, q, k, v, i0, rope, scale, backend): ...
+
+A kernel receives
+
+* ``method``: the *resolved* method value (``mesa_viz.methods``);
+* ``q [batch, head, q_len, head_dim]``: un-rotated queries at absolute
+  positions ``i0 .. i0 + q_len - 1``;
+* ``k, v [batch, kv_head, kv_len, head_dim | v_dim]``: un-rotated keys and
+  values at positions ``0 .. kv_len - 1``, ``kv_len == i0 + q_len`` (GQA:
+  ``head`` is a multiple of ``kv_head``);
+* ``rope``: the :class:`RopeTables` of this forward (``rotate(x, rope, pos,
+  key)`` rotates ``x`` to positions ``pos``; ``key`` names ``pos`` so the
+  layers of one forward share the cos/sin tables);
+* ``scale``: the softmax scale; ``backend``: ``"sdpa"`` or ``"eager"``;
+
+and returns ``[batch, head, q_len, v_dim]``.  It must hold no ``[n, n]``
+matrix: query blocks sized by ``attention_sets.block_size``.  ``blocked_rows(
+method, seq_len) -> int`` (default: every row) tells the memory estimate how
+many query rows of a prefill the kernel scores in blocks against (up to) all
+keys, 0 where SDPA's fused causal kernel serves.  GPU-only variants (Triton,
+...) dispatch inside an entry on ``q.device``, beside the CPU path.
+
+Stair PE (Mesa's last chunk, the ``stair`` method) is one piece of code,
+:func:`_stair_rows`, over a :class:`StairGeometry`, whose docstring holds the
+residue-class factorisation.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .methods import LeakyReRoPE, LMInfinite, Mesa, Method, ReRoPE, StreamingLLM
+from . import attention_sets as sets
+from .methods import (DynamicNTK, LeakyReRoPE, LMInfinite, Mesa, Method, Origin, ReRoPE,
+                      Stair, StreamingLLM)
 
-__all__ = ["Rope", "attend", "rotate", "dense_rows", "SCORE_BUDGET"]
+__all__ = ["Rope", "RopeTables", "rotate", "attend", "kernel", "kernel_for", "Kernel",
+           "KERNELS", "StairGeometry", "dense_rows"]
 
-#: Bytes of fp32 scores one SDPA call may hold (blocks are sized to fit it).
-SCORE_BUDGET = 256 * 2**20
-#: Query rows per block on CPU: only a block-wide edge of each key set needs a mask
-#: (:func:`_lse_parts`), so short blocks keep the masked work small.
-CPU_BLOCK = 256
 
+# -- RoPE -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Rope:
     """RoPE as the model computes it: ``inv_freq [rot_dim/2]`` and the cos/sin
     ``scaling`` (1 except for YaRN-like types); half-split rotation of the
-    first ``rot_dim`` channels (Llama, GPT-NeoX partial rotary, Phi-3)."""
+    first ``rot_dim`` channels (Llama, GPT-NeoX partial rotary, Phi-3).
+    Holds no tables: see :class:`RopeTables`."""
 
     inv_freq: torch.Tensor
     scaling: float = 1.0
-    #: cos/sin tables by caller-given key: one Rope serves every layer of a forward
-    cache: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def cos_sin(self, pos: torch.Tensor, dtype: torch.dtype, key=None):
+    def cos_sin(self, pos: torch.Tensor, dtype: torch.dtype):
         """Rotation tables ``(C, S) [len(pos), 2, rot_dim/2]`` for (possibly
         fractional) positions: ``C = (cos, cos)``, ``S = (-sin, sin)``, so that
-        the two halves ``x = (x1, x2)`` rotate as ``x * C + flip(x) * S``;
-        ``key`` names ``pos`` to reuse the tables."""
-        if key is not None and (key, dtype) in self.cache:
-            return self.cache[key, dtype]
+        the two halves ``x = (x1, x2)`` rotate as ``x * C + flip(x) * S``."""
         freqs = pos.to(torch.float32)[:, None] * self.inv_freq.to(pos.device, torch.float32)
         cos, sin = freqs.cos() * self.scaling, freqs.sin() * self.scaling
-        cs = (torch.stack((cos, cos), dim=-2).to(dtype), torch.stack((-sin, sin), dim=-2).to(dtype))
-        if key is not None:
-            self.cache[key, dtype] = cs
-        return cs
+        return (torch.stack((cos, cos), dim=-2).to(dtype),
+                torch.stack((-sin, sin), dim=-2).to(dtype))
 
 
-def rotate(x: torch.Tensor, rope: Rope, pos: torch.Tensor, key=None) -> torch.Tensor:
+class RopeTables:
+    """The cos/sin tables of one forward pass of one resolved method.
+
+    Made by the application once per forward (its layers share them) or by
+    :func:`attend` once per call; never reused across forwards or methods:
+    :func:`attend` refuses tables made for another method value, and a kernel's
+    ``key`` names positions within one forward of one method (e.g.
+    ``("lin", a, b)`` for ``a..b-1``).
+    """
+
+    __slots__ = ("rope", "method", "_tables")
+
+    def __init__(self, rope: Rope, method: Method):
+        self.rope, self.method, self._tables = rope, method, {}
+
+    def cos_sin(self, pos: torch.Tensor, dtype: torch.dtype, key=None):
+        """:meth:`Rope.cos_sin`, kept under ``(key, dtype)`` when ``key`` is given."""
+        if key is None:
+            return self.rope.cos_sin(pos, dtype)
+        if (key, dtype) not in self._tables:
+            self._tables[key, dtype] = self.rope.cos_sin(pos, dtype)
+        return self._tables[key, dtype]
+
+
+def rotate(x: torch.Tensor, rope: "Rope | RopeTables", pos: torch.Tensor,
+           key=None) -> torch.Tensor:
     """``x [..., len(pos), head_dim]`` rotated to positions ``pos``: channel
     ``c`` pairs with ``c + rot_dim/2`` (half-split RoPE); channels past
-    ``rot_dim`` pass through (partial rotary)."""
-    C, S = rope.cos_sin(pos, x.dtype, key)
+    ``rot_dim`` pass through (partial rotary).  ``key``: see :class:`RopeTables`."""
+    C, S = rope.cos_sin(pos, x.dtype) if key is None else rope.cos_sin(pos, x.dtype, key)
     half = C.shape[-1]
     xr = x[..., :2 * half].unflatten(-1, (2, half))                 # [..., L, 2, half]
     out = torch.addcmul(xr * C, xr.flip(-2), S).flatten(-2)
@@ -77,184 +120,94 @@ def _arange(a, b, device):
     return torch.arange(a, b, device=device)
 
 
-# -- the inner attention call -------------------------------------------------
+# -- the registry -----------------------------------------------------------------------
 
-def sdpa(q, k, v, mask, scale, backend="sdpa"):
-    """Softmax attention, GQA-aware.  ``q [b,h,Lq,d]``, ``k, v [b,kvh,Lk,d|dv]``,
-    ``mask [Lq, Lk]`` bool (True = visible) or None for full visibility."""
-    if backend == "eager":
-        rep = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
-        w = torch.matmul(q, k.transpose(-1, -2)) * scale
-        if mask is not None:
-            w = w.masked_fill(~mask, float("-inf"))
-        w = torch.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
-        return torch.matmul(w, v)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
-                                          enable_gqa=q.shape[1] != k.shape[1])
+KernelFn = Callable[..., torch.Tensor]
 
 
-def _attn_lse(q, k, v, mask, scale, backend, causal=False):
-    """Attention and its log-sum-exp ``[b, h, Lq]`` (for merging key sets).
+def _every_row(method: Method, seq_len: int) -> int:
+    return int(seq_len)
 
-    ``mask [Lq, Lk]`` bool or None; ``causal`` aligns query ``x`` with key ``x``.
+
+@dataclass(frozen=True)
+class Kernel:
+    """A registry entry: ``run(method, q, k, v, i0, rope, scale, backend)``
+    (module doc) and ``blocked_rows(method, seq_len)`` for memory estimates."""
+
+    run: KernelFn
+    blocked_rows: Callable[[Method, int], int] = _every_row
+
+
+#: Method class -> Kernel; written only at import, by :func:`kernel`.
+_REGISTRY: dict[type[Method], Kernel] = {}
+#: Read-only view of the registry.
+KERNELS = MappingProxyType(_REGISTRY)
+
+
+def kernel(*classes: type[Method], blocked_rows: Callable[[Method, int], int] = _every_row):
+    """Decorator registering a kernel for each of ``classes`` (exact classes:
+    a subclass needs its own entry)."""
+    def register(fn: KernelFn) -> KernelFn:
+        for cls in classes:
+            if cls in _REGISTRY:
+                raise ValueError(f"method class {cls.__name__} already has a kernel "
+                                 f"({_REGISTRY[cls].run.__name__})")
+            _REGISTRY[cls] = Kernel(fn, blocked_rows)
+        return fn
+    return register
+
+
+def kernel_for(method: "Method | type[Method]") -> Kernel:
+    """The registry entry of a method (value or class); ValueError naming the
+    methods that have one if it has none."""
+    cls = method if isinstance(method, type) else type(method)
+    if cls not in _REGISTRY:
+        have = sorted(c.name for c in _REGISTRY)
+        raise ValueError(f"method {cls.name!r} has no attention kernel (and is not native): "
+                         f"allowed {have}")
+    return _REGISTRY[cls]
+
+
+def attend(method: Method, q, k, v, i0: int, rope: "Rope | RopeTables", scale: float,
+           backend="sdpa"):
+    """Attention of queries at ``i0..`` under the resolved ``method``.
+
+    ``q [b, h, q_len, d]``, ``k, v [b, kv_h, kv_len, d]`` un-rotated; ``rope``
+    a :class:`Rope` (tables made for this call) or this forward's
+    :class:`RopeTables`.  Returns ``[b, h, q_len, d_v]``.
     """
-    b, h, L, _ = q.shape
-    rep = h // k.shape[1]
-    if causal:
-        mask = torch.ones(L, k.shape[2], dtype=torch.bool, device=q.device).tril()
-    if backend == "sdpa" and q.device.type == "cpu":
-        if causal:
-            k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                q, k, v, 0.0, True, scale=scale)
-            return out, lse
-        # GQA without copying keys: the query heads of one KV head become rows
-        qf = q.reshape(b, k.shape[1], rep * L, q.shape[-1])
-        bias = None if mask is None else torch.zeros(
-            mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            qf, k, v, 0.0, False, attn_mask=None if bias is None else bias.repeat(rep, 1),
-            scale=scale)
-        out, lse = out.reshape(b, h, L, -1), lse.reshape(b, h, L)
-        return out, lse if mask is None else lse.masked_fill(~mask.any(-1), float("-inf"))
-    # scores by matmul, GQA folded (the query heads of one KV head are rows)
-    qf = q.reshape(b, k.shape[1], rep * L, q.shape[-1])
-    w = torch.matmul(qf, k.transpose(-1, -2)).float() * scale          # [b, kvh, rep*L, Lk]
-    if mask is not None:
-        w = w.view(b, k.shape[1], rep, L, -1).masked_fill(~mask, float("-inf")).view(w.shape)
-    lse = torch.logsumexp(w, dim=-1)
-    out = _pv(torch.exp(w - lse[..., None]).to(v.dtype), v, split=q.device.type != "cpu")
-    return out.reshape(b, h, L, -1), lse.reshape(b, h, L)
+    run = kernel_for(method).run
+    tables = rope if isinstance(rope, RopeTables) else RopeTables(rope, method)
+    if tables.method != method:
+        raise ValueError(f"RopeTables made for {tables.method!r} cannot serve {method!r}: "
+                         "make one per forward and method")
+    return run(method, q, k, v, i0, tables, scale, backend)
 
 
-def _pv(p, v, split: bool, block: int = 4096):
-    """``p [b, kvh, R, Lk] @ v [b, kvh, Lk, d_v]``.  With ``split`` (GPU) and many
-    keys, the sum runs over key blocks as a batch of products added up (split-K):
-    a single ``[R, Lk] x [Lk, d_v]`` product with few rows runs on few GPU blocks."""
-    Lk = v.shape[2]
-    nb = Lk // block
-    if not split or nb < 2:
-        return torch.matmul(p, v)
-    b, kvh, R, _ = p.shape
-    cut = nb * block
-    pb = p[..., :cut].reshape(b, kvh, R, nb, block).transpose(2, 3)    # [b, kvh, nb, R, block]
-    out = torch.matmul(pb, v[:, :, :cut].reshape(b, kvh, nb, block, -1)).sum(2)
-    if cut < Lk:
-        out = out + torch.matmul(p[..., cut:], v[:, :, cut:])
-    return out
+# -- origin -----------------------------------------------------------------------------
 
-
-def _interval(row):
-    """``(lo, hi)`` of the one run of True in a bool row ``[L]``, None if empty."""
-    idx = row.nonzero()
-    return None if idx.numel() == 0 else (int(idx[0]), int(idx[-1]) + 1)
-
-
-def _lse_parts(q, k, v, mask, scale, backend):
-    """:func:`_attn_lse` as a list of parts to merge, for a mask each of whose
-    rows sees one interval of keys whose two ends never move left from row to
-    row (every mask these kernels build).  The keys every row sees go through
-    the kernel without a mask; only the two edges, at most a block wide, carry
-    one."""
-    first = last = None
-    if mask is not None and mask.shape[0] > 1:
-        first, last = _interval(mask[0]), _interval(mask[-1])
-    if first is None or last is None or last[0] >= first[1]:
-        return [_attn_lse(q, k, v, mask, scale, backend)]
-    (lo_f, hi_f), (lo_l, hi_l) = first, last
-    return [_attn_lse(q, k[:, :, a:b], v[:, :, a:b], mask[:, a:b] if masked else None,
-                      scale, backend)
-            for a, b, masked in ((lo_f, lo_l, True), (lo_l, hi_f, False), (hi_f, hi_l, True))
-            if b > a]
-
-
-def _merge(parts):
-    """Combine ``(out, lse)`` of disjoint key sets into one softmax; a set a
-    row cannot see has ``lse = -inf`` and weight 0."""
-    lse = torch.stack([p[1] for p in parts]).float()
-    w = torch.exp(lse - lse.max(0).values)                  # [parts, b, h, Lq]
-    out = 0
-    for (o, _), wi in zip(parts, w):
-        out = out + torch.where(wi[..., None] > 0, o.float() * wi[..., None], 0.0)
-    return (out / w.sum(0)[..., None]).to(parts[0][0].dtype)
-
-
-def _attend_sets(sets, scale, backend):
-    """One softmax over disjoint key sets, each scored with its own rotation:
-    ``sets`` of ``(q [b, h, R, d], k, v [b, kvh, L_s, d], mask [R, L_s] | None)``.
-
-    CPU: each set scored separately (:func:`_lse_parts`) and merged by
-    log-sum-exp.  GPU: two sets and many query rows are concatenated along the
-    head dimension (``[q_a, q_b] . [k_a, 0]`` and ``[q_a, q_b] . [0, k_b]``) for
-    one fused SDPA call; otherwise (few rows, or more sets, whose concatenation
-    would outgrow the fused kernels' head size) scores by matmul, in row chunks
-    within ``SCORE_BUDGET``, merged by log-sum-exp.
-    """
-    sets = [x for x in sets if x[1] is not None and x[1].shape[2]]
-    q0 = sets[0][0]
-    if backend == "sdpa" and q_is_cpu_or_eager(q0, backend):
-        return _merge([p for x in sets for p in _lse_parts(*x, scale, backend)])
-    if len(sets) == 1:
-        return sdpa(*sets[0], scale, backend)
-    n_keys = sum(x[1].shape[2] for x in sets)
-    if q_is_cpu_or_eager(q0, backend) or len(sets) > 2 or _few_rows(q0, n_keys):
-        step = max(1, SCORE_BUDGET // (4 * q0.shape[0] * q0.shape[1] * n_keys))
-        return torch.cat([_merge([_attn_lse(qx[:, :, a:a + step], kx, vx,
-                                            None if mx is None else mx[a:a + step],
-                                            scale, backend) for qx, kx, vx, mx in sets])
-                          for a in range(0, q0.shape[2], step)], dim=2)
-    n, d = len(sets), q0.shape[-1]
-    q = torch.cat([x[0] for x in sets], dim=-1)
-    k = torch.cat([F.pad(x[1], (d * t, d * (n - 1 - t))) for t, x in enumerate(sets)], dim=2)
-    mask = torch.cat([x[3] if x[3] is not None else torch.ones(
-        q0.shape[2], x[1].shape[2], dtype=torch.bool, device=q0.device) for x in sets], dim=1)
-    return sdpa(q, k, torch.cat([x[2] for x in sets], dim=2), mask, scale, backend)
-
-
-def q_is_cpu_or_eager(q, backend):
-    return backend == "eager" or q.device.type == "cpu"
-
-
-def _few_rows(q, n_keys):
-    """On GPU, a call with few query rows (Mesa's residue classes: about
-    ``last_chunk / stair_width`` rows each) parallelises badly in the fused SDPA
-    kernels (one block per head); scores by matmul when they fit the budget."""
-    return q.shape[2] <= 64 and 4 * q.shape[0] * q.shape[1] * q.shape[2] * n_keys <= SCORE_BUDGET
-
-
-def _block_size(q, n_keys, backend):
-    """Query rows per call so the scores (eager: every head) or the mask
-    (SDPA's fused kernels: one additive mask shared by the heads) stay within
-    ``SCORE_BUDGET`` bytes."""
-    b, h = q.shape[0], q.shape[1]
-    per_row = 4 * n_keys * b * (h if backend == "eager" else 1)
-    cap = CPU_BLOCK if backend == "sdpa" and q_is_cpu_or_eager(q, backend) else 8192
-    return max(1, min(cap, SCORE_BUDGET // max(1, per_row)))
-
-
-# -- origin ---------------------------------------------------------------------
-
-def _origin(q, k, v, i0, rope, scale, backend):
+@kernel(Origin, DynamicNTK, blocked_rows=lambda method, seq_len: 0)
+def origin(method, q, k, v, i0, rope, scale, backend):
+    """Linear positions: query ``i`` and key ``j`` rotated to ``i`` and ``j``."""
     Lq, Lk, dev = q.shape[2], k.shape[2], q.device
     qr = rotate(q, rope, _arange(i0, i0 + Lq, dev), ("lin", i0, i0 + Lq))
     kr = rotate(k, rope, _arange(0, Lk, dev), ("lin", 0, Lk))
     if Lq == 1:
-        return sdpa(qr, kr, v, None, scale, backend)
+        return sets.sdpa(qr, kr, v, None, scale, backend)
     if backend == "sdpa" and i0 == 0 and Lq == Lk:        # flash/efficient causal kernel
-        return F.scaled_dot_product_attention(qr, kr, v, is_causal=True, scale=scale,
-                                              enable_gqa=q.shape[1] != k.shape[1])
+        return sets.causal_sdpa(qr, kr, v, scale)
     out = []
-    B = _block_size(q, Lk, backend)
+    B = sets.block_size(q, Lk, backend)
     for a in range(0, Lq, B):
         b = min(Lq, a + B)
         kmax = i0 + b
         mask = _arange(0, kmax, dev)[None, :] <= _arange(i0 + a, i0 + b, dev)[:, None]
-        out.append(sdpa(qr[:, :, a:b], kr[:, :, :kmax], v[:, :, :kmax], mask, scale, backend))
+        out.append(sets.sdpa(qr[:, :, a:b], kr[:, :, :kmax], v[:, :, :kmax], mask, scale,
+                             backend))
     return torch.cat(out, dim=2)
 
 
-# -- two-region methods ---------------------------------------------------------
+# -- near and far keys: ReRoPE, Leaky-ReRoPE, sinks, Mesa's anchored stair ----------------
 
 def _near_far(q, k, v, i0, rope, scale, backend, *, near, far_keys, far_q_pos,
               far_k_pos, far_visible, near_floor=0):
@@ -267,7 +220,7 @@ def _near_far(q, k, v, i0, rope, scale, backend, *, near, far_keys, far_q_pos,
     f_max = far_keys(i0, i0 + Lq - 1)[1]                   # far keys start at 0: rotate once
     k_far = rotate(k[:, :, :f_max], rope, far_k_pos(j_all[:f_max]), ("far-k", f_max))
     out = []
-    B = _block_size(q, 2 * Lk, backend)
+    B = sets.block_size(q, 2 * Lk, backend)
     for a in range(0, Lq, B):
         b = min(Lq, a + B)
         i = _arange(i0 + a, i0 + b, dev)
@@ -275,164 +228,233 @@ def _near_far(q, k, v, i0, rope, scale, backend, *, near, far_keys, far_q_pos,
         n0, n1 = max(near_floor, i0 + a - near + 1), i0 + b
         jn = j_all[n0:n1]
         ma = (jn[None, :] <= i[:, None]) & (i[:, None] - jn[None, :] < near)
-        sets = [(qa, k_near[:, :, n0:n1], v[:, :, n0:n1], ma)]
+        key_sets = [(qa, k_near[:, :, n0:n1], v[:, :, n0:n1], ma)]
         f0, f1 = far_keys(i0 + a, i0 + b - 1)
         if f1 > f0:
             jf = j_all[f0:f1]
             qb = rotate(q[:, :, a:b], rope, far_q_pos(i), ("far-q", i0 + a, i0 + b))
             mb = far_visible(i[:, None], jf[None, :]).expand(len(i), len(jf))
-            sets.append((qb, k_far[:, :, f0:f1], v[:, :, f0:f1], mb))
-        out.append(_attend_sets(sets, scale, backend))
+            key_sets.append((qb, k_far[:, :, f0:f1], v[:, :, f0:f1], mb))
+        out.append(sets.attend_sets(key_sets, scale, backend))
     return torch.cat(out, dim=2)
 
 
-def _rerope(q, k, v, i0, rope, scale, backend, m: ReRoPE | LeakyReRoPE):
-    w = m.window
-    leak = getattr(m, "leak", None)
-    if leak is None or math.isinf(leak):
-        q_pos, k_pos = (lambda i: torch.full_like(i, w)), (lambda j: torch.zeros_like(j))
-    else:
-        q_pos = lambda i: i / leak + w * (1 - 1 / leak)      # noqa: E731
-        k_pos = lambda j: j / leak                             # noqa: E731
-    return _near_far(q, k, v, i0, rope, scale, backend, near=w,
-                     far_keys=lambda lo, hi: (0, max(0, hi - w + 1)),
+def _beyond_window(q, k, v, i0, rope, scale, backend, window, q_pos, k_pos):
+    """ReRoPE's shape: keys ``window`` or more behind the query are far."""
+    return _near_far(q, k, v, i0, rope, scale, backend, near=window,
+                     far_keys=lambda lo, hi: (0, max(0, hi - window + 1)),
                      far_q_pos=q_pos, far_k_pos=k_pos,
-                     far_visible=lambda i, j: i - j >= w)
+                     far_visible=lambda i, j: i - j >= window)
 
 
-def _sink_window(q, k, v, i0, rope, scale, backend, m: StreamingLLM | LMInfinite):
-    S, W = m.sink_tokens, m.window
-    if isinstance(m, StreamingLLM):
-        q_pos = lambda i: torch.clamp(i, max=S + W - 1)       # noqa: E731
-        k_pos = lambda j: j                                    # noqa: E731
-    else:
-        q_pos, k_pos = (lambda i: torch.full_like(i, W)), (lambda j: torch.zeros_like(j))
+def _at_window(window):
+    """Far positions ``window - 0``: query at ``window``, keys at 0."""
+    return (lambda i: torch.full_like(i, window)), (lambda j: torch.zeros_like(j))
+
+
+@kernel(ReRoPE)
+def rerope(method, q, k, v, i0, rope, scale, backend):
+    """Far keys at ``window``: query rotated to ``window``, keys to 0."""
+    w = method.window
+    return _beyond_window(q, k, v, i0, rope, scale, backend, w, *_at_window(w))
+
+
+@kernel(LeakyReRoPE)
+def leaky_rerope(method, q, k, v, i0, rope, scale, backend):
+    """Far keys at ``w + (i - j - w) / leak``: query at ``i / leak + w (1 - 1/leak)``,
+    key at ``j / leak`` (an infinite ``leak`` is ReRoPE)."""
+    w, leak = method.window, method.leak
+    if math.isinf(leak):
+        return _beyond_window(q, k, v, i0, rope, scale, backend, w, *_at_window(w))
+    return _beyond_window(q, k, v, i0, rope, scale, backend, w,
+                          lambda i: i / leak + w * (1 - 1 / leak), lambda j: j / leak)
+
+
+def _sinks(method, q, k, v, i0, rope, scale, backend, q_pos, k_pos):
+    """Sinks and a local window: far keys are the ``sink_tokens`` first keys
+    outside the window."""
+    S, W = method.sink_tokens, method.window
     return _near_far(q, k, v, i0, rope, scale, backend, near=W,
                      far_keys=lambda lo, hi: (0, min(S, max(0, hi - W + 1))),
                      far_q_pos=q_pos, far_k_pos=k_pos,
                      far_visible=lambda i, j: (i - j >= W) & (j < S))
 
 
-# -- Mesa -----------------------------------------------------------------------
+@kernel(StreamingLLM)
+def streaming_llm(method, q, k, v, i0, rope, scale, backend):
+    """Sinks at their cache slots: query at ``min(i, sink_tokens + window - 1)``."""
+    last_slot = method.sink_tokens + method.window - 1
+    return _sinks(method, q, k, v, i0, rope, scale, backend,
+                  lambda i: torch.clamp(i, max=last_slot), lambda j: j)
 
-def _log_scale(q, m: Mesa, i):
-    if not m.log_scaling:
-        return q
-    f = torch.clamp(torch.log(i.to(torch.float32) + 1) / math.log(m.train_length), min=1)
-    return q * f.to(q.dtype)[:, None]
+
+@kernel(LMInfinite)
+def lm_infinite(method, q, k, v, i0, rope, scale, backend):
+    """Sinks at distance ``window``."""
+    return _sinks(method, q, k, v, i0, rope, scale, backend, *_at_window(method.window))
 
 
-def _mesa_middle(q, k, v, rope, scale, backend, m: Mesa):
-    """All middle chunks as one batch: chunk queries see the first chunk at
-    ``0..F-1`` and themselves causally at ``F..F+C-1``.
+# -- Stair PE ---------------------------------------------------------------------------
 
-    Each chunk is put behind a copy of the first chunk, so the whole batch is
-    one plain causal attention over ``F + C`` tokens (SDPA's fused causal
-    kernel, no mask); the first chunk's own rows are recomputed and dropped
-    (``F^2/2`` extra pairs per chunk).
+def _stair_position(t, stair_start, stair_width):
+    """``methods.stair_position`` on integer tensors."""
+    return torch.where(t < stair_start, t,
+                       stair_start + torch.div(t - stair_start, stair_width,
+                                               rounding_mode="floor"))
+
+
+@dataclass(frozen=True)
+class StairGeometry:
+    """Per-query Stair PE for the queries from ``last_start`` on, over every key.
+
+    Symbols of METHOD-NOTES.md: ``s = last_start`` (Mesa's last-chunk start; 0
+    for the ``stair`` method), ``N = stair_start``, ``E = stair_width``, and
+    ``P(t) = t`` for ``t < N``, ``N + floor((t - N) / E)`` beyond.
+
+    Residue classes.  Write a query ``i = s + r + E*m`` (``0 <= r < E``: the
+    class of its offset ``i - s``; ``m``: its stair step) and a far key ``j``
+    (``i - j >= N``) as ``s - N - j = E*a_j + b_j`` (``0 <= b_j < E``).  Then::
+
+        P(i - j) = N + floor((i - j - N) / E) = N + m + a_j + [b_j >= E - r]
+
+    so within class ``r`` the stair position is the difference of one query
+    position, ``m``, and one key position, ``-(N + a_j + [b_j >= E - r])``
+    (:meth:`key_position`): RoPE of the query at ``m`` and of the key there
+    scores exactly ``P(i - j)``, for ``E`` rotations of the far keys instead of
+    one per query.  Near keys (``i - j < N``) keep their linear positions.
+
+    ``deep = D``: keys ``0..D-1`` are far for every query of a call from
+    ``i0`` (``D = max(0, i0 - N + 1)``).  They are rotated once, to ``-(N +
+    a_j)``, and sorted by ``b_j``; class ``r`` scores those with ``b_j < E - r``
+    with its query at ``m`` and the rest at ``m + 1`` (two contiguous ranges).
+    Far keys past ``D`` are rotated per class.  A single query (a decode step)
+    needs no classes: far keys with the same step form runs of ``E``, and the
+    query is rotated to each step instead (:func:`_stair_one`).
     """
-    plan = m.plan()
-    F_, C = m.first_chunk, m.chunk_size
-    nc, (a, b) = len(plan.middle), (plan.middle[0][0], plan.middle[-1][1])
-    bs, h, _, d = q.shape
-    dev = q.device
 
-    def chunks(x):  # [b, H, nc*C, d] -> [b*nc, H, C, d]
-        return x[:, :, a:b].reshape(bs, x.shape[1], nc, C, x.shape[-1]).transpose(1, 2) \
-            .reshape(bs * nc, x.shape[1], C, x.shape[-1])
+    last_start: int
+    stair_start: int
+    stair_width: int
+    deep: int = 0
 
-    def behind_first(first, x, key):  # [b, H, F, d], [b, H, L, d] -> [b*nc, H, F + C, d]
-        first = first if key is None else rotate(first, rope, _arange(0, F_, dev), key)
-        x = chunks(x) if key is None else rotate(chunks(x), rope, _arange(F_, F_ + C, dev),
-                                                 ("lin", F_, F_ + C))
-        return torch.cat((first.repeat_interleave(nc, dim=0), x), dim=2)
+    @classmethod
+    def for_queries(cls, i0: int, last_start: int, stair_start: int, stair_width: int):
+        """The geometry of a call whose queries start at ``i0 >= last_start``."""
+        return cls(last_start, stair_start, stair_width, max(0, i0 - stair_start + 1))
 
-    key = ("lin", 0, F_)
-    qq, kk, vv = (behind_first(q[:, :, :F_], q, key), behind_first(k[:, :, :F_], k, key),
-                  behind_first(v[:, :, :F_], v, None))
-    if backend == "sdpa" and q_is_cpu_or_eager(q, backend):
-        o = _behind_first_cpu(qq, kk, vv, F_, scale)
-    elif backend == "sdpa":
-        o = F.scaled_dot_product_attention(qq, kk, vv, is_causal=True, scale=scale,
-                                           enable_gqa=h != k.shape[1])[:, :, F_:]
-    else:
-        mask = torch.ones(F_ + C, F_ + C, dtype=torch.bool, device=dev).tril()[F_:]
-        g = max(1, _block_size(q, F_ + C, backend) // C)
-        o = torch.cat([sdpa(qq[i:i + g, :, F_:], kk[i:i + g], vv[i:i + g], mask, scale, backend)
-                       for i in range(0, bs * nc, g)], dim=0)
-    o = o.reshape(bs, nc, h, C, -1).transpose(1, 2)
-    return o.reshape(bs, h, nc * C, -1)
+    def step(self, i: torch.Tensor) -> torch.Tensor:
+        """``m`` of queries ``i``."""
+        return torch.div(i - self.last_start, self.stair_width, rounding_mode="floor")
+
+    def residue(self, i: int) -> int:
+        """``r`` of query ``i``."""
+        return (i - self.last_start) % self.stair_width
+
+    def key_position(self, j: torch.Tensor, r: int) -> torch.Tensor:
+        """``-(N + a_j + [b_j >= E - r])`` of far keys ``j`` for class ``r``."""
+        N = self.stair_start
+        return -(N + torch.div(self.last_start + r - j - N, self.stair_width,
+                               rounding_mode="floor"))
 
 
-def _behind_first_cpu(qq, kk, vv, F_, scale, sub=256):
-    """Causal attention of rows ``F_..`` of ``qq [B, h, F+C, d]`` over ``kk, vv``
-    in sub-blocks of ``sub`` rows: all earlier keys without a mask, the
-    diagonal block causally, merged by log-sum-exp.  The CPU flash kernel works
-    in 512-key blocks, so one causal call over ``F + C`` keys would compute
-    about a third more than needed; this computes at most ``sub / 2`` extra
-    keys per row."""
-    out = []
-    for a in range(F_, qq.shape[2], sub):
-        e = min(qq.shape[2], a + sub)
-        qa = qq[:, :, a:e].contiguous()
-        out.append(_merge([_attn_lse(qa, kk[:, :, :a], vv[:, :, :a], None, scale, "sdpa"),
-                           _attn_lse(qa, kk[:, :, a:e], vv[:, :, a:e], None, scale, "sdpa",
-                                     causal=True)]))
-    return torch.cat(out, dim=2)
+class _StairKeys(NamedTuple):
+    """The keys of one :func:`_stair_rows` call, prepared once for every class."""
+
+    k: torch.Tensor                  # [b, kv_h, kv_len, d] un-rotated
+    v: torch.Tensor
+    near: torch.Tensor               # keys D.. at their own positions
+    deep: tuple | None               # (k_deep, v_deep, bounds) of _deep_keys, or None
 
 
-def _stair_rows(q, k, v, i0, rope, scale, backend, m: Mesa):
-    """Last-chunk (and generated) queries ``i0..`` over all keys with Stair PE."""
-    s, N, E = m.plan().last_start, m.stair_start, m.stair_width
-    i_all = _arange(i0, i0 + q.shape[2], q.device)
-    q = _log_scale(q, m, i_all)
-    if m.stair == "anchored":
-        return _near_far(
-            q, k, v, i0, rope, scale, backend, near=k.shape[2], near_floor=s,
-            far_keys=lambda lo, hi: (0, s),
-            far_q_pos=lambda i: i - s,
-            far_k_pos=lambda j: -_stair(s - j, N, E),
-            far_visible=lambda i, j: j < s)
+class _ClassRows(NamedTuple):
+    """The queries of one residue class ``r``, rotated for each key set."""
+
+    r: int
+    pos: torch.Tensor                # [R] absolute positions i
+    near: torch.Tensor               # [b, h, R, d] at i
+    step: torch.Tensor               # at m
+    step1: torch.Tensor | None       # at m + 1 (for the deep keys), or None
+
+
+def _stair_rows(q, k, v, i0, rope, scale, backend, last_start, stair_start, stair_width):
+    """Queries ``i0..`` (all ``>= last_start``) over keys ``0..i`` with per-query
+    Stair PE (:class:`StairGeometry`).  ``q [b, h, q_len, d]``, ``k, v [b,
+    kv_h, i0 + q_len, d]``; returns ``[b, h, q_len, d_v]``."""
     if q.shape[2] == 1:                                   # a generated token
-        return _stair_one(q, k, v, int(i_all[0]), rope, scale, backend, N, E)
-    out = torch.empty(q.shape[:3] + (v.shape[-1],), dtype=q.dtype, device=q.device)
+        return _stair_one(q, k, v, i0, rope, scale, backend, stair_start, stair_width)
+    geo = StairGeometry.for_queries(i0, last_start, stair_start, stair_width)
+    D, E, dev = geo.deep, stair_width, q.device
     Lk, Lq = k.shape[2], q.shape[2]
-    D = max(0, i0 - N + 1)            # keys 0..D-1 are far for every row; near windows start at D
-    k_near = rotate(k[:, :, D:], rope, _arange(D, Lk, q.device), ("lin", D, Lk))
-    q_near = rotate(q, rope, i_all, ("lin", i0, i0 + Lq))
-    m_all = torch.div(i_all - s, E, rounding_mode="floor")   # m of i = s + r + E*m
-    q_far = rotate(q, rope, m_all, ("stair-q", i0, i0 + Lq))
-    deep = None
-    if D:
-        deep = (*_deep_keys(k, v, rope, D, s, N, E),
-                rotate(q, rope, m_all + 1, ("stair-q1", i0, i0 + Lq)))
-    for x in range(min(E, q.shape[2])):                   # one residue class each
-        idx = torch.arange(x, q.shape[2], E, device=q.device)
-        out[:, :, idx] = _stair_class(q_near[:, :, idx], q_far[:, :, idx], idx, deep, k,
-                                      k_near, v, i_all[idx], (i0 + x - s) % E, D, rope,
-                                      scale, backend, s, N, E)
+    k_near = rotate(k[:, :, D:], rope, _arange(D, Lk, dev), ("lin", D, Lk))
+    keys = _StairKeys(k, v, k_near, _deep_keys(k, v, rope, geo) if D else None)
+    out = torch.empty(q.shape[:3] + (v.shape[-1],), dtype=q.dtype, device=dev)
+    for x in range(min(E, Lq)):                           # one residue class each
+        idx = torch.arange(x, Lq, E, device=dev)
+        rows = _class_rows(geo, q[:, :, idx], i0 + idx, rope, (i0, Lq, x))
+        out[:, :, idx] = _stair_class(geo, rows, keys, rope, scale, backend)
     return out
 
 
-def _deep_keys(k, v, rope, D, s, N, E):
-    """Far keys ``0..D-1``, seen by every query of the block, prepared once for
-    all residue classes.  With ``s - N - j = E*a_j + b_j`` (``0 <= b_j < E``),
-    query ``i = s + r + E*m`` sees key ``j`` at ``P(i - j) = N + m + a_j +
-    [b_j >= E - r]``: keys rotated to ``-(N + a_j)`` and sorted by ``b_j``, class
-    ``r`` scores groups ``b < E - r`` with its query at ``m`` and the rest at
-    ``m + 1``, two contiguous ranges.  Returns ``(k_deep, v_deep, bounds)``,
-    ``bounds[b]`` the start of group ``b`` (``bounds[E] = D``)."""
+def _class_rows(geo: StairGeometry, q, i, rope, name) -> _ClassRows:
+    """The queries ``q [b, h, R, d]`` at positions ``i`` of one residue class,
+    rotated at ``i``, at their step ``m`` and (with deep keys) at ``m + 1``;
+    ``name`` keys their tables."""
+    step = geo.step(i)
+    return _ClassRows(geo.residue(int(i[0])), i, rotate(q, rope, i, ("lin-class", *name)),
+                      rotate(q, rope, step, ("stair-q", *name)),
+                      rotate(q, rope, step + 1, ("stair-q1", *name)) if geo.deep else None)
+
+
+def _deep_keys(k, v, rope, geo: StairGeometry):
+    """Far keys ``0..D-1``, seen by every query of the call, rotated once to
+    ``-(N + a_j)`` and sorted by ``b_j`` (:class:`StairGeometry`).  Returns
+    ``(k_deep, v_deep, bounds)``, ``bounds[b]`` the start of group ``b``
+    (``bounds[E] = D``)."""
+    D, E = geo.deep, geo.stair_width
     j = _arange(0, D, k.device)
-    t = s - N - j
-    b = torch.remainder(t, E)
+    b = torch.remainder(geo.last_start - geo.stair_start - j, E)
     order = torch.argsort(b * D + j)                      # by group, then by position
-    kd = rotate(k.index_select(2, order), rope,
-                -(N + torch.div(t[order], E, rounding_mode="floor")), ("deep", D, s, N, E))
+    kd = rotate(k.index_select(2, order), rope, geo.key_position(j[order], 0),
+                ("deep", D, geo.last_start, geo.stair_start, E))
     bounds = [0] + torch.cumsum(torch.bincount(b, minlength=E), 0).tolist()
     return kd, v.index_select(2, order), bounds
 
 
-def _stair_one(q, k, v, i, rope, scale, backend, N, E):
+def _stair_class(geo: StairGeometry, rows: _ClassRows, keys: _StairKeys, rope, scale, backend):
+    """The queries of one residue class over near keys, far keys past the deep
+    ones (rotated here to :meth:`StairGeometry.key_position`) and the deep keys
+    (:func:`_deep_keys`), in query blocks."""
+    N, E, D, r = geo.stair_start, geo.stair_width, geo.deep, rows.r
+    dev = rows.near.device
+    f_all = max(D, int(rows.pos[-1]) - N + 1)             # far keys of the last query
+    je = _arange(D, f_all, dev)
+    k_edge = rotate(keys.k[:, :, D:f_all], rope, geo.key_position(je, r), ("stair-k", r, D, f_all))
+    deep_sets = []
+    if keys.deep is not None:
+        kd, vd, bounds = keys.deep
+        cut = bounds[E - r]
+        deep_sets = [(kd[:, :, :cut], vd[:, :, :cut], None),
+                     (kd[:, :, cut:], vd[:, :, cut:], rows.step1)]
+    out = []
+    B = sets.block_size(rows.near, keys.k.shape[2] + N, backend)
+    for a in range(0, rows.near.shape[2], B):
+        ib = rows.pos[a:a + B]
+        lo, hi = int(ib[0]), int(ib[-1])
+        n0, f1 = max(0, lo - N + 1), max(D, hi - N + 1)
+        jn = _arange(n0, hi + 1, dev)
+        near_mask = (jn[None, :] <= ib[:, None]) & (ib[:, None] - jn[None, :] < N)
+        far_mask = ib[:, None] - je[None, :f1 - D] >= N
+        q_step = rows.step[:, :, a:a + B]
+        key_sets = [(rows.near[:, :, a:a + B], keys.near[:, :, n0 - D:hi + 1 - D],
+                     keys.v[:, :, n0:hi + 1], near_mask),
+                    (q_step, k_edge[:, :, :f1 - D], keys.v[:, :, D:f1], far_mask)]
+        key_sets += [(q_step if q_deep is None else q_deep[:, :, a:a + B], kx, vx, None)
+                     for kx, vx, q_deep in deep_sets]
+        out.append(sets.attend_sets(key_sets, scale, backend))
+    return torch.cat(out, dim=2)
+
+
+def _stair_one(q, k, v, i, rope, scale, backend, stair_start, stair_width):
     """One query at ``i`` over keys ``0..i`` with per-query Stair PE, without
     rotating the far keys.  Far keys with the same step ``P(i - j) = N + g``
     form runs of ``E`` (a shorter run first), so the query is rotated to each
@@ -442,104 +464,134 @@ def _stair_one(q, k, v, i, rope, scale, backend, N, E):
 
     ``q [b, h, 1, d]``, ``k, v [b, kv_h, i+1, d]``; returns ``[b, h, 1, d_v]``.
     """
-    b, h, _, d = q.shape
+    N, E = stair_start, stair_width
+    bsz, h, _, d = q.shape
     kvh, dev = k.shape[1], q.device
-    rep, f = h // kvh, max(0, i - N + 1)                  # far keys 0..i-N
-    G, r0 = divmod(f, E)                                  # G full runs after r0 keys
-    q_near = rotate(q, rope, _arange(i, i + 1, dev)).reshape(b, kvh, rep, d)
-    k_near = rotate(k[:, :, f:], rope, _arange(f, i + 1, dev))
+    rep, n_far = h // kvh, max(0, i - N + 1)              # far keys 0..i-N
+    runs, short = divmod(n_far, E)                        # full runs after a short one
+    q_near = rotate(q, rope, _arange(i, i + 1, dev)).reshape(bsz, kvh, rep, d)
+    k_near = rotate(k[:, :, n_far:], rope, _arange(n_far, i + 1, dev))
     scores = [torch.matmul(q_near, k_near.transpose(-1, -2))]          # [b, kvh, rep, i+1-f]
-    if f:
-        steps = N + torch.arange(G, -1, -1, device=dev)  # the r0-run's step, then run by run
-        qs = rotate(q.expand(b, h, G + 1, d), rope, steps).reshape(b, kvh, rep, G + 1, d)
-        if G:
-            runs = k[:, :, r0:f].reshape(b, kvh, G, E, d)
-            s_runs = torch.matmul(qs[:, :, :, 1:].transpose(2, 3), runs.transpose(-1, -2))
-            scores.insert(0, s_runs.transpose(2, 3).reshape(b, kvh, rep, G * E))
-        if r0:
-            scores.insert(0, torch.matmul(qs[:, :, :, 0], k[:, :, :r0].transpose(-1, -2)))
-    s = torch.cat(scores, dim=-1).float() * scale                      # [b, kvh, rep, i+1]
-    p = torch.softmax(s, dim=-1).to(v.dtype)
-    return _pv(p, v, split=not q_is_cpu_or_eager(q, backend)).reshape(b, h, 1, -1)
+    if n_far:
+        steps = N + torch.arange(runs, -1, -1, device=dev)  # the short run's step, then run by run
+        qs = rotate(q.expand(bsz, h, runs + 1, d), rope, steps).reshape(bsz, kvh, rep, runs + 1, d)
+        if runs:
+            k_runs = k[:, :, short:n_far].reshape(bsz, kvh, runs, E, d)
+            s_runs = torch.matmul(qs[:, :, :, 1:].transpose(2, 3), k_runs.transpose(-1, -2))
+            scores.insert(0, s_runs.transpose(2, 3).reshape(bsz, kvh, rep, runs * E))
+        if short:
+            scores.insert(0, torch.matmul(qs[:, :, :, 0], k[:, :, :short].transpose(-1, -2)))
+    logits = torch.cat(scores, dim=-1).float() * scale                  # [b, kvh, rep, i+1]
+    p = torch.softmax(logits, dim=-1).to(v.dtype)
+    return sets.pv(p, v, split=not sets.uses_cpu_paths(q, backend)).reshape(bsz, h, 1, -1)
 
 
-def _stair(t, N, E):
-    return torch.where(t < N, t, N + torch.div(t - N, E, rounding_mode="floor"))
+@kernel(Stair)
+def stair(method, q, k, v, i0, rope, scale, backend):
+    """Stair PE over the whole causal matrix: Mesa's last-chunk rows with the
+    last chunk starting at 0."""
+    return _stair_rows(q, k, v, i0, rope, scale, backend, 0, method.stair_start,
+                       method.stair_width)
 
 
-def _stair_class(q_near, q_far, idx, deep, k, k_near, v, i, r, D, rope, scale, backend,
-                 s, N, E):
-    """Queries ``i = s + r + E*m`` (one residue class ``idx`` of the block,
-    already rotated: near at ``i``, far at ``m``).  Near keys: ``k_near`` holds
-    keys ``D..`` at their own positions.  Far keys past the ``D`` deep ones
-    (:func:`_deep_keys`): rotated here to ``-g_r(j)``, so ``m + g_r(j) = P(i - j)``."""
-    dev = q_near.device
-    f_all = max(D, int(i[-1]) - N + 1)                    # far keys of the last query
-    je = _arange(D, f_all, dev)
-    k_edge = rotate(k[:, :, D:f_all], rope,
-                    -(N + torch.div(s + r - je - N, E, rounding_mode="floor")),
-                    ("stair-k", r, D, f_all))
-    deep_sets = []
-    if deep is not None:
-        kd, vd, bounds, q_far1 = deep
-        cut, qf1 = bounds[E - r], q_far1[:, :, idx]
-        deep_sets = [(kd[:, :, :cut], vd[:, :, :cut], None), (kd[:, :, cut:], vd[:, :, cut:], qf1)]
-    out = []
-    B = _block_size(q_near, k.shape[2] + N, backend)
-    for a in range(0, q_near.shape[2], B):
-        ib = i[a:a + B]
-        lo, hi = int(ib[0]), int(ib[-1])
-        n0, f1 = max(0, lo - N + 1), max(D, hi - N + 1)
-        jn = _arange(n0, hi + 1, dev)
-        ma = (jn[None, :] <= ib[:, None]) & (ib[:, None] - jn[None, :] < N)
-        mb = ib[:, None] - je[None, :f1 - D] >= N
-        qf = q_far[:, :, a:a + B]
-        sets = [(q_near[:, :, a:a + B], k_near[:, :, n0 - D:hi + 1 - D], v[:, :, n0:hi + 1], ma),
-                (qf, k_edge[:, :, :f1 - D], v[:, :, D:f1], mb)]
-        sets += [(qf if qx is None else qx[:, :, a:a + B], kx, vx, None)
-                 for kx, vx, qx in deep_sets]
-        out.append(_attend_sets(sets, scale, backend))
-    return torch.cat(out, dim=2)
+# -- Mesa -------------------------------------------------------------------------------
+
+def _mesa_blocked_rows(method: Mesa, seq_len: int) -> int:
+    plan = method.plan()
+    return 0 if len(plan.chunks) == 1 else int(seq_len) - plan.last_start
 
 
-def _mesa(q, k, v, i0, rope, scale, backend, m: Mesa):
-    plan = m.plan()
+@kernel(Mesa, blocked_rows=_mesa_blocked_rows)
+def mesa(method, q, k, v, i0, rope, scale, backend):
+    """Origin up to ``train_length``; past it the first chunk causally, the
+    middle chunks as one batch, the last chunk (and every generated token) with
+    Stair PE."""
+    plan = method.plan()
     if len(plan.chunks) == 1:
-        return _origin(q, k, v, i0, rope, scale, backend)
-    if i0 >= m.prefill_length:                                # generated tokens
-        return _stair_rows(q, k, v, i0, rope, scale, backend, m)
-    if i0 != 0 or q.shape[2] != m.prefill_length:
+        return origin(method, q, k, v, i0, rope, scale, backend)
+    if i0 >= method.prefill_length:                           # generated tokens
+        return _mesa_last(method, q, k, v, i0, rope, scale, backend)
+    if i0 != 0 or q.shape[2] != method.prefill_length:
         raise ValueError(
             f"Mesa prefill must be one forward of the whole prompt "
-            f"({m.prefill_length} tokens) from position 0, got {q.shape[2]} "
+            f"({method.prefill_length} tokens) from position 0, got {q.shape[2]} "
             f"tokens from position {i0}")
-    F_, s = m.first_chunk, plan.last_start
-    parts = [_origin(q[:, :, :F_], k[:, :, :F_], v[:, :, :F_], 0, rope, scale, backend)]
+    first, s = method.first_chunk, plan.last_start
+    parts = [origin(method, q[:, :, :first], k[:, :, :first], v[:, :, :first], 0, rope,
+                    scale, backend)]
     if plan.middle:
-        parts.append(_mesa_middle(q, k, v, rope, scale, backend, m))
-    parts.append(_stair_rows(q[:, :, s:], k, v, s, rope, scale, backend, m))
+        parts.append(_mesa_middle(method, q, k, v, rope, scale, backend))
+    parts.append(_mesa_last(method, q[:, :, s:], k, v, s, rope, scale, backend))
     return torch.cat(parts, dim=2)
 
 
-def attend(m: Method, q, k, v, i0: int, rope: Rope, scale: float, backend="sdpa"):
-    """Attention of queries at ``i0..`` under resolved method ``m``.
+def _log_scale(q, method: Mesa, i):
+    if not method.log_scaling:
+        return q
+    f = torch.clamp(torch.log(i.to(torch.float32) + 1) / math.log(method.train_length), min=1)
+    return q * f.to(q.dtype)[:, None]
 
-    ``q [b, h, q_len, d]``, ``k, v [b, kv_h, kv_len, d]`` un-rotated; returns
-    ``[b, h, q_len, d_v]``.
+
+def _mesa_middle(method: Mesa, q, k, v, rope, scale, backend):
+    """All middle chunks as one batch: chunk queries see the first chunk at
+    ``0..first-1`` and themselves causally at ``first..first+C-1``.
+
+    Each chunk is put behind a copy of the first chunk, so the whole batch is
+    one plain causal attention over ``first + C`` tokens (SDPA's fused causal
+    kernel, no mask); the first chunk's own rows are recomputed and dropped
+    (``first^2/2`` extra pairs per chunk).
     """
-    if isinstance(m, Mesa):
-        return _mesa(q, k, v, i0, rope, scale, backend, m)
-    if isinstance(m, (ReRoPE, LeakyReRoPE)):
-        return _rerope(q, k, v, i0, rope, scale, backend, m)
-    if isinstance(m, (StreamingLLM, LMInfinite)):
-        return _sink_window(q, k, v, i0, rope, scale, backend, m)
-    if m.name in ("origin", "dynamic-ntk"):
-        return _origin(q, k, v, i0, rope, scale, backend)
-    raise ValueError(f"method {m.name!r} has no attention kernel: allowed "
-                     "origin, mesa, rerope, leaky-rerope, dynamic-ntk, streaming-llm, lm-infinite")
+    plan = method.plan()
+    first, C = method.first_chunk, method.chunk_size
+    nc, (a, b) = len(plan.middle), (plan.middle[0][0], plan.middle[-1][1])
+    bs, h, _, d = q.shape
+    dev = q.device
+
+    def chunks(x):  # [b, H, nc*C, d] -> [b*nc, H, C, d]
+        return x[:, :, a:b].reshape(bs, x.shape[1], nc, C, x.shape[-1]).transpose(1, 2) \
+            .reshape(bs * nc, x.shape[1], C, x.shape[-1])
+
+    def behind_first(head, x, key):  # [b, H, first, d], [b, H, L, d] -> [b*nc, H, first+C, d]
+        head = head if key is None else rotate(head, rope, _arange(0, first, dev), key)
+        x = chunks(x) if key is None else rotate(chunks(x), rope, _arange(first, first + C, dev),
+                                                 ("lin", first, first + C))
+        return torch.cat((head.repeat_interleave(nc, dim=0), x), dim=2)
+
+    key = ("lin", 0, first)
+    qq, kk, vv = (behind_first(q[:, :, :first], q, key), behind_first(k[:, :, :first], k, key),
+                  behind_first(v[:, :, :first], v, None))
+    if backend == "sdpa" and sets.uses_cpu_paths(q, backend):
+        o = sets.causal_rows_cpu(qq, kk, vv, first, scale)
+    elif backend == "sdpa":
+        o = sets.causal_sdpa(qq, kk, vv, scale)[:, :, first:]
+    else:
+        mask = torch.ones(first + C, first + C, dtype=torch.bool, device=dev).tril()[first:]
+        g = max(1, sets.block_size(q, first + C, backend) // C)
+        o = torch.cat([sets.sdpa(qq[c:c + g, :, first:], kk[c:c + g], vv[c:c + g], mask, scale,
+                                 backend) for c in range(0, bs * nc, g)], dim=0)
+    o = o.reshape(bs, nc, h, C, -1).transpose(1, 2)
+    return o.reshape(bs, h, nc * C, -1)
 
 
-def dense_rows(m: Method, q_rows, k, rows, rope: Rope, scale: float):
+def _mesa_last(method: Mesa, q, k, v, i0, rope, scale, backend):
+    """Last-chunk (and generated) queries ``i0..`` over all keys with Stair PE:
+    per query (:func:`_stair_rows`) or anchored at the chunk start (keys before
+    it at ``P(s - j)``, plus the query's offset)."""
+    s, N, E = method.plan().last_start, method.stair_start, method.stair_width
+    q = _log_scale(q, method, _arange(i0, i0 + q.shape[2], q.device))
+    if method.stair == "anchored":
+        return _near_far(
+            q, k, v, i0, rope, scale, backend, near=k.shape[2], near_floor=s,
+            far_keys=lambda lo, hi: (0, s),
+            far_q_pos=lambda i: i - s,
+            far_k_pos=lambda j: -_stair_position(s - j, N, E),
+            far_visible=lambda i, j: j < s)
+    return _stair_rows(q, k, v, i0, rope, scale, backend, s, N, E)
+
+
+# -- exact rows for probes ----------------------------------------------------------------
+
+def dense_rows(method: Method, q_rows, k, rows, rope: Rope, scale: float):
     """Exact attention probabilities for a few query ``rows`` straight from the
     layout: ``scores[r, j] = (R(rel[r, j]) q_r) . k_j``.
 
@@ -548,13 +600,13 @@ def dense_rows(m: Method, q_rows, k, rows, rope: Rope, scale: float):
     (float32).
     """
     Lk, dev = k.shape[2], k.device
-    rel, vis = m.relative(np.asarray(rows)[:, None], np.arange(Lk)[None, :])
+    rel, vis = method.relative(np.asarray(rows)[:, None], np.arange(Lk)[None, :])
     rel = torch.as_tensor(np.where(vis, rel, 0), dtype=torch.float32, device=dev)
     vis = torch.as_tensor(vis, device=dev)
     rep = q_rows.shape[1] // k.shape[1]
     kk = k.repeat_interleave(rep, 1).to(torch.float32)
     sq = Rope(rope.inv_freq, rope.scaling ** 2)
-    factor = torch.as_tensor(query_scale(m, rows), dtype=torch.float32, device=dev)
+    factor = torch.as_tensor(method.query_scale(rows), dtype=torch.float32, device=dev)
     probs = []
     for r in range(len(rows)):
         qr = q_rows[:, :, r:r + 1].to(torch.float32) * factor[r]   # [b,h,1,d]
@@ -563,15 +615,3 @@ def dense_rows(m: Method, q_rows, k, rows, rope: Rope, scale: float):
         sc = sc.masked_fill(~vis[r], float("-inf"))
         probs.append(torch.softmax(sc, dim=-1))
     return torch.stack(probs, dim=2)
-
-
-def query_scale(m: Method, rows):
-    """Per-query multiplier on q (Mesa's optional log-n scaling), ``[len(rows)]``."""
-    rows = np.asarray(rows, dtype=np.float64)
-    if not (isinstance(m, Mesa) and m.log_scaling):
-        return np.ones_like(rows)
-    plan = m.plan()
-    if len(plan.chunks) == 1:
-        return np.ones_like(rows)
-    f = np.maximum(1.0, np.log(rows + 1) / math.log(m.train_length))
-    return np.where(rows >= plan.last_start, f, 1.0)

@@ -1,9 +1,11 @@
 """Position layouts ("weave PE"): the ``[q, k]`` relative-position matrix and mask.
 
 Pure numpy: no torch, no transformers.  ``layout("mesa", seq_len=13,
-train_length=5, first_chunk=2, chunk_size=3, last_chunk=2, stair_width=2)``
-draws Figure 1 (left) of the paper; ``layout("stair", seq_len=10,
-stair_start=4, stair_width=2)`` row 9 is Figure 1 (right).
+train_length=8, first_chunk=2, chunk_size=3, last_chunk=2, stair_start=2,
+stair_width=2)`` draws Figure 1 (left) of the paper (``train_length=8`` is the
+shortest keeping every position it shows trained, and its defaults give the
+same chunks); ``layout("stair", seq_len=10, stair_start=4, stair_width=2)`` row
+9 is Figure 1 (right).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .methods import ChunkPlan, Method, get_method
+from .methods import ChunkPlan, Method, resolve
 
 __all__ = ["Layout", "layout", "layout_rows", "MAX_DENSE_LAYOUT"]
 
@@ -58,20 +60,13 @@ class Layout:
         }
 
 
-def _resolve(method, seq_len, params) -> Method:
-    train_length = params.pop("train_length", None)
-    prefill_length = params.pop("prefill_length", None)
-    m = get_method(method, **params)
-    return m.resolve(seq_len, train_length=train_length, prefill_length=prefill_length)
-
-
 def layout_rows(method: "str | Method", seq_len: int, rows, **params):
     """Relative positions and mask for selected query ``rows`` only.
 
     Returns ``(relative_positions [len(rows), seq_len], mask, resolved_method)``;
     use it for sequences too long to draw densely.
     """
-    m = _resolve(method, seq_len, dict(params))
+    m = resolve(method, seq_len, **params)
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     if rows.size and (rows.min() < 0 or rows.max() >= seq_len):
         raise ValueError(f"rows must lie in [0, {seq_len - 1}], got "
@@ -97,7 +92,7 @@ def layout(method: "str | Method", seq_len: int, **params) -> Layout:
                          "selected query rows")
     rel, vis, m = layout_rows(method, seq_len, np.arange(seq_len), **params)
     T = m.train_length
-    if vis.any() and rel[vis].max() >= T and m.name not in ("origin", "dynamic-ntk"):
+    if vis.any() and rel[vis].max() >= T and not m.native:      # native: linear by design
         log.warning("%s layout uses relative position %s >= train_length=%d",
                     m.name, rel[vis].max(), T)
     return Layout(

@@ -19,9 +19,10 @@ streaming-llm, lm-infinite; Mesa also chunked, ``train_length=2048``) and for
 origin, rerope and chunked Mesa with ``eager``.  Measured inside
 :func:`exact_rss` (as ``mesa-viz bench`` does) every point is within 30% (the
 35 points of the 7-method grid from 2k to 32k tokens, ``benchmarks/cpu-grid/``: 0.74-1.00,
-native attention 0.82-1.00); the table is ``CALIBRATION`` in ``tests/test_memory.py``.  The
-kernels' terms follow ``mesa_viz/kernels.py`` as measured (2026-11-26): re-check after kernel
-changes (bench rows carry ``predicted_mem_bytes`` beside ``peak_mem_bytes``).
+native attention 0.82-1.00); ``tests/test_memory.py`` measures the same layer shape (two
+random layers) against the estimate on every run.  The kernels' terms follow
+``mesa_viz/kernels.py`` as measured (2026-11-26): re-check after kernel changes (bench rows
+carry ``predicted_mem_bytes`` beside ``peak_mem_bytes``).
 
 Under glibc's default adaptive malloc policy the RSS depends on what ran
 before: freed tensors stay in a fragmented heap (the same 2k prefill measured
@@ -44,7 +45,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .methods import DynamicNTK, Mesa, Method, Origin, get_method
+from .methods import Method, resolve
 from .models import model_device, model_dtype
 
 __all__ = ["available_bytes", "estimate_peak_bytes", "check_fits", "LengthTooLong",
@@ -200,26 +201,16 @@ def model_dims(config) -> ModelDims:
 
 # -- the estimate -------------------------------------------------------------------
 
-def _resolve(method, seq_len, dims, train_length, params):
-    m = get_method(method, **(params or {}))
-    T = train_length or m.train_length or dims.max_positions or seq_len
-    return m.resolve(seq_len, int(T))
-
-
 def _native(m: Method, capture: bool = False) -> bool:
-    """Origin and Dynamic-NTK run the model's own attention (see ``apply``)."""
-    return isinstance(m, (Origin, DynamicNTK)) and not capture
+    """Whether the model's own attention runs (see ``apply``)."""
+    return m.native and not capture
 
 
 def _kernel_area(m: Method, n: int) -> int:
     """Bytes of one 4-byte ``[query rows, keys]`` plane over the queries the
-    kernels score in blocks (0 where they call the fused causal kernel)."""
-    if isinstance(m, Mesa):
-        plan = m.plan()
-        if len(plan.chunks) == 1:
-            return 0                                    # is_causal SDPA, O(n)
-        return 4 * (n - plan.last_start) * n            # the last chunk's rows
-    return 4 * n * n
+    method's kernel scores in blocks (0 where it calls the fused causal kernel)."""
+    from .kernels import kernel_for
+    return 4 * kernel_for(m).blocked_rows(m, n) * n
 
 
 def estimate_peak_bytes(config, method_name, seq_len: int, *, dtype_bytes: int = 4,
@@ -249,9 +240,9 @@ def estimate_peak_bytes(config, method_name, seq_len: int, *, dtype_bytes: int =
       Mesa beyond ``T``, rerope, leaky-rerope, streaming-llm, lm-infinite):
       O(n) copies (``KERNEL_Q_COPIES`` attention widths, ``KERNEL_KV_COPIES``
       KV widths) plus one query block's masks, ``KERNEL_BLOCK_FACTOR`` times
-      its 4-byte ``rows x keys`` area, capped by ``kernels.SCORE_BUDGET / 2``
+      its 4-byte ``rows x keys`` area, capped by ``attention_sets.SCORE_BUDGET / 2``
       (``/ (2 * heads)`` on CUDA and with eager, where blocks hold every head;
-      on CPU with ``sdpa`` by ``kernels.CPU_BLOCK`` rows);
+      on CPU with ``sdpa`` by ``attention_sets.CPU_BLOCK`` rows);
       ``eager`` adds the block's ``[heads, rows, keys]`` scores
       (``EAGER_SCORE_COPIES`` of them);
     * logits ``logits_kept * vocab * b`` (all ``n`` rows if ``logits_kept`` is None);
@@ -261,14 +252,15 @@ def estimate_peak_bytes(config, method_name, seq_len: int, *, dtype_bytes: int =
 
     Returns bytes (int).
     """
-    from .kernels import CPU_BLOCK, SCORE_BUDGET
+    from .attention_sets import CPU_BLOCK, SCORE_BUDGET
     dims = model_dims(config)
     n = int(seq_len)
     if n < 1:
         raise ValueError(f"seq_len={seq_len} must be >= 1")
     if backend not in ("sdpa", "eager", "flash_attention_2"):
         raise ValueError(f"backend {backend!r}: allowed 'sdpa', 'eager', 'flash_attention_2'")
-    m = _resolve(method_name, n, dims, train_length, params)
+    m = resolve(method_name, n, train_length=train_length,
+                default_train_length=dims.max_positions, **(params or {}))
     b = int(dtype_bytes)
     cpu = not str(device).startswith("cuda")
     if fragmentation is None:

@@ -11,13 +11,61 @@ A method is first *resolved* for a sequence: defaults derived from
 parameters validated, e.g.::
 
     Mesa().resolve(seq_len=16384, train_length=8192)
+    resolve("mesa", 16384, train_length=8192, first_chunk=256)
+
+Capabilities: what a method declares so that no other module decides by name
+--------------------------------------------------------------------------------
+Each method class states how it runs; layouts, the application, the kernels,
+memory estimates and the bench read these and never test names or classes:
+
+``name`` (ClassVar[str])
+    The name in :data:`METHODS` (command line, JSON rows).
+``native`` (ClassVar[bool])
+    True: the model's own attention runs (linear positions ``t = i - j``,
+    RoPE possibly re-parameterised by :meth:`Method.rope_parameters`); a
+    kernel is then needed only when a probe captures attention rows.  False:
+    ``mesa_viz.application.apply`` runs the method's kernel from the registry
+    in ``mesa_viz.kernels`` (``@kernel(MethodClass)``) on keys cached before
+    RoPE; a non-native method without a kernel is refused by ``apply()``.
+``chunked`` (ClassVar[bool])
+    True: the layout comes from a chunk plan, :meth:`Mesa.plan` (drawn by
+    layouts and probes).
+``decode`` (ClassVar[str])
+    How forwards after the first are read.  ``"rows"``: the token at ``i`` is
+    row ``i`` of ``relative``, whatever the forward it comes in (a prompt may
+    be fed in pieces).  ``"prefill-plan"``: the layout depends on the prompt
+    length, so the first forward (from position 0) must hold the whole prompt,
+    whose length is ``prefill_length``; generated tokens are the rows after it.
+``past_train_length`` (ClassVar[str])
+    One line saying what the method does past ``train_length`` (``apply()``
+    logs it once, where transformers would warn that the model's maximum
+    length is exceeded).
+:meth:`Method.rope_parameters` -> dict | None
+    A RoPE frequency rule as transformers ``rope_parameters`` entries (merged
+    over the model's; the application builds the model's rotary class from
+    them with ``max_position_embeddings = train_length``), e.g. Dynamic-NTK
+    ``{"rope_type": "dynamic", "factor": 2.0}``; linear PI ``{"rope_type":
+    "linear", "factor": f}`` and YaRN ``{"rope_type": "yarn", "factor": f,
+    "original_max_position_embeddings": T}`` fit the same hook.
+    :meth:`Method.rope_rule` says it in words (reported by layouts).
+:meth:`Method.visible_pairs` -> int
+    Query/key pairs the layout makes visible in ``seq_len`` tokens, in closed
+    form (the bench's useful FLOPs).
+:meth:`Method.query_scale` -> ``[len(rows)]``
+    A per-query multiplier on ``q`` (Mesa's ``log_scaling``), 1 elsewhere.
+
+Adding a method: one frozen dataclass here (parameters with ``None`` defaults
+filled by ``_fill`` from ``train_length``, ``relative``, the capabilities that
+differ from :class:`Method`'s), an entry in :data:`METHODS`, a kernel entry in
+``mesa_viz/kernels.py`` unless it is native, and tests (every name in
+``METHODS`` is checked against the dense reference by ``tests/test_apply.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -25,8 +73,11 @@ import numpy as np
 __all__ = [
     "Method", "Origin", "Stair", "ReRoPE", "LeakyReRoPE", "DynamicNTK",
     "StreamingLLM", "LMInfinite", "Mesa", "ChunkPlan", "METHODS",
-    "get_method", "stair_position",
+    "get_method", "resolve", "stair_position", "DECODE_MODES",
 ]
+
+#: The values of :attr:`Method.decode`.
+DECODE_MODES = ("rows", "prefill-plan")
 
 
 def _check_int(name: str, value, low: int, high: int | None = None, why: str = "") -> None:
@@ -47,12 +98,29 @@ def stair_position(t, stair_start: int, stair_width: int):
     return np.where(t < stair_start, t, far)
 
 
+def _triangle(n: int) -> int:
+    """Pairs ``j <= i`` among ``n`` tokens: ``n(n+1)/2``."""
+    return n * (n + 1) // 2
+
+
+def _capped_sum(count: int, cap: int) -> int:
+    """``sum(min(u, cap) for u in 1..count)`` in closed form (0 if ``count <= 0``)."""
+    count = max(0, count)
+    return _triangle(min(count, cap)) + max(0, count - cap) * cap
+
+
 @dataclass(frozen=True)
 class Method:
-    """Base of all methods.  ``train_length`` is ``T``; ``None`` until resolved."""
+    """Base of all methods.  ``train_length`` is ``T``; ``None`` until resolved.
+
+    The ClassVars and the methods below are the capability API (module doc).
+    """
 
     name: ClassVar[str] = ""
+    native: ClassVar[bool] = False
     chunked: ClassVar[bool] = False
+    decode: ClassVar[str] = "rows"
+    past_train_length: ClassVar[str] = ""
     train_length: int | None = None
 
     # -- resolution ---------------------------------------------------------
@@ -62,7 +130,8 @@ class Method:
 
         ``train_length`` overrides the method's own; if both are missing the
         sequence length is used (no extrapolation).  ``prefill_length`` is the
-        prompt length for methods whose plan is fixed at prefill (Mesa).
+        prompt length for methods whose plan is fixed at prefill
+        (``decode == "prefill-plan"``).
         """
         _check_int("seq_len", seq_len, 1)
         T = self.train_length if train_length is None else train_length
@@ -89,8 +158,26 @@ class Method:
         t = i - j
         return t, t >= 0
 
+    def visible_pairs(self, seq_len: int) -> int:
+        """Query/key pairs the (resolved) layout makes visible among ``seq_len``
+        tokens, each counted once: every causal pair, ``n(n+1)/2``, unless a
+        method's mask hides some.  (Kernels that score a key twice, with two
+        rotations, do overhead, not extra visibility.)"""
+        return _triangle(int(seq_len))
+
+    def query_scale(self, rows) -> np.ndarray:
+        """Per-query multiplier on ``q`` for absolute positions ``rows``
+        (``[len(rows)]`` float64): 1 unless the method scales queries."""
+        return np.ones(np.shape(rows), dtype=np.float64)
+
+    # -- RoPE frequencies -------------------------------------------------------
+    def rope_parameters(self) -> dict | None:
+        """transformers ``rope_parameters`` entries this method runs RoPE with
+        (merged over the model's), or None for the model's own frequencies."""
+        return None
+
     def rope_rule(self) -> str | None:
-        """A frequency rule this method applies to RoPE, if any (reported)."""
+        """A frequency rule this method applies to RoPE, in words (reported)."""
         return None
 
 
@@ -99,13 +186,23 @@ class Origin(Method):
     """Plain causal attention with linear positions ``t = i - j``."""
 
     name: ClassVar[str] = "origin"
+    native: ClassVar[bool] = True
+    past_train_length: ClassVar[str] = (
+        "linear positions past the training length (no extrapolation method: the "
+        "baseline that fails)")
 
 
 @dataclass(frozen=True)
 class Stair(Method):
-    """Stair PE over the whole causal matrix (Figure 1, right)."""
+    """Stair PE over the whole causal matrix (Figure 1, right).
+
+    ``stair_start`` (``N``) defaults to ``train_length // 2``, ``stair_width``
+    (``E``) to the smallest keeping every position below ``train_length``.
+    """
 
     name: ClassVar[str] = "stair"
+    past_train_length: ClassVar[str] = (
+        "distances past stair_start grow by one every stair_width tokens (Stair PE)")
     stair_start: int | None = None
     stair_width: int | None = None
 
@@ -115,7 +212,7 @@ class Stair(Method):
         _check_int("stair_start", N, 0)
         E = self.stair_width
         if E is None:
-            E = _fit_stair_width(seq_len - 1, N, T, "stair_start")
+            E = _fit_stair_width(seq_len - 1, N, T)
         _check_int("stair_width", E, 1)
         return dataclasses.replace(self, stair_start=N, stair_width=E)
 
@@ -124,16 +221,16 @@ class Stair(Method):
         return stair_position(t, self.stair_start, self.stair_width), vis
 
 
-def _fit_stair_width(max_t: int, stair_start: int, train_length: int,
-                     start_name: str = "stair_start") -> int:
-    """Smallest stair width ``E`` keeping ``P(max_t) <= train_length - 1``."""
-    if max_t < train_length:
+def _fit_stair_width(max_t: int, stair_start: int, limit: int,
+                     limit_name: str = "train_length") -> int:
+    """Smallest stair width ``E`` keeping ``P(max_t) <= limit - 1``."""
+    if max_t < limit:
         return 1
-    if stair_start > train_length - 1:
+    if stair_start > limit - 1:
         raise ValueError(
-            f"{start_name}={stair_start} leaves no room for a stair below "
-            f"train_length={train_length}: allowed [0, {train_length - 1}]")
-    return (max_t - stair_start) // (train_length - stair_start) + 1
+            f"stair_start={stair_start} leaves no room for a stair below "
+            f"{limit_name}={limit}: allowed [0, {limit - 1}]")
+    return (max_t - stair_start) // (limit - stair_start) + 1
 
 
 @dataclass(frozen=True)
@@ -141,6 +238,7 @@ class ReRoPE(Method):
     """ReRoPE: ``t`` inside ``window``, ``window`` beyond it."""
 
     name: ClassVar[str] = "rerope"
+    past_train_length: ClassVar[str] = "keys beyond window are all placed at window"
     window: int | None = None
 
     def _fill(self, seq_len, prefill_length):
@@ -163,6 +261,8 @@ class LeakyReRoPE(Method):
     """
 
     name: ClassVar[str] = "leaky-rerope"
+    past_train_length: ClassVar[str] = (
+        "distances beyond window grow 1/leak as fast, staying below the training length")
     window: int | None = None
     leak: float | None = None
 
@@ -196,12 +296,18 @@ class DynamicNTK(Method):
     """
 
     name: ClassVar[str] = "dynamic-ntk"
+    native: ClassVar[bool] = True
+    past_train_length: ClassVar[str] = (
+        "linear positions; transformers' dynamic RoPE grows the base with the length")
     factor: float = 1.0
 
     def _fill(self, seq_len, prefill_length):
         if not (isinstance(self.factor, (int, float)) and self.factor >= 1):
             raise ValueError(f"factor={self.factor!r} must be a number >= 1")
         return self
+
+    def rope_parameters(self) -> dict:
+        return {"rope_type": "dynamic", "factor": float(self.factor)}
 
     def rope_rule(self) -> str:
         return (f"for n > T={self.train_length}: base' = base * (factor*n/T - "
@@ -210,7 +316,8 @@ class DynamicNTK(Method):
 
 @dataclass(frozen=True)
 class _SinkWindow(Method):
-    """Shared shape of StreamingLLM and LM-Infinite: sinks plus a local window."""
+    """Shared shape of StreamingLLM and LM-Infinite: ``sink_tokens`` first keys
+    plus a local ``window`` of the most recent keys."""
 
     sink_tokens: int | None = None
     window: int | None = None
@@ -219,6 +326,17 @@ class _SinkWindow(Method):
         t = np.asarray(i) - np.asarray(j)
         return t, (t >= 0) & ((t < self.window) | (np.asarray(j) < self.sink_tokens))
 
+    def visible_pairs(self, seq_len: int) -> int:
+        """Per query ``i``: ``min(i + 1, window)`` local keys plus the
+        ``min(sink_tokens, i - window + 1)`` sinks before the window."""
+        n = int(seq_len)
+        return _capped_sum(n, self.window) + _capped_sum(n - self.window, self.sink_tokens)
+
+
+def _default_sinks(train_length: int, most: int) -> int:
+    """``most`` sink tokens, fewer (a quarter of it, at least 1) at small ``train_length``."""
+    return max(1, min(most, train_length // 4))
+
 
 @dataclass(frozen=True)
 class StreamingLLM(_SinkWindow):
@@ -226,10 +344,12 @@ class StreamingLLM(_SinkWindow):
     positions are cache slots (a cache of ``sink_tokens + window`` keys)."""
 
     name: ClassVar[str] = "streaming-llm"
+    past_train_length: ClassVar[str] = (
+        "only the sink tokens and the last window keys are seen, at cache-slot positions")
 
     def _fill(self, seq_len, prefill_length):
         T = self.train_length
-        S = 4 if self.sink_tokens is None else self.sink_tokens
+        S = _default_sinks(T, 4) if self.sink_tokens is None else self.sink_tokens
         _check_int("sink_tokens", S, 0, T - 1)
         W = T - S if self.window is None else self.window
         _check_int("window", W, 1, T - S)
@@ -247,10 +367,12 @@ class LMInfinite(_SinkWindow):
     distances capped at ``window``."""
 
     name: ClassVar[str] = "lm-infinite"
+    past_train_length: ClassVar[str] = (
+        "only the sink tokens and a local window are seen, distances capped at window")
 
     def _fill(self, seq_len, prefill_length):
         T = self.train_length
-        S = 10 if self.sink_tokens is None else self.sink_tokens
+        S = _default_sinks(T, 10) if self.sink_tokens is None else self.sink_tokens
         _check_int("sink_tokens", S, 0)
         W = T - 1 if self.window is None else self.window
         _check_int("window", W, 1, T - 1)
@@ -307,10 +429,21 @@ class Mesa(Method):
     the authors' code: keys before the last chunk placed at ``P(start - j)``
     plus the query's offset.  ``log_scaling`` multiplies queries by
     ``max(1, log(i + 1) / log(train_length))``.
+
+    Defaults derived from ``T = train_length``: ``first_chunk = last_chunk =
+    T // 16``, ``chunk_size <= T // 8``; at small ``T`` (below 32) never less
+    than 2, 2 and 4 tokens (capped by ``T``), so a drawn layout shows the chunk
+    triangles and the stair.  ``T = 8`` gives Figure 1's plan for 13 tokens
+    (first chunk 2, middle chunks of 3, last chunk 2, ``stair_start`` 2;
+    ``stair_limit=8`` also gives its ``stair_width`` 2).
     """
 
     name: ClassVar[str] = "mesa"
     chunked: ClassVar[bool] = True
+    decode: ClassVar[str] = "prefill-plan"
+    past_train_length: ClassVar[str] = (
+        "middle chunks see the first chunk and themselves; the last chunk and every "
+        "generated token see all keys through Stair PE")
     first_chunk: int | None = None
     chunk_size: int | None = None
     last_chunk: int | None = None
@@ -323,9 +456,9 @@ class Mesa(Method):
 
     def _fill(self, seq_len, prefill_length):
         T = self.train_length
-        F = max(1, T // 16) if self.first_chunk is None else self.first_chunk
+        F = min(T - 1, max(2, T // 16)) if self.first_chunk is None else self.first_chunk
         _check_int("first_chunk", F, 1, T - 1, f"train_length={T}")
-        L = max(1, T // 16) if self.last_chunk is None else self.last_chunk
+        L = max(2, T // 16) if self.last_chunk is None else self.last_chunk
         _check_int("last_chunk", L, 1, T)
         if self.stair not in ("per-query", "anchored"):
             raise ValueError(f"stair={self.stair!r}: allowed 'per-query' or 'anchored'")
@@ -334,7 +467,7 @@ class Mesa(Method):
         _check_int("prefill_length", P, 1, seq_len)
         C = self.chunk_size
         if C is None:                # DynamicSplit: equal chunks, last one close to last_chunk
-            C, rest = max(1, min(T // 8, T - F)), P - F - L
+            C, rest = min(T - F, max(4, T // 8)), P - F - L
             if P > T and rest > 0:
                 C = max(1, rest // math.ceil(rest / C))
         _check_int("chunk_size", C, 1, T - F,
@@ -355,18 +488,19 @@ class Mesa(Method):
         return dataclasses.replace(me, stair_width=E)
 
     def _fit_width(self, seq_len: int) -> int:
-        T, N = self.stair_limit, self.stair_start
+        limit, N = self.stair_limit, self.stair_start
         s = self.plan().last_start
         if self.stair == "per-query":
-            return _fit_stair_width(seq_len - 1, N, T, "stair_start")
+            return _fit_stair_width(seq_len - 1, N, limit, "stair_limit")
         offset = seq_len - 1 - s                # query offset inside the last chunk
         if s == 0:
             return 1
-        if offset + N >= T:
+        if offset + N >= limit:
             raise ValueError(
                 f"stair_start={N} with a last chunk of {offset + 1} tokens cannot fit "
-                f"stair_limit={T} (anchored stair): allowed stair_start <= {max(0, T - offset - 1)}")
-        return _fit_stair_width(s, N, T - offset)
+                f"stair_limit={limit} (anchored stair): allowed stair_start <= "
+                f"{max(0, limit - offset - 1)}")
+        return _fit_stair_width(s, N, limit - offset, "stair_limit minus the query offset")
 
     def plan(self) -> ChunkPlan:
         """The chunk plan for the prefill of ``prefill_length`` tokens."""
@@ -400,6 +534,27 @@ class Mesa(Method):
         rel = np.where(in_last, stair, rel)
         return rel, vis
 
+    def visible_pairs(self, seq_len: int) -> int:
+        """Past ``train_length``: the first chunk ``F(F+1)/2``, each middle
+        chunk ``C*F + C(C+1)/2``, each row ``i`` from the last chunk on all its
+        ``i + 1`` keys; otherwise every causal pair."""
+        n, plan = int(seq_len), self.plan()
+        if len(plan.chunks) == 1:
+            return _triangle(n)
+        F = plan.first[1]
+        middle = sum((b - a) * F + _triangle(b - a) for a, b in plan.middle)
+        return _triangle(F) + middle + _triangle(n) - _triangle(plan.last_start)
+
+    def query_scale(self, rows) -> np.ndarray:
+        """``max(1, log(i + 1) / log(train_length))`` for rows from the last
+        chunk on when ``log_scaling`` (and the prompt is chunked), else 1."""
+        rows = np.asarray(rows, dtype=np.float64)
+        plan = self.plan()
+        if not self.log_scaling or len(plan.chunks) == 1:
+            return np.ones_like(rows)
+        f = np.maximum(1.0, np.log(rows + 1) / math.log(self.train_length))
+        return np.where(rows >= plan.last_start, f, 1.0)
+
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls for cls in
@@ -420,3 +575,18 @@ def get_method(method: "str | Method", **params) -> Method:
         raise ValueError(f"unknown parameter(s) {unknown} for method {method!r}: "
                          f"allowed {sorted(names)}")
     return cls(**params)
+
+
+def resolve(method: "str | Method", seq_len: int, *, train_length: int | None = None,
+            prefill_length: int | None = None, default_train_length: int | None = None,
+            **params) -> Method:
+    """``get_method(method, **params).resolve(seq_len, ...)`` in one call.
+
+    ``train_length`` (an int, no model needed) overrides the method's own;
+    ``default_train_length`` (e.g. a config's ``max_position_embeddings``)
+    serves where neither is given; failing all, ``seq_len`` (no extrapolation).
+    """
+    m = get_method(method, **params)
+    if train_length is None and m.train_length is None:
+        train_length = default_train_length
+    return m.resolve(seq_len, train_length=train_length, prefill_length=prefill_length)

@@ -1,25 +1,34 @@
 """Methods on tiny random-weight models of two RoPE families (Llama with GQA,
-GPT-NeoX with partial rotary): equivalence with origin, an independent dense
-reference built from ``layout(...)``, generation, restoring the model, errors."""
+GPT-NeoX with partial rotary): every method against an independent dense
+reference built from ``layout(...)`` (prefill and generated tokens),
+equivalence with origin below the training length, generation, restoring the
+model, what a user meets (nesting, missing kernels, transformers' length
+warning), errors."""
+
+import dataclasses
+import logging
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 
 import mesa_viz as mv
-from mesa_viz.kernels import query_scale
+from mesa_viz.methods import Method
 from mesa_viz.models import tiny_model
-from reference import reference_logits
+from reference import dynamic_ntk_inv_freq, reference_logits
 
 pytestmark = pytest.mark.tiny
 
-ALL = ["origin", "mesa", "rerope", "leaky-rerope", "dynamic-ntk", "streaming-llm", "lm-infinite"]
+T = 64
 SMALL_T = {
     "mesa": dict(first_chunk=8, chunk_size=16, last_chunk=16),
     "mesa-fixed": dict(first_chunk=8, chunk_size=16, last_chunk=16, stair_start=8, stair_width=3),
     "mesa-anchored": dict(first_chunk=8, chunk_size=20, last_chunk=10, stair="anchored",
                           stair_start=6, stair_width=4),
     "mesa-log": dict(first_chunk=5, chunk_size=16, last_chunk=16, log_scaling=True),
+    "stair": dict(stair_start=10, stair_width=3),
+    "stair-from-0": dict(stair_start=0, stair_width=5),
     "rerope": dict(window=20),
     "leaky-rerope": dict(window=20),
     "streaming-llm": dict(sink_tokens=4),
@@ -38,46 +47,103 @@ def _logits(model, ids, method="origin", **params):
     return out, state
 
 
+def _method_of(case):
+    return case if case in mv.METHODS else case.split("-")[0]
+
+
+def _reference(model, ids, method, prefill_length=None, **params):
+    """Dense reference logits ``[n, vocab]`` of ``method`` (resolved params, no
+    defaults left that depend on the length) over ``ids [1, n]``."""
+    n = ids.shape[1]
+    lay = mv.layout(method, n, prefill_length=prefill_length, **params)
+    m = mv.methods.resolve(method, n, prefill_length=prefill_length, **params)
+    inv_freq = None
+    if m.rope_parameters() is not None:             # dynamic-ntk: each forward's own frequencies
+        prefill = prefill_length or n
+        inv_freq = dynamic_ntk_inv_freq(model, m.train_length, m.factor,
+                                        [max(prefill, p + 1) for p in range(n)])
+    return reference_logits(model, ids, lay.relative_positions, lay.mask,
+                            m.query_scale(np.arange(n)), inv_freq)
+
+
+def _fixed_params(method, seq_len, prefill_length):
+    """Every default of ``method`` resolved for ``seq_len`` tokens (so nothing
+    changes from one decode step to the next), as apply() parameters."""
+    p = mv.methods.resolve(method, seq_len, train_length=T,
+                           prefill_length=prefill_length).params()
+    p.pop("prefill_length", None)
+    return p
+
+
 # below train_length every window must cover the input for the claim to hold
 COVER = {"rerope": dict(window=255), "leaky-rerope": dict(window=255)}
 
 
-@pytest.mark.parametrize("method", ALL)
+@pytest.mark.parametrize("method", list(mv.METHODS))
 def test_equals_origin_below_train_length(tiny, method):
     ids = _ids(200)
-    base = tiny(ids).logits[0]
+    ref = _reference(tiny, ids, "origin", train_length=256)
     got, _ = _logits(tiny, ids, method, train_length=256, **COVER.get(method, {}))
-    assert (got - base).abs().max().item() <= 1e-4
+    assert (got.double() - ref).abs().max().item() <= 1e-4
+    if method == "origin":                              # the reference is the model's own attention
+        assert (tiny(ids).logits[0].double() - ref).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("method", list(mv.METHODS))
+def test_every_method_matches_dense_reference_prefill_and_generation(tiny, method):
+    """Past train_length, with every default derived from it: the prefill's
+    logits and 4 greedy steps equal the dense reference of the method's layout."""
+    n, k = 150, 4
+    params = _fixed_params(method, n + k, n)
+    ids = _ids(n, seed=10)
+    with mv.apply(tiny, method, **params), torch.no_grad():
+        prefill = tiny(ids).logits[0].double()
+        out = tiny.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=k,
+                            do_sample=False, output_logits=True, return_dict_in_generate=True,
+                            pad_token_id=0)
+    steps = torch.stack(out.logits, 1)[0].double()                     # [k, vocab]
+    ref = _reference(tiny, out.sequences[:, :n + k - 1], method, prefill_length=n, **params)
+    assert (prefill - ref[:n]).abs().max().item() <= 1e-4
+    assert (steps - ref[n - 1:]).abs().max().item() <= 1e-4
 
 
 @pytest.mark.parametrize("case", sorted(SMALL_T))
 def test_matches_dense_reference_past_train_length(tiny, case):
-    method = case.split("-")[0] if case.startswith("mesa") else case
+    method = _method_of(case)
     ids = _ids(150, seed=1)
-    got, state = _logits(tiny, ids, method, train_length=64, **SMALL_T[case])
-    m = state.resolved
-    L = mv.layout(method, 150, **m.params())
-    ref = reference_logits(tiny, ids, L.relative_positions, L.mask, query_scale(m, np.arange(150)))
+    got, state = _logits(tiny, ids, method, train_length=T, **SMALL_T[case])
+    ref = _reference(tiny, ids, method, **state.resolved.params())
     assert (got.double() - ref).abs().max().item() <= 1e-4
     # and it really is a different computation from origin past T
     assert (got - tiny(ids).logits[0]).abs().max().item() > 1e-3
 
 
-@pytest.mark.parametrize("case", ["mesa-fixed", "mesa-anchored"])
+@pytest.mark.parametrize("case", ["mesa-fixed", "mesa-anchored", "stair"])
 def test_generation_matches_reference(tiny, case):
-    params = dict(SMALL_T[case], train_length=64)
+    method = _method_of(case)
+    params = dict(SMALL_T[case], train_length=T)
     ids = _ids(150, seed=2)
-    with mv.apply(tiny, "mesa", **params), torch.no_grad():
+    with mv.apply(tiny, method, **params), torch.no_grad():
         out = tiny.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5,
                             do_sample=False, output_logits=True,
                             return_dict_in_generate=True, pad_token_id=0)
     steps = torch.stack(out.logits, 1)[0].double()                    # [5, vocab]
-    seq = out.sequences[:, :155]
-    m = mv.get_method("mesa", **params).resolve(155, prefill_length=150)
-    L = mv.layout("mesa", 155, prefill_length=150, **params)
-    ref = reference_logits(tiny, seq, L.relative_positions, L.mask,
-                           query_scale(m, np.arange(155)))
+    ref = _reference(tiny, out.sequences[:, :155], method, prefill_length=150, **params)
     assert (steps - ref[149:154]).abs().max().item() <= 1e-4
+
+
+def test_methods_and_parameters_one_after_another(tiny_llama):
+    """No state survives from one application (or forward) to the next: two
+    methods and two parameter sets each, in turn on one model, each equal to
+    its own dense reference."""
+    ids = _ids(150, seed=11)
+    runs = [("mesa", SMALL_T["mesa-fixed"]), ("stair", SMALL_T["stair"]),
+            ("mesa", dict(SMALL_T["mesa-fixed"], stair_start=20, stair_width=5)),
+            ("stair", dict(stair_start=4, stair_width=8)), ("mesa", SMALL_T["mesa-fixed"])]
+    for method, params in runs:
+        got, _ = _logits(tiny_llama, ids, method, train_length=T, **params)
+        ref = _reference(tiny_llama, ids, method, train_length=T, **params)
+        assert (got.double() - ref).abs().max().item() <= 1e-4, (method, params)
 
 
 def test_middle_chunks_are_independent(tiny_llama):
@@ -99,7 +165,8 @@ def test_eager_backend_matches_sdpa():
     eager = tiny_model("llama", attn_implementation="eager")[0]
     sdpa = tiny_model("llama")[0]
     ids = _ids(150, seed=4)
-    for method, p in [("mesa", SMALL_T["mesa"]), ("rerope", SMALL_T["rerope"])]:
+    for method, p in [("mesa", SMALL_T["mesa"]), ("rerope", SMALL_T["rerope"]),
+                      ("stair", SMALL_T["stair"])]:
         a, _ = _logits(eager, ids, method, train_length=64, **p)
         b, _ = _logits(sdpa, ids, method, train_length=64, **p)
         assert (a - b).abs().max().item() <= 1e-4
@@ -141,6 +208,88 @@ def test_dynamic_ntk_uses_transformers_rope_parameters(tiny_llama):
         assert tiny_llama.model.rotary_emb.rope_type == "dynamic"
     assert tiny_llama.model.rotary_emb.rope_type == "default"
     assert (got - tiny_llama(ids).logits[0]).abs().max().item() > 1e-3
+
+
+def test_nested_application_is_refused(tiny_llama):
+    """A model carries one method at a time; the error names it, and the outer
+    application still works (and is restored) afterwards."""
+    ids = _ids(100, seed=12)
+    for outer, inner in [("mesa", "rerope"), ("dynamic-ntk", "origin"), ("origin", "mesa")]:
+        with mv.apply(tiny_llama, outer, train_length=T) as st, torch.no_grad():
+            with pytest.raises(ValueError, match=f"'{outer}' is already applied.*do not nest"):
+                with mv.apply(tiny_llama, inner, train_length=T):
+                    pass
+            assert st.method.name == outer
+            tiny_llama(ids)
+    assert not hasattr(tiny_llama, "_mesa_viz_applied")
+    with mv.apply(tiny_llama, "rerope", train_length=T):       # free again
+        pass
+
+
+@dataclasses.dataclass(frozen=True)
+class _NoKernel(Method):
+    """A method with a layout but no kernel (and not native)."""
+
+    name: ClassVar[str] = "no-kernel"
+
+
+def test_method_without_kernel_is_refused_at_apply(tiny_llama):
+    impl = tiny_llama.config._attn_implementation
+    with pytest.raises(ValueError, match="'no-kernel' has no attention kernel.*allowed.*'stair'"):
+        with mv.apply(tiny_llama, _NoKernel()):
+            pytest.fail("entered the block")
+    assert tiny_llama.config._attn_implementation == impl
+    assert not hasattr(tiny_llama, "_mesa_viz_applied")
+
+
+def test_generation_past_train_length_says_what_the_method_does(caplog):
+    """transformers' "exceeded the model's predefined maximum length" reminder
+    is dropped inside apply() (and only there); apply says once, at INFO, what
+    the method does instead."""
+    from transformers.utils import logging as hf_logging
+    model = tiny_model("llama", max_position_embeddings=T)[0]
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    reminder = logging.getLogger("transformers.generation.stopping_criteria")
+    reminder.addHandler(handler)
+
+    def generate():
+        ids = _ids(T + 6, seed=13)
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3,
+                       do_sample=False, pad_token_id=0)
+        return [r for r in records if "predefined maximum length" in r.getMessage()]
+
+    hf_logging.warning_once.cache_clear()           # it warns once per process
+    try:
+        with caplog.at_level(logging.INFO, logger="mesa_viz.application"):
+            for method in ["mesa", "origin", "dynamic-ntk"]:
+                with mv.apply(model, method), torch.no_grad():
+                    assert generate() == []
+                told = [r.getMessage() for r in caplog.records if "past train_length" in r.message]
+                assert len(told) == 1 and told[0].startswith(f"{method} past train_length={T}")
+                assert mv.METHODS[method].past_train_length in told[0]
+                caplog.clear()
+        with torch.no_grad():
+            assert len(generate()) == 1                 # outside apply the reminder is back
+    finally:
+        reminder.removeHandler(handler)
+    assert not reminder.filters and "warning_once" not in vars(reminder)
+
+
+def test_overlapping_applications_restore_in_any_order():
+    """Two models' applications closed out of order: the reminder stays dropped
+    while either is open, and nothing is left after the last."""
+    reminder = logging.getLogger("transformers.generation.stopping_criteria")
+    a, b = tiny_model("llama")[0], tiny_model("gpt_neox")[0]
+    first, second = mv.apply(a, "mesa"), mv.apply(b, "stair")
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert len(reminder.filters) == 1 and "warning_once" in vars(reminder)
+    assert not hasattr(a, "_mesa_viz_applied") and hasattr(b, "_mesa_viz_applied")
+    second.__exit__(None, None, None)
+    assert not reminder.filters and "warning_once" not in vars(reminder)
 
 
 def test_unknown_method_and_parameters(tiny_llama):

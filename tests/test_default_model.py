@@ -2,7 +2,6 @@
 offline, float32, train_length 8192): equivalence below the training length,
 passkey retrieval past it, and the paper's hidden-state thresholds."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -1,6 +1,9 @@
 """The attention kernels alone, on random tensors, against the dense reference:
-the single-query (decode) Stair path and the GPU path (near and far key sets
-concatenated along the head dimension into one SDPA call), run here on CPU."""
+every registered kernel (prefill, a continuation block, decode), the
+single-query (decode) Stair path and the GPU paths (near and far key sets
+concatenated along the head dimension into one SDPA call; few rows by matmul
+and split-K), run here on CPU; the registry, the RoPE tables and the stair
+factorisation."""
 
 from __future__ import annotations
 
@@ -10,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from mesa_viz import kernels
-from mesa_viz.methods import get_method
+from mesa_viz import attention_sets, kernels
+from mesa_viz.methods import METHODS, get_method
 from reference import dense_scores
 
 pytestmark = pytest.mark.unit
@@ -36,7 +39,7 @@ def _dense(m, q, k, v, i0, scale):
     lq, lk = q.shape[2], k.shape[2]
     rel, vis = m.relative(np.arange(i0, i0 + lq)[:, None], np.arange(lk)[None, :])
     rel = torch.as_tensor(np.where(vis, rel, 0), dtype=torch.float64)
-    fac = torch.as_tensor(kernels.query_scale(m, np.arange(i0, i0 + lq)), dtype=torch.float64)
+    fac = torch.as_tensor(m.query_scale(np.arange(i0, i0 + lq)), dtype=torch.float64)
     rep = H // KVH
     kk = k[0].repeat_interleave(rep, 0).double()
     vv = v[0].repeat_interleave(rep, 0).double()
@@ -62,33 +65,43 @@ MESA_CASES = [
 
 def _force_gpu_paths(monkeypatch, few_rows=None):
     """Take the branches the kernels take on CUDA, here on CPU."""
-    monkeypatch.setattr(kernels, "q_is_cpu_or_eager", lambda q, backend: backend == "eager")
+    monkeypatch.setattr(attention_sets, "uses_cpu_paths", lambda q, backend: backend == "eager")
     if few_rows is not None:
-        monkeypatch.setattr(kernels, "_few_rows", lambda q, n: few_rows)
+        monkeypatch.setattr(attention_sets, "few_rows", lambda q, n: few_rows)
+
+
+STAIR_CASES = [
+    dict(stair_start=9, stair_width=4),
+    dict(stair_start=0, stair_width=3),
+    dict(stair_start=20, stair_width=1),
+    dict(stair_start=3, stair_width=13),
+]
+#: (method, parameters) of the single-query tests: Mesa's last chunk and Stair PE.
+DECODE_CASES = [("mesa", p) for p in MESA_CASES] + [("stair", p) for p in STAIR_CASES]
 
 
 @pytest.mark.parametrize("gpu", [False, True])
-@pytest.mark.parametrize("case", range(len(MESA_CASES)))
+@pytest.mark.parametrize("case", range(len(DECODE_CASES)))
 def test_single_query_stair_matches_dense(case, gpu, monkeypatch):
     """Decode steps of many lengths: every split of far keys into a short run and
     full runs of ``stair_width``, including none and all (and the GPU's split
     of the output product by run)."""
     if gpu:
         _force_gpu_paths(monkeypatch)
-    p = MESA_CASES[case]
+    method, p = DECODE_CASES[case]
     prefill = 150
     for i in [prefill, prefill + 1, prefill + 3, prefill + p["stair_width"], 217]:
-        m = get_method("mesa", train_length=64, **p).resolve(i + 1, prefill_length=prefill)
+        m = get_method(method, train_length=64, **p).resolve(i + 1, prefill_length=prefill)
         q, k, v = _qkv(1, i + 1, seed=i)
         got = _attend(m, q, k, v, i)
         want = _dense(m, q, k, v, i, D ** -0.5)
         assert (got.double() - want).abs().max().item() <= 1e-5, (case, i)
 
 
-def test_single_query_stair_equals_the_blocked_path():
+@pytest.mark.parametrize("method,p", [("mesa", MESA_CASES[1]), ("stair", STAIR_CASES[0])])
+def test_single_query_stair_equals_the_blocked_path(method, p):
     """The decode path and the residue-class path agree on the same rows."""
-    p = MESA_CASES[1]
-    m = get_method("mesa", train_length=64, **p).resolve(180, prefill_length=150)
+    m = get_method(method, train_length=64, **p).resolve(180, prefill_length=150)
     q, k, v = _qkv(2, 180, seed=7)
     two = _attend(m, q, k, v, 178)                       # 2 queries: blocked path
     one = _attend(m, q[:, :, 1:], k, v, 179)             # the second alone: decode path
@@ -98,12 +111,25 @@ def test_single_query_stair_equals_the_blocked_path():
 PREFILL_CASES = {
     "mesa": dict(first_chunk=5, chunk_size=16, last_chunk=16, stair_start=9, stair_width=4),
     "mesa-anchored": dict(first_chunk=5, chunk_size=16, last_chunk=16, stair="anchored"),
+    "stair": dict(stair_start=9, stair_width=4),
+    "stair-from-0": dict(stair_start=0, stair_width=3),
     "rerope": dict(window=20),
     "leaky-rerope": dict(window=20, leak=4.0),
     "streaming-llm": dict(sink_tokens=4),
     "lm-infinite": dict(sink_tokens=4),
     "origin": {},
+    "dynamic-ntk": {},
 }
+
+
+def _method_of(case):
+    return case if case in METHODS else case.split("-")[0]
+
+
+def _starts(method):
+    """Query blocks to run: the prefill from 0 and, where the method allows a
+    prompt in pieces (``decode == "rows"``), a block continuing a cache."""
+    return [0] if METHODS[method].decode == "prefill-plan" else [0, 90]
 
 
 @pytest.mark.parametrize("few_rows", [False, True])
@@ -111,19 +137,44 @@ PREFILL_CASES = {
 def test_gpu_paths_match_dense(case, few_rows, monkeypatch):
     """On CUDA the near and far key sets go through one SDPA call with the head
     dimension doubled, or, for few query rows, through matmul scores merged by
-    log-sum-exp; Mesa's middle chunks through one causal call.  Force those
-    paths on CPU and check them against the reference."""
-    method = case.split("-")[0] if case.startswith("mesa") else case
+    log-sum-exp; Mesa's middle chunks through one causal call; origin's blocks
+    of a continued prompt through masked SDPA of up to 8192 rows.  Force those
+    paths on CPU (with a small score budget, so blocks are several) and check
+    them, and the CPU paths, against the reference."""
+    method = _method_of(case)
     n = 150
     m = get_method(method, train_length=64, **PREFILL_CASES[case]).resolve(
         n, prefill_length=n)
-    q, k, v = _qkv(n, n, seed=3)
-    want = _dense(m, q, k, v, 0, D ** -0.5)
-    merged = _attend(m, q, k, v, 0)
-    _force_gpu_paths(monkeypatch, few_rows)
-    concat = _attend(m, q, k, v, 0)
-    assert (merged.double() - want).abs().max().item() <= 1e-5
-    assert (concat.double() - want).abs().max().item() <= 1e-5
+    for i0 in _starts(method):
+        q, k, v = _qkv(n - i0, n, seed=3 + i0)
+        want = _dense(m, q, k, v, i0, D ** -0.5)
+        with monkeypatch.context() as patch:
+            cpu = _attend(m, q, k, v, i0)
+            _force_gpu_paths(patch, few_rows)
+            patch.setattr(attention_sets, "SCORE_BUDGET", 4 * H * 40 * n)
+            gpu = _attend(m, q, k, v, i0)
+        assert (cpu.double() - want).abs().max().item() <= 1e-5, i0
+        assert (gpu.double() - want).abs().max().item() <= 1e-5, i0
+
+
+def test_forced_gpu_origin_blocks_run(monkeypatch):
+    """The forced GPU path of a continued prompt really runs blocked masked SDPA
+    (not the fused causal kernel, which serves only a prefill from 0)."""
+    calls = []
+    sdpa = attention_sets.sdpa
+
+    def spy(q, k, v, mask, scale, backend="sdpa"):
+        calls.append((q.shape[2], mask is not None))
+        return sdpa(q, k, v, mask, scale, backend)
+
+    _force_gpu_paths(monkeypatch)
+    monkeypatch.setattr(attention_sets, "sdpa", spy)
+    monkeypatch.setattr(attention_sets, "SCORE_BUDGET", 4 * 40 * 150)
+    m = get_method("origin", train_length=64).resolve(150)
+    q, k, v = _qkv(60, 150, seed=4)
+    got = _attend(m, q, k, v, 90)
+    assert calls == [(40, True), (20, True)]
+    assert (got.double() - _dense(m, q, k, v, 90, D ** -0.5)).abs().max().item() <= 1e-5
 
 
 @pytest.mark.parametrize("lk", [10, 64, 100])
@@ -131,5 +182,50 @@ def test_split_k_product_equals_matmul(lk):
     """The GPU's split-K ``p @ v`` (blocks of keys, summed) equals the plain product."""
     g = torch.Generator().manual_seed(lk)
     p, v = torch.rand(2, 3, 5, lk, generator=g), torch.randn(2, 3, lk, 8, generator=g)
-    got = kernels._pv(p, v, split=True, block=16)
+    got = attention_sets.pv(p, v, split=True, block=16)
     assert torch.allclose(got, p @ v, atol=1e-5)
+
+
+# -- the registry, the tables, the factorisation ----------------------------------------------
+
+def test_every_method_is_native_or_has_a_kernel():
+    for name, cls in METHODS.items():
+        assert cls.native or cls in kernels.KERNELS, name
+        if cls in kernels.KERNELS:
+            assert kernels.kernel_for(cls) is kernels.kernel_for(cls())
+
+
+def test_kernel_registry_refuses_a_second_entry_and_unknown_methods():
+    with pytest.raises(ValueError, match="Stair already has a kernel"):
+        kernels.kernel(METHODS["stair"])(lambda *a: None)
+    assert kernels.KERNELS[METHODS["stair"]].run is kernels.stair
+    with pytest.raises(TypeError):
+        kernels.KERNELS[METHODS["stair"]] = None                     # read-only view
+
+
+def test_rope_tables_serve_one_method_only():
+    """Tables made for one resolved method are refused for another (or for the
+    same method with other parameters): a cache can never be reused stale."""
+    a = get_method("stair", train_length=64, stair_start=9, stair_width=4).resolve(150)
+    b = get_method("stair", train_length=64, stair_start=9, stair_width=5).resolve(150)
+    tables = kernels.RopeTables(kernels.Rope(_inv_freq().float()), a)
+    q, k, v = _qkv(150, 150, seed=5)
+    kernels.attend(a, q, k, v, 0, tables, D ** -0.5)
+    with pytest.raises(ValueError, match="RopeTables made for"):
+        kernels.attend(b, q, k, v, 0, tables, D ** -0.5)
+
+
+@pytest.mark.parametrize("s,N,E", [(0, 4, 2), (37, 9, 4), (100, 0, 3), (64, 20, 1), (50, 3, 13)])
+def test_stair_factorisation(s, N, E):
+    """``P(i - j) = m + g_r(j)``: the query's step ``m`` minus the key position
+    of its residue class, for every query from ``s`` on and every far key."""
+    geo = kernels.StairGeometry(s, N, E)
+    i = torch.arange(s, s + 60)
+    j = torch.arange(0, s + 60)
+    far = i[:, None] - j[None, :] >= N
+    r = torch.tensor([geo.residue(int(x)) for x in i])
+    key = torch.stack([geo.key_position(j, int(rr)) for rr in r])            # [i, j]
+    got = geo.step(i)[:, None] - key
+    want = torch.as_tensor(np.asarray(METHODS["stair"](stair_start=N, stair_width=E)
+                                      .relative(i.numpy()[:, None], j.numpy()[None, :])[0]))
+    assert torch.equal(got[far], want[far])

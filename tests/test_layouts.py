@@ -1,10 +1,13 @@
-"""Pure layouts: Figure 1, every method's rule, and bad parameters."""
+"""Pure layouts: Figure 1, every method's rule, defaults derived from the
+training length, the capability API, and bad parameters."""
 
 import numpy as np
 import pytest
 
 import mesa_viz as mv
-from mesa_viz.methods import stair_position
+from mesa_viz.methods import DECODE_MODES, METHODS, resolve, stair_position
+
+pytestmark = pytest.mark.unit
 
 pytestmark = pytest.mark.unit
 
@@ -28,6 +31,56 @@ def test_figure1_middle_chunk_positions():
             # the first chunk sits at 0..1 and the chunk at 2.. : query at 2 + off
             assert list(L.relative_positions[i, :2]) == [2 + off, 1 + off]
             assert list(L.relative_positions[i, a:i + 1]) == list(range(off, -1, -1))
+
+
+def test_figure1_paper_configuration():
+    """Figure 1 (left) as the paper draws it, with a training length (8) that
+    keeps every position it shows trained; its defaults give the same plan and
+    stair start, and ``stair_limit=8`` the same stair width."""
+    fig = dict(first_chunk=2, chunk_size=3, last_chunk=2, stair_start=2, stair_width=2)
+    L = mv.layout("mesa", 13, train_length=8, **fig)
+    assert L.chunk_plan.chunks == ((0, 2), (2, 5), (5, 8), (8, 11), (11, 13))
+    assert list(L.relative_positions[12]) == [7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 0]
+    assert L.max_relative_position == 7
+    defaults = mv.layout("mesa", 13, train_length=8, stair_limit=8)
+    assert {k: defaults.params[k] for k in fig} == fig
+    assert (defaults.relative_positions == L.relative_positions).all()
+
+
+@pytest.mark.parametrize("T", [8, 10, 16, 24, 32, 64])
+@pytest.mark.parametrize("times", [1.4, 2, 3])
+def test_mesa_defaults_are_readable_at_small_train_length(T, times):
+    """Small T: a first chunk of at least 2 tokens, middle chunks of at least
+    3, and a stair that climbs in steps wider than one position."""
+    n = int(times * T)
+    L = mv.layout("mesa", n, train_length=T)
+    plan, p = L.chunk_plan, L.params
+    assert plan.first[1] >= 2 and plan.middle
+    assert all(b - a >= 3 for a, b in plan.middle)
+    assert p["stair_start"] >= 2 and p["stair_width"] >= 2
+    last_row = L.relative_positions[-1]
+    steps = last_row[last_row >= p["stair_start"]]
+    assert len(set(steps)) >= 2 and len(set(steps)) < len(steps)      # a stair, not a line
+    assert L.max_relative_position < T
+
+
+@pytest.mark.parametrize("T", [1024, 4096, 8192])
+def test_mesa_defaults_at_large_train_length(T):
+    """At T >= 1024 the defaults are the documented fractions of T."""
+    for n in (T + T // 8, 2 * T, 4 * T):
+        m = mv.get_method("mesa").resolve(n, T)
+        assert (m.first_chunk, m.last_chunk, m.stair_start, m.stair_limit) == \
+            (T // 16, T // 16, T // 4, T // 2)
+        assert T // 16 < m.chunk_size <= T // 8
+
+
+@pytest.mark.parametrize("T", [3, 4, 8])
+def test_every_default_resolves_at_tiny_train_length(T):
+    for name in METHODS:
+        L = mv.layout(name, 3 * T, train_length=T)
+        assert L.mask.any()
+    with pytest.raises(ValueError, match="window=1 leaves no room below train_length=2"):
+        mv.layout("leaky-rerope", 6, train_length=2)          # no room for a leak at T = 2
 
 
 def test_figure1_stair_row():
@@ -177,3 +230,57 @@ def test_layout_rows_matches_dense():
     rel, vis, _ = mv.layout_rows("mesa", 300, [0, 150, 299], train_length=64)
     assert (rel == L.relative_positions[[0, 150, 299]]).all()
     assert (vis == L.mask[[0, 150, 299]]).all()
+
+
+# -- the capability API ---------------------------------------------------------------
+
+CASES = [("origin", {}), ("dynamic-ntk", {}), ("stair", dict(stair_start=5, stair_width=3)),
+         ("rerope", dict(window=7)), ("leaky-rerope", dict(window=7)),
+         ("streaming-llm", dict(sink_tokens=3)), ("streaming-llm", dict(sink_tokens=0)),
+         ("lm-infinite", dict(sink_tokens=2, window=9)), ("mesa", {}),
+         ("mesa", dict(first_chunk=3, chunk_size=5, last_chunk=4)),
+         ("mesa", dict(stair="anchored", last_chunk=3))]
+
+
+@pytest.mark.parametrize("name,params", CASES)
+@pytest.mark.parametrize("n", [1, 7, 16, 41, 100])
+def test_visible_pairs_count_the_layout(name, params, n):
+    """The closed form of every method equals the pairs its layout shows."""
+    m = resolve(name, n, train_length=16, **params)
+    assert m.visible_pairs(n) == int(mv.layout(m, n).mask.sum())
+
+
+def test_capabilities_are_declared():
+    for name, cls in METHODS.items():
+        assert cls.name == name and cls.decode in DECODE_MODES
+        assert cls.past_train_length, name
+        m = resolve(name, 100, train_length=32)
+        assert (m.rope_parameters() is None) == (m.rope_rule() is None)
+        assert (m.query_scale(np.arange(100)) >= 1).all()
+    assert resolve("dynamic-ntk", 10, factor=2.0).rope_parameters() == \
+        {"rope_type": "dynamic", "factor": 2.0}
+    assert METHODS["origin"].native and not METHODS["stair"].native
+    assert METHODS["mesa"].chunked and METHODS["mesa"].decode == "prefill-plan"
+
+
+def test_mesa_query_scale_is_log_n_in_the_last_chunk():
+    m = resolve("mesa", 200, train_length=64, log_scaling=True)
+    s = m.plan().last_start
+    f = m.query_scale(np.arange(200))
+    assert (f[:s] == 1).all()
+    assert np.allclose(f[s:], np.maximum(1, np.log(np.arange(s, 200) + 1) / np.log(64)))
+    assert (resolve("mesa", 50, train_length=64, log_scaling=True).query_scale(
+        np.arange(50)) == 1).all()
+
+
+def test_resolve_helper():
+    """One call from a name (or a value) and plain numbers to a resolved method."""
+    a = resolve("mesa", 300, train_length=64, first_chunk=8)
+    assert a == mv.get_method("mesa", first_chunk=8).resolve(300, 64)
+    assert resolve(a, 300) == a
+    assert resolve("rerope", 300, default_train_length=100).train_length == 100
+    assert resolve("rerope", 300, train_length=64, default_train_length=100).train_length == 64
+    assert resolve(mv.get_method("rerope", train_length=50), 300,
+                   default_train_length=100).train_length == 50
+    assert resolve("rerope", 300).train_length == 300
+    assert resolve("mesa", 300, train_length=64, prefill_length=280).plan().last[1] == 280

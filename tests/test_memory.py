@@ -1,71 +1,31 @@
 """Memory estimate: its growth by method, the fit check, the peak meter, and the
-calibration measured on this project's CPU machine (SmolLM2-135M, fp32)."""
+estimate against a measurement of real prefills (a SmolLM2-shaped tiny model)."""
+
+import ast
+import ctypes
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import mesa_viz as mv
 import mesa_viz.memory as memory
 from mesa_viz.memory import (GiB, LengthTooLong, ModelDims, PeakMemory, available_bytes,
                              check_fits, estimate_peak_bytes, exact_rss, model_dims)
+from mesa_viz.models import tiny_model
+
+pytestmark = pytest.mark.tiny
 
 pytestmark = pytest.mark.tiny
 
 SMOL = ModelDims(layers=30, hidden=576, intermediate=1536, heads=9, kv_heads=3, head_dim=64,
                  vocab=49152, max_positions=8192)
-
-#: (backend, method, length, train_length, measured peak RSS bytes net of weights) of one
-#: ``model(ids, use_cache=True, logits_to_keep=1)`` of SmolLM2-135M-Instruct (fp32, 1 thread)
-#: on the project's 2-core CPU machine: PeakMemory (VmHWM reset through clear_refs) with
-#: the mmap threshold fixed at 1 MiB (``exact_rss``), weights paged in, points in this
-#: order in one process per backend;
-#: mesa_viz/kernels.py as of 2026-11-26 00:19 (the chunked Mesa and eager rows) and as of
-#: commit f496f10 (the 35 sdpa rows: the 7-method grid of ``mesa-viz bench``, 2 threads).
-#: train_length 2048 makes Mesa chunked.
-#: Re-measure with ``mesa-viz bench`` (its rows carry both numbers) after kernel changes.
-CALIBRATION = [
-    # mesa-viz bench, 2026-11-26, 2 threads (benchmarks/cpu-grid/grid.jsonl)
-    ("sdpa", "origin", 2048, None, 155385856),
-    ("sdpa", "mesa", 2048, None, 157368320),
-    ("sdpa", "rerope", 2048, None, 162480128),
-    ("sdpa", "leaky-rerope", 2048, None, 193495040),
-    ("sdpa", "dynamic-ntk", 2048, None, 165494784),
-    ("sdpa", "streaming-llm", 2048, None, 178343936),
-    ("sdpa", "lm-infinite", 2048, None, 212750336),
-    ("sdpa", "origin", 4096, None, 308871168),
-    ("sdpa", "mesa", 4096, None, 309854208),
-    ("sdpa", "rerope", 4096, None, 355414016),
-    ("sdpa", "leaky-rerope", 4096, None, 351858688),
-    ("sdpa", "dynamic-ntk", 4096, None, 307757056),
-    ("sdpa", "streaming-llm", 4096, None, 359694336),
-    ("sdpa", "lm-infinite", 4096, None, 358133760),
-    ("sdpa", "origin", 8192, None, 627961856),
-    ("sdpa", "mesa", 8192, None, 633212928),
-    ("sdpa", "rerope", 8192, None, 767913984),
-    ("sdpa", "leaky-rerope", 8192, None, 746979328),
-    ("sdpa", "dynamic-ntk", 8192, None, 668700672),
-    ("sdpa", "streaming-llm", 8192, None, 721846272),
-    ("sdpa", "lm-infinite", 8192, None, 734416896),
-    ("sdpa", "origin", 16384, None, 1355759616),
-    ("sdpa", "mesa", 16384, None, 1420214272),
-    ("sdpa", "rerope", 16384, None, 1382244352),
-    ("sdpa", "leaky-rerope", 16384, None, 1369554944),
-    ("sdpa", "dynamic-ntk", 16384, None, 1311784960),
-    ("sdpa", "streaming-llm", 16384, None, 1407459328),
-    ("sdpa", "lm-infinite", 16384, None, 1394814976),
-    ("sdpa", "origin", 32768, None, 2541301760),
-    ("sdpa", "mesa", 32768, None, 2643316736),
-    ("sdpa", "rerope", 32768, None, 2639863808),
-    ("sdpa", "leaky-rerope", 32768, None, 2633957376),
-    ("sdpa", "dynamic-ntk", 32768, None, 2990411776),
-    ("sdpa", "streaming-llm", 32768, None, 2652860416),
-    ("sdpa", "lm-infinite", 32768, None, 2652938240),
-    ("sdpa", "mesa", 4096, 2048, 321826816),
-    ("sdpa", "mesa", 8192, 2048, 626081792),
-    ("eager", "origin", 2048, None, 452108288),
-    ("eager", "origin", 4096, None, 1527656448),
-    ("eager", "rerope", 4096, None, 512253952),
-    ("eager", "mesa", 8192, 2048, 960909312),
-]
+#: SmolLM2-135M's layer shape (the estimate's calibration model) in 2 random layers.
+SMOL_LAYERS = dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9,
+                   num_key_value_heads=3, head_dim=64)
 
 
 def _ratio(f, a, b):
@@ -127,9 +87,46 @@ def test_check_fits_raises_with_the_numbers(tiny_llama, monkeypatch):
     assert est == estimate_peak_bytes(tiny_llama.config, "mesa", n, train_length=4096)
 
 
-def test_exact_rss_applies_and_restores():
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _mapped_bytes(nbytes: int) -> int:
+    """Bytes glibc serves from their own mapping (``mallinfo2().hblkhd``) for one
+    live tensor of ``nbytes``: its size above the mmap threshold, 0 below."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    before = libc.mallinfo2().hblkhd
+    x = torch.ones(nbytes // 4)
+    mapped = libc.mallinfo2().hblkhd - before
+    del x
+    return mapped
+
+
+def _threshold_effects():
+    """Mapped bytes of tensors inside :func:`exact_rss` (2 MiB, 512 KiB) and
+    after it (8 MiB, 40 MiB), and whether it applied."""
     with exact_rss() as ok:
-        assert ok is True
+        inside = (_mapped_bytes(2 * 2**20), _mapped_bytes(2**19))
+    return ok, inside, (_mapped_bytes(8 * 2**20), _mapped_bytes(40 * 2**20))
+
+
+def test_exact_rss_applies_and_restores():
+    """Inside: allocations of 1 MiB (``MMAP_THRESHOLD``) and more get their own
+    mapping; after: only those of 32 MiB (``MMAP_THRESHOLD_AFTER``) and more.
+    Run in a fresh process: a heap that already holds large free chunks serves
+    a request from them, whatever the threshold."""
+    here = Path(__file__).parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here.parent), str(here)]))
+    code = "import test_memory as t; print(t._threshold_effects())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=here, env=env, capture_output=True,
+                         text=True, check=True).stdout
+    ok, (big, small), (below, above) = ast.literal_eval(out.strip().splitlines()[-1])
+    assert ok is True
+    assert big >= 2 * 2**20 and small == 0
+    assert below == 0 and above >= 40 * 2**20
 
 
 def test_available_bytes_cpu():
@@ -158,8 +155,30 @@ def test_exact_rss_measures_live_tensors_reproducibly():
     assert abs(a - 60 * 2**20) < 8 * 2**20 and abs(a - b) < 4 * 2**20
 
 
-@pytest.mark.parametrize("backend,method,n,T,measured", CALIBRATION)
-def test_calibration_within_30_percent(backend, method, n, T, measured):
-    est = estimate_peak_bytes(SMOL, method, n, backend=backend, train_length=T,
+@pytest.fixture(scope="module")
+def smol_layers():
+    return {backend: tiny_model("llama", attn_implementation=backend, **SMOL_LAYERS)[0]
+            for backend in ("sdpa", "eager")}
+
+
+@pytest.mark.parametrize("backend,method", [
+    ("sdpa", "origin"), ("sdpa", "mesa"), ("sdpa", "rerope"), ("sdpa", "stair"),
+    ("eager", "origin")])
+def test_estimate_matches_a_measured_prefill(smol_layers, backend, method):
+    """One ``model(ids, use_cache=True, logits_to_keep=1)`` of 1024 tokens past
+    train_length=256, measured as ``mesa-viz bench`` does (PeakMemory inside
+    exact_rss: the live tensors), against the estimate for the same config:
+    within -40%/+30%.  (On the 30-layer model the grid is within 30%, module doc
+    of memory.py; with two layers the cache, which the estimate gets exactly, is
+    a small share, and what glibc's per-thread arenas keep varies by ~20%.)  An
+    ``[n, n]`` score matrix the estimate does not know of, or one it expects
+    that is not there, moves the ratio out of range."""
+    model, n, T = smol_layers[backend], 1024, 256
+    ids = torch.randint(0, 500, (1, n), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), mv.apply(model, method, train_length=T):
+        model(ids[:, :256], use_cache=True, logits_to_keep=1)             # warm up
+        with PeakMemory("cpu", exact=True) as pm:
+            model(ids, use_cache=True, logits_to_keep=1)
+    est = estimate_peak_bytes(model.config, method, n, backend=backend, train_length=T,
                               fragmentation=0.0)
-    assert 0.7 < est / measured < 1.3, (est / GiB, measured / GiB)
+    assert 0.6 < est / pm.peak_bytes < 1.3, (est / 2**20, pm.peak_bytes / 2**20)

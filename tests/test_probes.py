@@ -40,7 +40,8 @@ def test_rows_equal_eager_attention_on_short_input(family):
 @pytest.mark.parametrize("method,params", [
     ("mesa", dict(first_chunk=8, chunk_size=16, last_chunk=16)),
     ("rerope", dict(window=20)), ("streaming-llm", dict(sink_tokens=4)),
-    ("lm-infinite", dict(sink_tokens=4)), ("leaky-rerope", dict(window=20))])
+    ("lm-infinite", dict(sink_tokens=4)), ("leaky-rerope", dict(window=20)),
+    ("stair", dict(stair_start=10, stair_width=3)), ("dynamic-ntk", dict(factor=2.0))])
 def test_rows_follow_the_method(eager_llama, method, params):
     ids = _ids(150, seed=1)
     rows = [3, 40, 100, 149]
