@@ -481,3 +481,119 @@ def sweep_viewer(rows, kind: str = "passkey", train_length: int | None = None) -
     ex = Explorer(box=box, controls=controls, figures=figures, outputs=outputs, redraw=redraw)
     redraw()
     return ex
+
+
+# == theory: theorem explorer (mesa_viz.theory; issue 14) ============================
+
+__all__ += ["theorem_explorer"]
+
+#: Theorem explorer sliders: name -> (min, max, step); ``length``'s max is an argument.
+THEOREM_PARAMS = (("M", 2, 256, 1), ("H", -2.0, 2.0, 0.05), ("N", 1, 255, 1), ("E", 1, 64, 1))
+
+
+def _theorem_controls(values: dict, max_length: int) -> dict:
+    controls = {}
+    for name, lo, hi, step in THEOREM_PARAMS + (("length", 2, max_length, 1),):
+        if not lo <= values[name] <= hi:
+            raise ValueError(f"{name}={values[name]!r}: allowed [{lo}, {hi}]")
+        cls = W.FloatSlider if isinstance(step, float) else W.IntSlider
+        controls[name] = cls(value=values[name], min=lo, max=hi, step=step, description=name,
+                             continuous_update=False, layout=W.Layout(width="280px"),
+                             style={"description_width": "50px"})
+    small = dict(layout=W.Layout(width="190px"), style={"description_width": "60px"})
+    controls["layer2"] = W.Dropdown(options=["corrected", "paper"], value="corrected",
+                                    description="layer 2", **small)
+    controls["recovery"] = W.Dropdown(options=["round", "exact"], value="round",
+                                      description="position", **small)
+    for name, text in (("log_x", "log t"), ("closed_form", "closed forms")):
+        controls[name] = W.Checkbox(value=True, description=text, indent=False,
+                                    layout=W.Layout(width="120px"))
+    return controls
+
+
+def _theorem_kwargs(pe: str, v: dict) -> dict:
+    """``theory.run`` arguments for ``pe`` from the control values ``v``."""
+    kw = dict(M=v["M"], H=float(v["H"]), length=v["length"])
+    if pe != "nope":
+        kw.update(layer2=v["layer2"], recovery=v["recovery"], N=None, E=None)
+    if pe in ("rerope", "stair"):
+        kw["N"] = v["N"]
+    if pe == "stair":
+        kw["E"] = v["E"]
+    return kw
+
+
+_VERDICT = {True: "holds", False: "fails", None: "untested"}
+
+
+def _statement_html(st) -> str:
+    color = {True: "#1a7f37", False: "#b00020", None: "#666"}[st.holds]
+    return f"<span style='color:{color};font-size:90%'>{html.escape(st.text)}</span>"
+
+
+def theorem_explorer(M: int = 16, H: float = 0.5, N: int = 3, E: int = 4, length: int = 1024,
+                     max_length: int = 8192) -> Explorer:
+    """The constructions of Appendix E run live (:mod:`mesa_viz.theory`): NoPE
+    (Theorem 3.1), the relative PE (3.2), the ReRoPE clamp (3.3) and Stair PE
+    (Corollary 4.1).
+
+    Controls: sliders ``M, H, N, E, length``; ``layer2`` (``"corrected"`` or
+    ``"paper"``: Equ.34 as printed); ``recovery`` (``"round"`` or
+    ``"exact"``: how the layer-1 MLP returns the position); ``log_x`` and
+    ``closed_form`` (dotted closed forms where the proofs derive one).
+    Figures: ``value`` (``o_t`` against ``t`` with ``H`` and ``M``) and
+    ``position`` (the recovered position). ``outputs["statements"]`` has one
+    line per PE saying whether its statement holds. Invalid parameters (e.g.
+    ``N >= M``) show the ValueError in ``outputs["message"]`` and keep the
+    figures. ``cache`` keeps runs by parameters.
+    """
+    from . import theory
+
+    controls = _theorem_controls(dict(M=M, H=H, N=N, E=E, length=length), max_length)
+    figures = {"value": go.FigureWidget(), "position": go.FigureWidget()}
+    outputs = {"statements": W.HTML(), "message": W.HTML()}
+    cache: dict = {}
+
+    def run(pe: str, v: dict):
+        kw = _theorem_kwargs(pe, v)
+        key = (pe, tuple(sorted(kw.items())))
+        if key not in cache:
+            cache[key] = theory.run(pe, **kw)
+        return cache[key]
+
+    def redraw():
+        v = {k: c.value for k, c in controls.items()}
+        try:
+            runs = {pe: run(pe, v) for pe in theory.PES}
+        except ValueError as err:
+            outputs["message"].value = _error_html(err)
+            return
+        outputs["message"].value = ""
+        _draw_theorems(theory, runs, v, figures)
+        outputs["statements"].value = "<div style='line-height:1.35'>" + "<br>".join(
+            _statement_html(r.statement()) for r in runs.values()) + "</div>"
+
+    _observe(controls, redraw)
+    box = W.VBox([W.HBox(list(controls.values()), layout=W.Layout(flex_flow="row wrap")),
+                  outputs["message"], figures["value"], outputs["statements"], figures["position"]])
+    ex = Explorer(box=box, controls=controls, figures=figures, outputs=outputs, redraw=redraw,
+                  cache=cache)
+    redraw()
+    return ex
+
+
+def _draw_theorems(theory, runs: dict, v: dict, figures: dict) -> None:
+    t = runs["nope"].t
+    closed = None
+    if v["closed_form"]:
+        closed = {pe: theory.closed_form(pe, v["M"], float(v["H"]), v["length"], N=v["N"],
+                                         layer2=v["layer2"], recovery=v["recovery"])
+                  for pe in runs}
+    note = " (Equ.34 as printed)" if v["layer2"] == "paper" else ""
+    verdicts = " · ".join(f"{pe} {_VERDICT[r.statement().holds]}" for pe, r in runs.items())
+    _set_figure(figures["value"], plots.theorem_figure(
+        {pe: r.value for pe, r in runs.items()}, v["M"], float(v["H"]), t, closed,
+        log_x=v["log_x"], title=f"layer 2 {v['layer2']}{note}: {verdicts}"))
+    _set_figure(figures["position"], plots.recovered_position_figure(
+        {pe: r.position for pe, r in runs.items() if r.position is not None}, t,
+        log_x=v["log_x"]))
