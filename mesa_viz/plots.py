@@ -1332,8 +1332,8 @@ def theorem_figure(values_by_pe: dict, M: int, H: float, t=None, closed_forms: d
     ``values_by_pe``: name -> ``[t]``; ``closed_forms``: name -> ``[t]`` drawn
     dotted (NaN where no closed form is derived).  The y-axis spans
     ``[H - 1, H + min(M - 1, 2.5)]`` (every value lies in ``[H - 1, H - 1 + M]``).
-    (On a log axis plotly places the ``M`` line in data units but its label in
-    ``log10`` units.)
+    ``H`` and ``M`` are marked with :func:`mark` (``M`` beyond the inputs' ``t``
+    is noted at the plot's edge).
     """
     x = _check_curves(values_by_pe, t, "values_by_pe")
     if not (isinstance(M, (int, np.integer)) and M >= 1):
@@ -1345,14 +1345,12 @@ def theorem_figure(values_by_pe: dict, M: int, H: float, t=None, closed_forms: d
     if closed_forms:
         _check_curves(closed_forms, x, "closed_forms")
         _theory_traces(fig, closed_forms, x, closed=True)
-    fig.add_hline(y=float(H), line=dict(color="red", dash="dot"), name="H",
-                  annotation_text=f"H = {float(H):.3g}")
-    fig.add_vline(x=int(M), line=dict(color="black", dash="dash"), name="M")
-    fig.add_annotation(x=math.log10(M) if log_x else int(M), y=1, xref="x", yref="paper",
-                       text=f"M = {int(M)}", showarrow=False, xanchor="left", yanchor="top")
     fig.update_xaxes(title_text="t (keys seen = position + 1)", type="log" if log_x else "linear")
     fig.update_yaxes(title_text="o_t at the threshold dimension",
                      range=[H - 1.05, H + min(M - 1, 2.5) + 0.05])
+    mark(fig, float(H), axis="y", name="H", label=f"H = {float(H):.3g}", color="red", dash="dot",
+         label_at=0.99)
+    mark(fig, int(M), name="M", label=f"M = {int(M)}")
     fig.update_layout(title=dict(text=title or "the constructions of Appendix E against t",
                                  font=dict(size=14)), height=370, margin=dict(t=45, b=45),
                       legend_title_text="dotted: closed form" if closed_forms else None)
@@ -1374,3 +1372,199 @@ def recovered_position_figure(positions_by_pe: dict, t=None, log_x: bool = True,
     fig.update_layout(title=title or "layer 1: the position recovered from o_t (Equ.32/45)",
                       height=360, legend=dict(orientation="h", y=-0.25))
     return fig
+
+
+# == real-model views: hidden heat maps, crossing vs failure (issue 14) ============
+
+__all__ += ["hidden_heatmap", "crossing_scatter"]
+
+#: Red above 0, blue below, as the paper's Figures 11-16.
+_DIVERGING = "RdBu_r"
+
+
+def _check_views(views) -> list:
+    """The views (``thresholds.HiddenView``), checked to share layers, dims,
+    windows, pooling and ``T``."""
+    views = list(views.values()) if isinstance(views, dict) else list(views)
+    if not views:
+        raise ValueError("views is empty: allowed thresholds.hidden_view results")
+    first = views[0]
+    for v in views[1:]:
+        keys = ("layers", "dims", "windows", "pool", "train_length", "relative_to")
+        differ = [k for k in keys if getattr(v, k) != getattr(first, k)]
+        if differ:
+            raise ValueError(f"views of {first.method!r} and {v.method!r} differ in {differ}: "
+                             "allowed views made alike from traces of one input")
+    return views
+
+
+def _color_limit(views, li: int, percentile: float) -> float:
+    """The ``percentile`` of ``|value|`` of layer row ``li`` over every view
+    and window (colours saturate beyond it, so one outlier dim does not wash
+    the rest out)."""
+    a = np.concatenate([np.abs(w[li]).ravel() for v in views for w in v.values])
+    a = a[np.isfinite(a)]
+    return float(np.percentile(a, percentile)) if a.size and a.max() > 0 else 1.0
+
+
+def hidden_heatmap(views, title: str | None = None, percentile: float = 99.0,
+                   row_px: int | None = None) -> go.Figure:
+    """The paper's Figures 11-16: hidden-state values, dims x positions, one
+    row of heat maps per hidden layer, one column per (method, window), methods
+    side by side (origin beside a weave method).
+
+    ``views``: ``thresholds.hidden_view`` results (list, or dict method ->
+    view) made alike.  Colour: red > 0 > blue (the paper's), one scale per
+    layer shared by every method and window, saturating at the
+    ``percentile`` of ``|value|`` (hover gives exact values).  ``T`` is marked
+    in every panel whose window holds it.  With ``relative_to`` views the
+    values are minus that position's (pooled) value.
+    """
+    views = _check_views(views)
+    v0 = views[0]
+    nl, nw = len(v0.layers), len(v0.windows)
+    widths = [b - a for a, b in v0.windows] * len(views)
+    row_px = row_px or max(70, 7 * len(v0.dims) + 20)
+    grid = _subplot_grid(nl, row_px=row_px, gap_px=14)
+    fig = make_subplots(rows=nl, cols=nw * len(views), shared_yaxes=True, shared_xaxes=True,
+                        column_widths=[w / sum(widths) for w in widths],
+                        horizontal_spacing=min(0.02, 0.3 / max(1, nw * len(views))),
+                        vertical_spacing=grid["vertical_spacing"],
+                        subplot_titles=[f"{v.method}: {a}-{b - 1}" for v in views
+                                        for a, b in v.windows])
+    dims = [str(d) for d in v0.dims]
+    for li, layer in enumerate(v0.layers):
+        limit, axis = _color_limit(views, li, percentile), f"coloraxis{li + 1}"
+        for k, v in enumerate(views):
+            for w, edges in enumerate(v.edges):
+                fig.add_trace(go.Heatmap(
+                    z=v.values[w][li], x=edges, y=dims, coloraxis=axis, name=v.method,
+                    hovertemplate=f"{html.escape(v.method)}, layer {layer}<br>dim %{{y}}<br>"
+                                  f"position %{{x:.0f}} (mean of {v.pool})<br>"
+                                  "value %{z:.4g}<extra></extra>"),
+                    row=li + 1, col=k * nw + w + 1)
+        _layer_colorbar(fig, li, layer, limit, axis)
+    fig.update_yaxes(type="category", showticklabels=True)
+    for li, layer in enumerate(v0.layers):
+        fig.update_yaxes(title_text=f"layer {layer}<br>dim", row=li + 1, col=1)
+    fig.update_xaxes(title_text=f"position ({v0.pool} a column)" if v0.pool > 1 else "position",
+                     row=nl)
+    _mark_train_length(fig, v0, nl, nw * len(views))
+    what = _relative_note(views)
+    fig.update_layout(
+        title=title or f"hidden states around and past T={v0.train_length}",
+        title_subtitle_text=f"colour: {what}, red > 0 > blue, per layer saturating at the "
+                            f"{percentile:g}th percentile of |value|",
+        height=grid["height"] + 20, margin=dict(grid["margin"], t=110, r=90))
+    return fig
+
+
+def _relative_note(views) -> str:
+    """What the colour shows: the value, or minus whose value at which position."""
+    at = views[0].relative_to
+    if at is None:
+        return "value"
+    refs = {v.reference for v in views}
+    whose = f"{refs.pop()}'s" if len(refs) == 1 else "each method's own"
+    return f"value minus {whose} value at {at}"
+
+
+def _layer_colorbar(fig: go.Figure, li: int, layer: int, limit: float, axis: str) -> None:
+    """Layer row ``li``'s colour axis, its bar beside the row."""
+    lo, hi = fig.get_subplot(li + 1, 1).yaxis.domain
+    fig.update_layout({axis: dict(
+        colorscale=_DIVERGING, cmin=-limit, cmax=limit, cmid=0,
+        colorbar=dict(y=(lo + hi) / 2, len=(hi - lo) * 1.05, thickness=10, x=1.01,
+                      title=dict(text=f"L{layer}", side="right"), tickfont=dict(size=9)))})
+
+
+def _mark_train_length(fig: go.Figure, view, rows: int, cols: int) -> None:
+    """``T`` in every panel whose window holds it (labelled in the top row)."""
+    T = view.train_length
+    for c in range(cols):
+        a, b = view.windows[c % len(view.windows)]
+        if a <= T <= b:
+            for r in range(rows):
+                mark(fig, T, name="train_length", label=f"T={T}" if r == 0 else None,
+                     row=r + 1, col=c + 1, label_at=0.98)
+
+
+_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "star", "pentagon", "hexagon")
+
+
+def crossing_scatter(rows, x: str = "crossed_fraction", title: str | None = None,
+                     subtitle: str | None = None, jitter: float = 0.012) -> go.Figure:
+    """Does crossing predict failure?  One point per (method, length): x the
+    crossing measure ``x`` (``failure.X_MEASURES``), y passkey accuracy (95 %
+    Wilson bars) and, in a second panel, perplexity past ``T`` when rows have
+    it.  Colour by method, symbol by length; hover gives every measure.
+
+    ``rows``: ``failure.join`` rows.  ``jitter``: points are offset on x by up
+    to ``±jitter`` per method so equal values stay visible (hover: exact).
+    """
+    from .failure import X_MEASURES
+    if x not in X_MEASURES:
+        raise ValueError(f"x={x!r}: allowed one of {list(X_MEASURES)}")
+    rows = _check_row_keys(rows, ("method", "length", x, "crossed", "pairs"), "crossing")
+    panels = [(k, t) for k, t in (("accuracy", "passkey accuracy"), ("ppl_past_t", "ppl past T"))
+              if any(r.get(k) is not None for r in rows)]
+    if not panels:
+        raise ValueError("no row has accuracy or ppl_past_t: allowed rows joined with passkey "
+                         "or perplexity results (failure.join)")
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, t in panels],
+                        horizontal_spacing=0.1)
+    methods, lengths = _methods_in(rows), sorted({int(r["length"]) for r in rows})
+    for k, m in enumerate(methods):
+        shift = jitter * (2 * k / max(1, len(methods) - 1) - 1) if len(methods) > 1 else 0.0
+        mine = [r for r in rows if r["method"] == m]
+        for col, (key, _) in enumerate(panels, start=1):
+            pts = [r for r in mine if r.get(key) is not None]
+            if pts:
+                fig.add_trace(_crossing_points(m, pts, x, key, shift, lengths, col == 1),
+                              row=1, col=col)
+    label = x.replace("_", " ")
+    fig.update_xaxes(title_text=f"{label} (threshold pairs past T)")
+    if panels[0][0] == "accuracy":
+        fig.update_yaxes(title_text="accuracy (95% Wilson interval)", range=[-0.05, 1.05],
+                         tickformat=".0%", row=1, col=1)
+    if panels[-1][0] == "ppl_past_t":
+        fig.update_yaxes(title_text="perplexity past T", type="log", row=1, col=len(panels))
+    symbols = ", ".join(f"{_SYMBOLS[i % len(_SYMBOLS)]} {L}" for i, L in enumerate(lengths))
+    fig.update_layout(title=title or "does crossing predict failure?", height=460,
+                      title_subtitle_text=(subtitle + "<br>" if subtitle else "")
+                      + f"symbol = length: {symbols}; x offset ±{jitter:g} per method",
+                      margin=dict(t=135 if subtitle else 115))
+    return fig
+
+
+def _crossing_points(m: str, pts: list, x: str, key: str, shift: float, lengths: list,
+                     legend: bool) -> go.Scatter:
+    xs = [float(r[x]) + shift for r in pts]
+    ys = [float(r[key]) for r in pts]
+    error = None
+    if key == "accuracy":
+        ci = np.array([wilson_interval(r["passkey_correct"], r["passkey_n"]) for r in pts])
+        error = dict(type="data", symmetric=False, array=ci[:, 1] - ys, arrayminus=ys - ci[:, 0],
+                     thickness=1, width=3)
+    hover = [_crossing_hover(r, x) for r in pts]
+    return go.Scatter(
+        x=xs, y=ys, mode="markers", name=str(m), legendgroup=str(m), showlegend=legend,
+        marker=dict(color=method_color(m), size=11, line=dict(width=1, color="#333"),
+                    symbol=[_SYMBOLS[lengths.index(int(r["length"])) % len(_SYMBOLS)]
+                            for r in pts]),
+        error_y=error, text=hover, hovertemplate="%{text}<extra></extra>")
+
+
+def _crossing_hover(r: dict, x: str) -> str:
+    first = "none" if r.get("first_crossing") is None else r["first_crossing"]
+    lines = [f"<b>{html.escape(str(r['method']))}</b>, {r['length']} tokens",
+             f"{x.replace('_', ' ')}: {float(r[x]):.3f}",
+             f"pairs crossed past T: {r['crossed']} / {r['pairs']} (first at {first})",
+             f"still crossed at the end: {r.get('crossed_at_end', '?')}, turned back: "
+             f"{r.get('turned_back', '?')}",
+             f"sum of past fractions: {float(r.get('past_fraction_sum', math.nan)):.3f}"]
+    if r.get("accuracy") is not None:
+        lines.append(f"passkey: {r['accuracy']:.0%} ({r['passkey_correct']}/{r['passkey_n']})")
+    if r.get("ppl_past_t") is not None:
+        lines.append(f"ppl past T: {r['ppl_past_t']:.3f} ({r['ppl_tokens']} tokens)")
+    return "<br>".join(lines)

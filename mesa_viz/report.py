@@ -207,6 +207,32 @@ def thresholds_section(ctx: Context) -> list:
     return items
 
 
+def hidden_heatmap_section(ctx: Context) -> list:
+    """The paper's Figures 11-16 on the report's prompt: the first 16 dims of
+    the finder's hidden layers around ``T`` and at the end, each method beside
+    origin, as values and minus origin's value at ``T - 1``."""
+    from .thresholds import format_changes, hidden_view
+    if ctx.model is None:
+        return _missing(*_NO_MODEL)
+    if ctx.n <= ctx.T:
+        return _missing(f"the prompt has {ctx.n} tokens, no more than T={ctx.T}",
+                        "give a length > T")
+    traces = {m: ctx.trace(m) for m in dict.fromkeys(["origin", *ctx.methods])}
+    dims = traces["origin"].dims[:16]
+    views = [hidden_view(tr, dims=dims) for tr in traces.values()]
+    relative = [hidden_view(tr, dims=dims, relative_to=ctx.T - 1, reference=traces["origin"])
+                for tr in traces.values()]
+    change = format_changes(traces, min(ctx.smoothing, ctx.n - ctx.T), dims=dims)
+    (ctx.data / "hidden_heatmap.txt").write_text(change + "\n")
+    return [_p(f"Hidden layers {views[0].layers}, dims {dims[0]}-{dims[-1]}, positions "
+               f"{views[0].windows} of the passkey prompt (the paper uses a word repeated: "
+               "mesa-viz hidden-map, notebook 03). The paper sees colour jumps past T under "
+               "origin and none under a weave PE."),
+            plots.hidden_heatmap(views),
+            plots.hidden_heatmap(relative, title="minus origin's value at T - 1"),
+            f"<pre>{html.escape(change)}</pre>"]
+
+
 def _from_results(ctx: Context, kind: str, unit: str, how: str, draw) -> list:
     """Draw the ``kind`` results file (copied to ``<kind>.json`` first), or say
     how to include it."""
@@ -240,6 +266,7 @@ SECTIONS = (
     Section("Position layouts", layouts_section),
     Section("Attention past the training length", attention_section),
     Section("Hidden-state thresholds (Figure 2)", thresholds_section),
+    Section("Hidden states around and past T (Figures 11-16)", hidden_heatmap_section),
     Section("Passkey retrieval", passkey_section, reads="passkey"),
     Section("Memory and latency", bench_section, reads="bench"),
 )

@@ -9,7 +9,11 @@ beyond ``train_length`` where the smoothed value is past the threshold.
 
 :func:`find` runs it all on a model (traces saved and reused, pairs saved as
 JSON lines); :func:`find_thresholds` and :func:`measure_crossings` work on
-traces alone.
+traces alone.  :func:`trace_methods` traces any input of :data:`INPUTS`
+(filler text, a word repeated as in the paper's Appendix F, a passkey
+prompt); :func:`hidden_view` turns a trace into the heat-map data of the
+paper's Figures 11-16 (layers x dims x position windows, pooled for display).
+Whether crossing predicts failure is :mod:`mesa_viz.failure`.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from .checks import check_methods
 from .results import Trace, append_jsonl
 
 __all__ = ["ThresholdPair", "Found", "Crossings", "smooth", "crossings", "find_thresholds",
-           "measure_crossings", "past_fraction", "threshold_input", "default_hidden_layers",
-           "find", "traces_folder", "format_pairs"]
+           "measure_crossings", "past_fraction", "INPUTS", "threshold_input",
+           "default_hidden_layers", "find", "trace_methods", "traces_folder", "format_pairs"]
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +142,41 @@ def measure_crossings(pairs: list[ThresholdPair], traces: dict[str, Trace],
     return pairs
 
 
-def threshold_input(tokenizer, length: int) -> list[int]:
-    """``length`` token ids of the filler text (each sentence followed by a
-    space, as the README's measurements ran)."""
-    return repeat_tokens(tokenizer, FILLER + " ", length)
+#: What the threshold tools can trace (``text=``): the filler haystack, one
+#: word repeated (the paper's Appendix F: "hello" x 8000), or a passkey prompt.
+INPUTS = ("filler", "word", "passkey")
+
+
+def threshold_input(tokenizer, length: int, text: str = "filler", *, word: str = "hello",
+                    depth: float = 0.5, seed: int = 0) -> list[int]:
+    """``length`` token ids of ``text`` (one of :data:`INPUTS`).
+
+    ``"filler"``: the filler text, each sentence followed by a space (as the
+    README's measurements ran); ``"word"``: the tokenizer's BOS token then
+    ``" " + word`` repeated, the input of the paper's Figures 11-16 (its
+    ``<bos>`` is added by LLaMA's tokenizer; here it is added whether or not
+    the tokenizer adds it itself: without a distinct first token every value
+    vector of a one-token word is the same, attention weights cannot matter,
+    and the hidden states do not change with position); ``"passkey"``: the
+    passkey prompt of ``passkey.make_sample`` (needle at ``depth``, key of
+    ``seed``).
+    """
+    if text == "filler":
+        return repeat_tokens(tokenizer, FILLER + " ", length)
+    if text == "passkey":
+        from .passkey import make_sample
+        return make_sample(tokenizer, length, depth, seed)["input_ids"]
+    if text != "word":
+        raise ValueError(f"text={text!r}: allowed one of {list(INPUTS)}")
+    if not str(word).strip():
+        raise ValueError(f"word={word!r}: allowed a non-empty word")
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        raise ValueError(f"{type(tokenizer).__name__} has no bos_token_id: text='word' needs a "
+                         "first token unlike the word (allowed a tokenizer with a BOS token)")
+    if length < 2:
+        raise ValueError(f"length={length}: allowed >= 2 (the BOS token and the word)")
+    return [int(bos)] + repeat_tokens(tokenizer, " " + str(word).strip(), length - 1)
 
 
 def default_hidden_layers(num_layers: int) -> list[int]:
@@ -153,9 +188,11 @@ def default_hidden_layers(num_layers: int) -> list[int]:
 def find(model, tokenizer, *, length: int, methods=("origin", "mesa", "rerope"),
          hidden_layers: list[int] | None = None, window: int = 256,
          min_correlation: float = 0.99, top: int = 8, method_params: dict | None = None,
-         train_length: int | None = None, out: "str | Path | None" = None) -> Found:
-    """Trace ``model`` on ``length`` tokens of filler text under origin and each
-    method, find the pairs on origin, measure every method's crossings.
+         train_length: int | None = None, out: "str | Path | None" = None,
+         text: str = "filler", word: str = "hello") -> Found:
+    """Trace ``model`` on ``length`` tokens of ``text`` (:func:`threshold_input`,
+    default the filler text) under origin and each method, find the pairs on
+    origin, measure every method's crossings.
 
     ``hidden_layers``: default :func:`default_hidden_layers`; ``method_params``:
     ``{method: {param: value}}``; ``train_length``: default the model's.  With
@@ -163,19 +200,11 @@ def find(model, tokenizer, *, length: int, methods=("origin", "mesa", "rerope"),
     as soon as it is computed (a rerun reuses a saved trace of the same input,
     layers and parameters) and the pairs are written to ``out``, one line each.
     """
-    from tqdm.auto import tqdm
-
-    method_params = dict(method_params or {})
     methods = list(dict.fromkeys(["origin", *methods]))      # origin: where pairs are found
-    check_methods(methods, method_params)
-    layers = default_hidden_layers(model.config.num_hidden_layers) if hidden_layers is None \
-        else list(hidden_layers)
-    ids = np.asarray(threshold_input(tokenizer, length))
-    folder = None if out is None else traces_folder(out)
-    traces = {}
-    for name in tqdm(methods, desc=f"tracing {length} tokens"):
-        traces[name] = _trace(model, ids, name, layers, train_length,
-                              method_params.get(name, {}), folder)
+    traces = trace_methods(model, tokenizer, length=length, methods=methods, text=text,
+                           word=word, hidden_layers=hidden_layers, method_params=method_params,
+                           train_length=train_length,
+                           folder=None if out is None else traces_folder(out))
     pairs = find_thresholds(traces["origin"], min_correlation=min_correlation, top=top,
                             window=window)
     measure_crossings(pairs, traces, window)
@@ -184,29 +213,56 @@ def find(model, tokenizer, *, length: int, methods=("origin", "mesa", "rerope"),
     return Found(pairs, traces)
 
 
+def trace_methods(model, tokenizer, *, length: int, methods, text: str = "filler",
+                  word: str = "hello", hidden_layers: list[int] | None = None, dims=None,
+                  method_params: dict | None = None, train_length: int | None = None,
+                  folder: "str | Path | None" = None, suffix: str = "") -> dict[str, Trace]:
+    """Hidden states (no attention) of ``length`` tokens of ``text``
+    (:func:`threshold_input`) under each method: method -> Trace.
+
+    ``hidden_layers``: default :func:`default_hidden_layers`; ``dims``: default
+    all.  With ``folder`` each trace is saved there as ``trace_<method><suffix>``
+    as soon as it is computed and a rerun reuses a saved trace of the same
+    model, input, layers, dims and parameters.
+    """
+    from tqdm.auto import tqdm
+
+    method_params = dict(method_params or {})
+    methods = list(dict.fromkeys(methods))
+    check_methods(methods, method_params)
+    layers = default_hidden_layers(model.config.num_hidden_layers) if hidden_layers is None \
+        else list(hidden_layers)
+    dims = list(range(model.config.hidden_size)) if dims is None else [int(d) for d in dims]
+    ids = np.asarray(threshold_input(tokenizer, length, text, word=word))
+    folder = None if folder is None else Path(folder)
+    return {name: _trace(model, ids, name, layers, dims, train_length,
+                         method_params.get(name, {}),
+                         None if folder is None else folder / f"trace_{name}{suffix}")
+            for name in tqdm(methods, desc=f"tracing {length} tokens")}
+
+
 def traces_folder(out: "str | Path") -> Path:
     """Where :func:`find` keeps the traces of the pairs file ``out``."""
     out = Path(out)
     return out.with_name(out.stem + "_traces")
 
 
-def _trace(model, ids, method, hidden_layers, train_length, params, folder) -> Trace:
+def _trace(model, ids, method, hidden_layers, dims, train_length, params, path) -> Trace:
     from .probes import trace
-    path = None if folder is None else folder / f"trace_{method}"
-    saved = _saved_trace(path, model, ids, hidden_layers, train_length, params)
+    saved = _saved_trace(path, model, ids, hidden_layers, dims, train_length, params)
     if saved is not None:
         log.info("reusing %s", path)
         return saved
-    tr = trace(model, ids, method, layers=[], hidden_layers=hidden_layers,
+    tr = trace(model, ids, method, layers=[], hidden_layers=hidden_layers, dims=dims,
                train_length=train_length, **params)
     if path is not None:
         tr.save(path)
     return tr
 
 
-def _saved_trace(path, model, ids, hidden_layers, train_length, params) -> Trace | None:
+def _saved_trace(path, model, ids, hidden_layers, dims, train_length, params) -> Trace | None:
     """The trace saved at ``path`` if it was run by the same model (name and
-    dtype) on ``ids`` with the same hidden layers, training length and
+    dtype) on ``ids`` with the same hidden layers, dims, training length and
     parameters, else None."""
     if path is None or not path.with_suffix(".json").exists():
         return None
@@ -214,6 +270,7 @@ def _saved_trace(path, model, ids, hidden_layers, train_length, params) -> Trace
     same = (tr.meta.get("model") == getattr(model.config, "_name_or_path", "")
             and tr.meta.get("dtype") == str(model.dtype)
             and np.array_equal(tr.input_ids, ids) and list(tr.hidden_layers) == list(hidden_layers)
+            and list(tr.dims) == list(dims)
             and (train_length is None or tr.train_length == train_length)
             and all(tr.params.get(k) == v for k, v in params.items()))
     return tr if same else None
@@ -236,3 +293,177 @@ def format_pairs(pairs) -> str:
         f"layer {p['layer']:2d} dim {p['dim']:4d} r={p['correlation']:+.4f} "
         f"threshold={p['threshold']:+.4f} past T beyond it: "
         + ", ".join(f"{m} {f:.0%}" for m, f in p["past_fraction"].items()) for p in pairs)
+
+
+# == the paper's own views on the real model (Appendix F, Figures 11-16; issue 14) ====
+
+__all__ += ["HiddenView", "paper_windows", "hidden_view", "mean_change", "layer_changes",
+            "format_changes"]
+
+
+@dataclass
+class HiddenView:
+    """One trace's hidden-state values over position windows, pooled for display.
+
+    ``values[w] [layer, dim, col]``: window ``w`` = ``windows[w]`` (``start,
+    stop``), column ``c`` the mean of positions ``edges[w][c] ..
+    edges[w][c + 1] - 1`` (``edges[w] [col + 1]``; ``pool`` positions a column,
+    column edges at ``T + k * pool`` so ``T`` is always an edge).  With
+    ``relative_to`` (a position), every value is minus the column of ``pool``
+    positions ending there in the trace of method ``reference``.
+    """
+
+    method: str
+    train_length: int
+    seq_len: int
+    layers: list[int]
+    dims: list[int]
+    windows: list[tuple[int, int]]
+    pool: int
+    edges: list[np.ndarray]
+    values: list[np.ndarray]
+    relative_to: int | None = None
+    reference: str | None = None
+
+
+def paper_windows(seq_len: int, train_length: int, width: int | None = None
+                  ) -> list[tuple[int, int]]:
+    """The position windows of the paper's Figures 11-16, scaled to ``T``:
+    ``width`` positions (default ``T/4``; the paper: 1000 at ``T = 4096``)
+    starting ``width/8`` before ``T`` (the paper: 4000-5000) and the last
+    ``width`` positions; windows that overlap are merged, and what lies past
+    ``seq_len`` is cut."""
+    width = max(1, train_length // 4) if width is None else width
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+        raise ValueError(f"width={width!r}: allowed an integer >= 1 (positions)")
+    start = max(0, train_length - width // 8)
+    spans = [(start, min(seq_len, start + width)), (max(0, seq_len - width), seq_len)]
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(s for s in spans if s[0] < s[1]):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def _indices(name: str, wanted, have) -> list[int]:
+    """Where each of ``wanted`` (default all of ``have``) sits in ``have``."""
+    have = [int(v) for v in have]
+    wanted = have if wanted is None else [int(v) for v in wanted]
+    missing = [v for v in wanted if v not in have]
+    if missing or not wanted:
+        raise ValueError(f"{name} {missing or wanted}: allowed a non-empty list of the traced "
+                         f"{name} {have[:12]}{' ...' if len(have) > 12 else ''}")
+    return [have.index(v) for v in wanted]
+
+
+def _check_windows(windows, seq_len: int) -> list[tuple[int, int]]:
+    spans = [(int(a), int(b)) for a, b in windows]
+    if not spans or any(not 0 <= a < b <= seq_len for a, b in spans) or any(
+            b1 > a2 for (_, b1), (a2, _) in zip(spans, spans[1:])):
+        raise ValueError(f"windows={spans}: allowed sorted, non-overlapping (start, stop) "
+                         f"with 0 <= start < stop <= {seq_len}")
+    return spans
+
+
+def _edges(a: int, b: int, pool: int, T: int) -> np.ndarray:
+    """Column edges of window ``[a, b)``: ``a``, every ``T + k * pool`` inside, ``b``."""
+    first = T + -((T - a) // pool) * pool                      # smallest T + k*pool >= a
+    inner = np.arange(first, b, pool)
+    return np.unique(np.concatenate([[a], inner[inner > a], [b]])).astype(np.int64)
+
+
+def _pooled(hidden: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """``hidden [layer, pos, dim]`` -> ``[layer, dim, col]``, each column the
+    mean of its positions ``edges[c] .. edges[c + 1] - 1``."""
+    a, b = int(edges[0]), int(edges[-1])
+    sums = np.add.reduceat(hidden[:, a:b].astype(np.float64), edges[:-1] - a, axis=1)
+    return np.transpose(sums / np.diff(edges)[None, :, None], (0, 2, 1))
+
+
+def hidden_view(tr: Trace, *, layers=None, dims=None, windows=None, columns: int = 1000,
+                relative_to: int | None = None, reference: Trace | None = None) -> HiddenView:
+    """The heat-map data of the paper's Figures 11-16 from one trace: hidden
+    layers x dims x position windows, pooled to at most ``columns`` columns
+    over all windows, plus one a window where aligning on ``T`` splits one
+    (no pooling when they fit).
+
+    ``layers``/``dims``: default all the trace holds.  ``windows``: default
+    :func:`paper_windows`; ``"all"``: every position; else sorted
+    ``(start, stop)`` pairs.  ``relative_to``: a position (e.g. ``T - 1``):
+    show each value minus ``reference``'s (default this trace's) column of
+    ``pool`` positions ending there.
+    """
+    T, n = tr.train_length, tr.seq_len
+    li, di = _indices("hidden layers", layers, tr.hidden_layers), _indices("dims", dims, tr.dims)
+    spans = paper_windows(n, T) if windows is None else \
+        [(0, n)] if isinstance(windows, str) and windows == "all" else None
+    if spans is None and isinstance(windows, str):
+        raise ValueError(f"windows={windows!r}: allowed None (the paper's), 'all' or "
+                         "(start, stop) pairs")
+    spans = _check_windows(spans if spans is not None else windows, n)
+    if isinstance(columns, bool) or not isinstance(columns, (int, np.integer)) or columns < 1:
+        raise ValueError(f"columns={columns!r}: allowed an integer >= 1")
+    pool = max(1, -(-sum(b - a for a, b in spans) // columns))
+    hidden = tr.hidden[np.ix_(li, np.arange(n), di)]              # [layer, pos, dim]
+    edges = [_edges(a, b, pool, T) for a, b in spans]
+    values = [_pooled(hidden, e) for e in edges]
+    if relative_to is not None:
+        values = [v - _baseline(reference or tr, li, di, pool, relative_to, tr)
+                  for v in values]
+    return HiddenView(tr.method, T, n, [int(tr.hidden_layers[k]) for k in li],
+                      [int(tr.dims[k]) for k in di], spans, pool, edges, values,
+                      None if relative_to is None else int(relative_to),
+                      None if relative_to is None else (reference or tr).method)
+
+
+def _baseline(ref: Trace, li, di, pool: int, at: int, tr: Trace) -> np.ndarray:
+    """``[layer, dim, 1]``: ``ref``'s mean of the ``pool`` positions ending at ``at``."""
+    if not 0 <= at < ref.seq_len:
+        raise ValueError(f"relative_to={at}: allowed a position in [0, {ref.seq_len})")
+    if (list(ref.hidden_layers), list(ref.dims)) != (list(tr.hidden_layers), list(tr.dims)):
+        raise ValueError("reference holds other hidden layers or dims than the trace: allowed "
+                         "a trace of the same layers and dims")
+    lo = max(0, at - pool + 1)
+    return ref.hidden[np.ix_(li, np.arange(lo, at + 1), di)].mean(axis=1)[..., None]
+
+
+def mean_change(tr: Trace, at: int, width: int, *, layers=None, dims=None,
+                to: int | None = None) -> np.ndarray:
+    """``[layer, dim]``: the mean value over ``[to - width, to)`` (default
+    ``to = at + width``, the ``width`` positions from ``at``) minus the mean over
+    the ``width`` positions before ``at``: the jump at ``T`` the paper's heat
+    maps show (``at = T``), or the drift to the end (``to = seq_len``)."""
+    to = at + width if to is None else to
+    if not (isinstance(width, (int, np.integer)) and 1 <= width <= at and at < to - width + 1
+            and to <= tr.seq_len):
+        raise ValueError(f"at={at}, width={width}, to={to}: allowed width >= 1 positions "
+                         f"before at and at <= to - width, to <= {tr.seq_len}")
+    li, di = _indices("hidden layers", layers, tr.hidden_layers), _indices("dims", dims, tr.dims)
+    h = tr.hidden[np.ix_(li, np.arange(tr.seq_len), di)].astype(np.float64)
+    return h[:, to - width:to].mean(axis=1) - h[:, at - width:at].mean(axis=1)
+
+
+def layer_changes(tr: Trace, width: int, *, layers=None, dims=None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``(at_t, to_end)``, each ``[layer]``: the mean over ``dims`` of
+    ``|mean_change|`` across ``T`` (the ``width`` positions after against the
+    ``width`` before) and to the end (the last ``width`` against the same)."""
+    T = tr.train_length
+    at = np.abs(mean_change(tr, T, width, layers=layers, dims=dims)).mean(axis=1)
+    end = np.abs(mean_change(tr, T, width, layers=layers, dims=dims, to=tr.seq_len))
+    return at, end.mean(axis=1)
+
+
+def format_changes(traces: dict, width: int, *, layers=None, dims=None) -> str:
+    """One line per method (method -> Trace) of :func:`layer_changes`:
+    ``L<layer> <across T>/<to the end>``."""
+    lines = [f"mean |change| over the dims, per hidden layer: across T ({width} positions after "
+             f"vs before) / to the end (last {width} vs the {width} before T)"]
+    for m, tr in traces.items():
+        at, end = layer_changes(tr, width, layers=layers, dims=dims)
+        shown = tr.hidden_layers if layers is None else layers
+        lines.append(f"{m:>14}: " + "  ".join(
+            f"L{l} {a:.3g}/{e:.3g}" for l, a, e in zip(shown, at, end)))
+    return "\n".join(lines)

@@ -597,3 +597,77 @@ def _draw_theorems(theory, runs: dict, v: dict, figures: dict) -> None:
     _set_figure(figures["position"], plots.recovered_position_figure(
         {pe: r.position for pe, r in runs.items() if r.position is not None}, t,
         log_x=v["log_x"]))
+
+
+# == real-model views: hidden heat map explorer (issue 14) ==========================
+
+__all__ += ["hidden_heatmap_explorer"]
+
+
+def hidden_heatmap_explorer(traces: dict, layers=None, dims=None, columns: int = 800
+                            ) -> Explorer:
+    """The paper's Figures 11-16 on traces of one input (method -> Trace, e.g.
+    from ``thresholds.trace_methods``): hidden layers x dims over positions,
+    methods side by side.
+
+    Controls: ``methods`` and ``layers`` (which to show), ``windows``
+    (``"paper"``: around ``T`` and the end, ``thresholds.paper_windows``, or
+    ``"all"`` positions), ``width`` (the paper windows' width), ``relative``
+    (each value minus origin's, else the method's own, value at ``T - 1``).
+    Figure: ``heatmap``; ``outputs["change"]``: ``thresholds.format_changes``
+    (per method and layer, the mean ``|change|`` over the shown dims across
+    ``T`` and to the end, over ``width`` positions).
+    """
+    from .thresholds import format_changes, hidden_view, paper_windows
+
+    if not traces:
+        raise ValueError("traces is empty: allowed a dict method -> Trace")
+    first = next(iter(traces.values()))
+    T, n = first.train_length, first.seq_len
+    if any(t.seq_len != n or t.train_length != T for t in traces.values()):
+        raise ValueError("traces differ in length or T: allowed traces of one input")
+    layers = list(first.hidden_layers if layers is None else layers)
+    dims = list(first.dims[:16] if dims is None else dims)
+    controls = {
+        "methods": W.SelectMultiple(options=list(traces), value=tuple(traces),
+                                    description="methods", rows=min(6, len(traces))),
+        "layers": W.SelectMultiple(options=[int(l) for l in first.hidden_layers],
+                                   value=tuple(int(l) for l in layers), description="layers",
+                                   rows=min(6, len(first.hidden_layers))),
+        "windows": W.ToggleButtons(options=["paper", "all"], value="paper",
+                                   description="windows"),
+        "width": W.IntSlider(value=max(1, T // 4), min=1, max=max(2, n), description="width",
+                             continuous_update=False),
+        "relative": W.Checkbox(value=False, description="minus the value at T - 1"),
+    }
+    figures = {"heatmap": go.FigureWidget()}
+    outputs = {"change": W.HTML(), "message": W.HTML()}
+
+    def redraw():
+        c = {k: w.value for k, w in controls.items()}
+        chosen = {m: traces[m] for m in c["methods"]}
+        if not chosen or not c["layers"]:
+            _set_figure(figures["heatmap"], _blank("choose at least one method and layer"))
+            return
+        ref = traces.get("origin") if c["relative"] else None
+        windows = paper_windows(n, T, c["width"]) if c["windows"] == "paper" else "all"
+        try:
+            views = [hidden_view(tr, layers=sorted(c["layers"]), dims=dims, windows=windows,
+                                 columns=columns, relative_to=T - 1 if c["relative"] else None,
+                                 reference=ref) for tr in chosen.values()]
+            width = min(c["width"], T, n - T)
+            change = format_changes(chosen, width, layers=sorted(c["layers"]), dims=dims) \
+                if width >= 1 else "no position past T"
+        except ValueError as err:
+            outputs["message"].value = _error_html(err)
+            return
+        outputs["message"].value = ""
+        _set_figure(figures["heatmap"], plots.hidden_heatmap(views))
+        outputs["change"].value = f"<pre style='font-size:85%'>{html.escape(change)}</pre>"
+
+    _observe(controls, redraw)
+    box = W.VBox([W.HBox(list(controls.values()), layout=W.Layout(flex_flow="row wrap")),
+                  outputs["message"], outputs["change"], figures["heatmap"]])
+    ex = Explorer(box=box, controls=controls, figures=figures, outputs=outputs, redraw=redraw)
+    redraw()
+    return ex

@@ -50,7 +50,7 @@ def test_report_without_a_model_draws_layouts_and_results(tmp_path):
     rows.write_text("\n".join(json.dumps(dict(method=m, length=L, depth=0.5, correct=m == "mesa"))
                               for m in ("origin", "mesa") for L in (100, 200)))
     page = report.build(tmp_path / "r.html", results={"passkey": rows}).read_text()
-    assert page.count("Not included: no model was given") == 2
+    assert page.count("Not included: no model was given") == 3     # attention, thresholds, heat maps
     assert "4 samples from passkey.jsonl" in page and "Not included: no passkey" not in page
     assert json.loads((tmp_path / "r_data" / "passkey.json").read_text())[0]["method"] == "origin"
 

@@ -22,6 +22,10 @@ SUBCOMMANDS = {
     "bench": ("mesa_viz.cli.bench",
               "prefill/decode time, peak memory and FLOP rate by method and length"),
     "report": ("mesa_viz.cli.report", "headless HTML report of the analyses"),
+    "crossings": ("mesa_viz.cli.crossings",
+                  "threshold crossings by method and length against passkey and perplexity"),
+    "hidden-map": ("mesa_viz.cli.hidden_map",
+                   "heat maps of hidden layers x dims around and past T (the paper's Fig. 11-16)"),
 }
 
 

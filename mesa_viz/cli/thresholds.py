@@ -18,11 +18,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", type=name_list, default=["origin", "mesa", "rerope"],
                    help="comma-separated (origin is always traced)")
     p.add_argument("--out", required=True, help="JSON-lines file, one line per pair")
-    p.add_argument("--hidden-layers", type=int_list, default=None,
-                   help="e.g. 0-8 or 1,2,4 (default 0..8)")
+    add_input_arguments(p, "filler")
+    add_finder_arguments(p)
+
+
+def add_input_arguments(p: argparse.ArgumentParser, default: str) -> None:
+    """``--text`` (``thresholds.INPUTS``) and ``--word``: the traced input."""
+    from ..thresholds import INPUTS
+    p.add_argument("--text", default=default, choices=INPUTS,
+                   help=f"the traced input (default {default}; word: a word repeated, "
+                        "the paper's Figures 11-16)")
+    p.add_argument("--word", default="hello", help="the repeated word of --text word")
+
+
+def add_finder_arguments(p: argparse.ArgumentParser, hidden_help: str = "where the finder "
+                         "looks, e.g. 0-8 or 1,2,4 (default 0..8)") -> None:
+    """The finder's options (``--hidden-layers``, ``--min-correlation``,
+    ``--top``, ``--window``) and :func:`add_run_arguments`."""
+    p.add_argument("--hidden-layers", type=int_list, default=None, help=hidden_help)
     p.add_argument("--min-correlation", type=float, default=0.99)
-    p.add_argument("--top", type=int, default=8)
+    p.add_argument("--top", type=int, default=8, help="pairs kept")
     p.add_argument("--window", type=int, default=256, help="smoothing window (tokens)")
+    add_run_arguments(p)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """``--train-length``, ``--param`` and the model's options."""
     p.add_argument("--train-length", type=int, default=None,
                    help="T (default the model's max_position_embeddings)")
     add_param_argument(p)
@@ -36,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     found = find(model, tok, length=args.length, methods=args.methods,
                  hidden_layers=args.hidden_layers, window=args.window,
                  min_correlation=args.min_correlation, top=args.top, method_params=params,
-                 train_length=args.train_length, out=args.out)
+                 train_length=args.train_length, out=args.out, text=args.text, word=args.word)
     _figure(found, Path(args.out).with_suffix(".html"), args.window)
     print(format_pairs(found.pairs))
     return 0
