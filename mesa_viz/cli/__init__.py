@@ -22,6 +22,10 @@ SUBCOMMANDS = {
     "bench": ("mesa_viz.cli.bench",
               "prefill/decode time, peak memory and FLOP rate by method and length"),
     "report": ("mesa_viz.cli.report", "headless HTML report of the analyses"),
+    "explain": ("mesa_viz.cli.explain", "why a result row failed: the answer step's attention "
+                "per layer and head under its method and another"),
+    "attention-map": ("mesa_viz.cli.attention_map", "the whole attention map of one layer and "
+                      "head, pooled to a grid, per method (time, peak memory)"),
 }
 
 
