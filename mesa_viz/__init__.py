@@ -21,6 +21,10 @@ _LAZY = {
     "trace": "mesa_viz.probes",
     "Trace": "mesa_viz.results",
     "find_thresholds": "mesa_viz.thresholds",
+    "explain": "mesa_viz.drilldown",
+    "Explanation": "mesa_viz.drilldown",
+    "attention_map": "mesa_viz.probes",
+    "AttentionMap": "mesa_viz.pooling",
 }
 
 __all__ = ["Layout", "layout", "layout_rows", "METHODS", "Method", "get_method",

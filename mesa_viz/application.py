@@ -40,7 +40,7 @@ from . import kernels
 from .compat import check_transformers
 from .methods import Method, get_method
 
-__all__ = ["apply", "Applied", "Capture", "train_length_of", "find_rotary"]
+__all__ = ["apply", "Applied", "Capture", "CaptureDone", "train_length_of", "find_rotary"]
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +53,54 @@ _LENGTH_LOGGER = "transformers.generation.stopping_criteria"
 _LENGTH_REMINDER = "This is a friendly reminder - the current text generation call has exceeded"
 
 
+class CaptureDone(Exception):
+    """Raised inside a forward by a :class:`Capture` with ``stop=True`` once it
+    holds what it asked for, so no layer past the last captured one runs; the
+    probe that asked catches it (``apply`` restores the model on the way out)."""
+
+
 @dataclass
 class Capture:
     """What a probe asks the attention function to record.
 
     ``rows``: absolute query positions; ``layers``/``heads``: which to keep.
-    Filled: ``attention[layer] -> [head, row, k_pos]`` probabilities.
+    ``logits``: keep the rows' pre-softmax logits too.  ``qk``: keep the
+    un-rotated queries and keys of every position.  ``stop``: end the forward
+    (:class:`CaptureDone`) once the last captured layer has seen the last
+    prompt position.
+
+    Filled: ``attention[layer] -> [head, row, k_pos]`` probabilities;
+    ``scores[layer] -> [head, row, k_pos]`` logits (``-inf`` where the layout
+    hides the key); ``queries[layer]``, ``keys[layer] -> [head, pos,
+    head_dim]`` (float32; the keys of each head's key-value head); ``rope``,
+    ``scale`` and ``method`` (resolved) of the forward that filled them.
     """
 
     layers: list[int]
     heads: list[int]
     rows: list[int]
+    logits: bool = False
+    qk: bool = False
+    stop: bool = False
     attention: dict = field(default_factory=dict)
+    scores: dict = field(default_factory=dict)
+    queries: dict = field(default_factory=dict)
+    keys: dict = field(default_factory=dict)
+    rope: kernels.Rope | None = None
+    scale: float | None = None
+    method: Method | None = None
+
+    def record_qk(self, layer: int, query, key, i0: int, rope: kernels.Rope, scale: float,
+                  method: Method) -> None:
+        """Keep the captured heads' queries ``i0..`` (after those of earlier
+        calls) and keys ``0..kv_len-1``."""
+        heads = torch.as_tensor(self.heads, device=query.device)
+        rep = query.shape[1] // key.shape[1]
+        q = query[0, heads].detach().float().cpu()
+        prev = self.queries.get(layer)
+        self.queries[layer] = q if prev is None or i0 == 0 else torch.cat((prev[:, :i0], q), 1)
+        self.keys[layer] = key[0, heads // rep].detach().float().cpu()
+        self.rope, self.scale, self.method = rope, scale, method
 
 
 @dataclass
@@ -136,10 +172,16 @@ class Applied:
                              f"the cache length {key.shape[2]}: custom position_ids are "
                              "not supported under mesa_viz methods")
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        c, layer = self.capture, module.layer_idx
+        captured = c is not None and layer in c.layers
+        if captured and c.qk:
+            c.record_qk(layer, query, key, i0, self.tables.rope, scale, self.resolved)
         out = kernels.attend(self.resolved, query, key, value, i0, self.tables, scale,
                              self.backend)
-        if self.capture is not None and module.layer_idx in self.capture.layers:
-            out = self._capture(module.layer_idx, query, key, value, i0, scale, out)
+        if captured:
+            out = self._capture(layer, query, key, value, i0, scale, out)
+            if c.stop and layer == max(c.layers) and key.shape[2] >= self.prefill_length:
+                raise CaptureDone(f"captured layers {c.layers}")
         return out.transpose(1, 2).contiguous(), None
 
     def _capture(self, layer, query, key, value, i0, scale, out):
@@ -150,16 +192,24 @@ class Applied:
         if not rows:
             return out
         local = torch.as_tensor([r - i0 for r in rows], device=query.device)
-        probs = kernels.dense_rows(self.resolved, query[:, :, local], key, rows,
-                                   self.tables.rope, scale)
+        logits = kernels.dense_logits(self.resolved, query[:, :, local], key, rows,
+                                      self.tables.rope, scale)
+        probs = torch.softmax(logits, dim=-1)
         rep = query.shape[1] // key.shape[1]
         v = value.repeat_interleave(rep, 1).to(torch.float32)
         out = out.clone()
         out[:, :, local] = torch.matmul(probs, v).to(out.dtype)
-        got = probs[0][c.heads].detach().cpu()
-        prev = c.attention.get(layer)
-        c.attention[layer] = got if prev is None else torch.cat((prev, got), dim=1)
+        _keep(c.attention, layer, probs[0][c.heads])
+        if c.logits:
+            _keep(c.scores, layer, logits[0][c.heads])
         return out
+
+
+def _keep(store: dict, layer: int, rows) -> None:
+    """Append captured rows ``[head, row, k_pos]`` to ``store[layer]``."""
+    rows = rows.detach().cpu()
+    prev = store.get(layer)
+    store[layer] = rows if prev is None else torch.cat((prev, rows), dim=1)
 
 
 class _DropLengthReminder(logging.Filter):

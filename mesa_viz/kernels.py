@@ -53,7 +53,7 @@ from .methods import (DynamicNTK, LeakyReRoPE, LMInfinite, Mesa, Method, Origin,
                       Stair, StreamingLLM)
 
 __all__ = ["Rope", "RopeTables", "rotate", "attend", "kernel", "kernel_for", "Kernel",
-           "KERNELS", "StairGeometry", "dense_rows"]
+           "KERNELS", "StairGeometry", "dense_rows", "dense_logits"]
 
 
 # -- RoPE -------------------------------------------------------------------------------
@@ -591,13 +591,14 @@ def _mesa_last(method: Mesa, q, k, v, i0, rope, scale, backend):
 
 # -- exact rows for probes ----------------------------------------------------------------
 
-def dense_rows(method: Method, q_rows, k, rows, rope: Rope, scale: float):
-    """Exact attention probabilities for a few query ``rows`` straight from the
-    layout: ``scores[r, j] = (R(rel[r, j]) q_r) . k_j``.
+def dense_logits(method: Method, q_rows, k, rows, rope: Rope, scale: float):
+    """Exact pre-softmax attention logits for a few query ``rows`` straight
+    from the layout: ``logits[r, j] = scale * (R(rel[r, j]) q_r) . k_j``, ``-inf``
+    where the layout hides key ``j`` from row ``r``.
 
-    ``q_rows [b, h, R, d]`` un-rotated queries of absolute positions ``rows``;
-    ``k [b, kv_h, kv_len, d]``.  Returns probabilities ``[b, h, R, kv_len]``
-    (float32).
+    ``q_rows [b, h, R, d]`` un-rotated queries of absolute positions ``rows``
+    (the method's ``query_scale`` applied here); ``k [b, kv_h, kv_len, d]``.
+    Returns ``[b, h, R, kv_len]`` (float32).
     """
     Lk, dev = k.shape[2], k.device
     rel, vis = method.relative(np.asarray(rows)[:, None], np.arange(Lk)[None, :])
@@ -607,11 +608,16 @@ def dense_rows(method: Method, q_rows, k, rows, rope: Rope, scale: float):
     kk = k.repeat_interleave(rep, 1).to(torch.float32)
     sq = Rope(rope.inv_freq, rope.scaling ** 2)
     factor = torch.as_tensor(method.query_scale(rows), dtype=torch.float32, device=dev)
-    probs = []
+    logits = []
     for r in range(len(rows)):
         qr = q_rows[:, :, r:r + 1].to(torch.float32) * factor[r]   # [b,h,1,d]
         qrot = rotate(qr.expand(-1, -1, Lk, -1), sq, rel[r])      # [b,h,Lk,d]
         sc = (qrot * kk).sum(-1) * scale
-        sc = sc.masked_fill(~vis[r], float("-inf"))
-        probs.append(torch.softmax(sc, dim=-1))
-    return torch.stack(probs, dim=2)
+        logits.append(sc.masked_fill(~vis[r], float("-inf")))
+    return torch.stack(logits, dim=2)
+
+
+def dense_rows(method: Method, q_rows, k, rows, rope: Rope, scale: float):
+    """Exact attention probabilities for a few query ``rows``: the softmax of
+    :func:`dense_logits` (same arguments), ``[b, h, R, kv_len]`` (float32)."""
+    return torch.softmax(dense_logits(method, q_rows, k, rows, rope, scale), dim=-1)

@@ -5,20 +5,29 @@ a method, returning a plain :class:`~mesa_viz.results.Trace` with attention
 rows ``[layer, head, q_row, k_pos]`` exactly as the method computed them and
 hidden-state values ``[hidden_layer, pos, dim]``.  Only the chosen rows are
 scored densely, so a 16k-token trace never holds an ``[n, n]`` matrix.
+
+``attention_map()`` is the whole ``[n, n]`` map of one layer and head, pooled
+to a grid: one forward up to that layer keeps the head's un-rotated queries
+and keys (``[n, head_dim]`` each), then :mod:`mesa_viz.pooling` scores them
+block by block as the method's layout says.  ``capture_rows()`` runs one
+forward (or a greedy generation) capturing a few rows' probabilities and
+logits at every layer and head (``mesa_viz.explain``, in ``mesa_viz.drilldown``, uses it).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .application import Capture, apply, train_length_of
+from .application import Capture, CaptureDone, apply, train_length_of
 from .results import Trace
 
-__all__ = ["trace", "decoder_layers"]
+__all__ = ["trace", "decoder_layers", "attention_map", "capture_qk", "capture_rows",
+           "Captured"]
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +128,8 @@ def trace(model, input_ids, method="origin", *, layers=None, heads=None, query_r
         input_ids=ids[0].cpu().numpy(), tokens=_tokens(tokenizer, ids[0]),
         layers=layers, heads=heads, query_rows=rows, attention=attention,
         hidden_layers=hidden_layers, dims=dims, hidden=hidden, norms=norms,
-        chunk_plan=[list(c) for c in m.plan().chunks] if m.chunked else None,
-        meta={"seconds": time.perf_counter() - t0, "model": getattr(cfg, "_name_or_path", ""),
-              "dtype": str(model.dtype)})
+        chunk_plan=_chunk_plan(m),
+        meta={"seconds": time.perf_counter() - t0, **_meta(model)})
 
 
 def _tokens(tokenizer, ids):
@@ -134,3 +142,126 @@ def _check_memory(model, method, n):
     """Refuse a length the machine cannot hold (raises ``memory.LengthTooLong``)."""
     from .memory import check_fits
     check_fits(model, getattr(method, "name", method), n)
+
+
+# -- the whole map of one head, and a few rows of every head -----------------------------
+
+def capture_qk(model, input_ids, method="origin", *, layer: int, heads=None,
+               train_length=None, check_memory: bool = True, **params):
+    """The un-rotated queries and keys of ``heads`` (default all) of ``layer``
+    under ``method``, from one forward stopped after that layer: a
+    :class:`~mesa_viz.pooling.LayerQK` (``q, k [head, pos, head_dim]``)."""
+    from .pooling import LayerQK
+
+    ids = _as_ids(input_ids)
+    n, cfg = ids.shape[1], model.config
+    (layer,) = _pick("layer", layer, cfg.num_hidden_layers, ())
+    heads = _pick("head", heads, cfg.num_attention_heads, range(cfg.num_attention_heads))
+    if check_memory:
+        _check_memory(model, method, n)
+    T = int(train_length) if train_length is not None else train_length_of(model)
+    cap = Capture(layers=[layer], heads=heads, rows=[], qk=True, stop=True)
+    t0 = time.perf_counter()
+    _forward(model, ids, method, T, cap, params)
+    return LayerQK(method=cap.method, train_length=T, layer=layer, heads=heads,
+                   q=cap.queries[layer], k=cap.keys[layer], rope=cap.rope, scale=cap.scale,
+                   seconds=time.perf_counter() - t0, meta=_meta(model))
+
+
+def attention_map(model, input_ids, method="origin", *, layer: int, head: int, grid: int = 512,
+                  pool: str = "max", region=None, train_length=None, keep_qk: bool = True,
+                  check_memory: bool = True, progress: bool = True, **params):
+    """The whole attention map of ``layer``/``head`` under ``method``, pooled.
+
+    One forward (stopped after ``layer``) keeps that head's un-rotated queries
+    and keys (:func:`capture_qk`); :func:`mesa_viz.pooling.pool_attention`
+    scores query blocks against every key as the method's layout says,
+    softmaxes each row over its full key range and pools the probabilities
+    (``pool`` ``"max"`` or ``"mean"`` over each cell) into at most ``grid x
+    grid`` cells, so ``[n, n]`` is never held.  ``region=(q0, q1, k0, k1)``
+    maps only those query rows and keys (one cell a position where the region
+    is at most ``grid`` wide).  Returns a :class:`~mesa_viz.pooling.AttentionMap`
+    (``values [grid_q, grid_k]``, ``q_edges``, ``k_edges``, ``seconds``,
+    ``peak_bytes`` of the whole call; with ``keep_qk`` the queries and keys,
+    for :meth:`~mesa_viz.pooling.AttentionMap.zoom` without the model).
+    """
+    from .memory import PeakMemory
+    from .models import model_device
+    from .pooling import check_grid, check_pool, check_region
+
+    n = _as_ids(input_ids).shape[1]
+    _pick("head", head, model.config.num_attention_heads, ())
+    check_grid(grid, n)
+    check_pool(pool)
+    check_region(region, n)
+    with PeakMemory(model_device(model)) as peak:
+        qk = capture_qk(model, input_ids, method, layer=layer, heads=[head],
+                        train_length=train_length, check_memory=check_memory, **params)
+        amap = qk.map(int(head), grid=grid, pool=pool, region=region, keep_qk=keep_qk,
+                      progress=progress)
+    amap.peak_bytes, amap.meta["peak"] = peak.peak_bytes, peak.method
+    return amap
+
+
+def _forward(model, ids, method, T, capture, params) -> None:
+    """One forward under ``method`` with ``capture`` (ended early by it)."""
+    try:
+        with apply(model, method, train_length=T, capture=capture, **params), torch.no_grad():
+            model(ids.to(model.device), use_cache=False, logits_to_keep=1)
+    except CaptureDone:
+        pass
+
+
+@dataclass
+class Captured:
+    """What :func:`capture_rows` recorded under one method: ``attention`` and
+    ``logits [layer, head, q_row, k_pos]`` (logits ``-inf`` where the layout
+    hides a key), the ``method`` resolved for the prefill, the generated token
+    ids (none without generation) and the seconds it took."""
+
+    method: object
+    attention: np.ndarray
+    logits: np.ndarray
+    generated: list
+    seconds: float
+
+
+def capture_rows(model, input_ids, method="origin", *, rows, train_length=None,
+                 max_new_tokens: int = 0, pad_token_id=None, check_memory: bool = True,
+                 **params) -> Captured:
+    """Probabilities and logits of query ``rows`` at every layer and head under
+    ``method``, from one forward; with ``max_new_tokens``, the greedy
+    generation that forward starts (the rows come from its prefill)."""
+    ids = _as_ids(input_ids)
+    n, cfg = ids.shape[1], model.config
+    rows = _pick("query row", rows, n, ())
+    if check_memory:
+        _check_memory(model, method, n)
+    T = int(train_length) if train_length is not None else train_length_of(model)
+    L, H = cfg.num_hidden_layers, cfg.num_attention_heads
+    cap = Capture(layers=list(range(L)), heads=list(range(H)), rows=rows, logits=True)
+    t0 = time.perf_counter()
+    with apply(model, method, train_length=T, capture=cap, **params) as state, \
+            torch.inference_mode():
+        ids = ids.to(model.device)
+        if max_new_tokens:
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=max_new_tokens, pad_token_id=pad_token_id)
+            generated = out[0, n:].tolist()
+        else:
+            model(ids, use_cache=False, logits_to_keep=1)
+            generated = []
+    stack = lambda store: np.stack([store[l].float().numpy() for l in range(L)])  # noqa: E731
+    prefill = state.method.resolve(n, state.train_length, prefill_length=n)
+    return Captured(method=prefill, attention=stack(cap.attention),
+                    logits=stack(cap.scores), generated=generated,
+                    seconds=time.perf_counter() - t0)
+
+
+def _chunk_plan(m):
+    return [list(c) for c in m.plan().chunks] if m.chunked else None
+
+
+def _meta(model, **extra) -> dict:
+    return {"model": getattr(model.config, "_name_or_path", ""), "dtype": str(model.dtype),
+            **extra}

@@ -261,6 +261,54 @@ def bench_section(ctx: Context) -> list:
                          lambda rows: [plots.bench_figure(rows)])
 
 
+def why_it_fails_section(ctx: Context) -> list:
+    """The drill-down of the shortest failed passkey sample (when results are
+    given) and the whole attention map of one head of the prompt, pooled, per
+    method beside origin (the head carrying the needle)."""
+    from .drilldown import explain, file_name
+    from .probes import attention_map
+    if ctx.model is None:
+        return _missing("the drill-down and the whole attention map (they re-run the model, "
+                        "and none was given)", "pass model= and tokenizer= to report.build")
+    items, exp = [], None
+    failed = sorted((r for r in plots.load_rows(ctx.results["passkey"]) if not r["correct"]),
+                    key=lambda r: (r["length"], r["depth"], r.get("seed", 0))) \
+        if "passkey" in ctx.results else []
+    if failed:
+        exp = explain(failed[0], ctx.model, ctx.tokenizer, train_length=ctx.train_length)
+        exp.save(ctx.data / file_name(failed[0], exp.methods[1]))
+        items += [f"<pre>{html.escape(exp.summary())}</pre>",
+                  *plots.explanation_figures(exp).values()]
+    else:
+        items.append(_p("No failed passkey sample to explain (give passkey results with one)."))
+    layer, head = _needle_head(ctx, exp)
+    maps = [attention_map(ctx.model, ctx.prompt()["input_ids"], m, layer=layer, head=head,
+                          grid=min(256, ctx.n), train_length=ctx.T, keep_qk=False)
+            for m in dict.fromkeys([*ctx.methods, "origin"])]
+    for m in maps:
+        m.save(ctx.data / f"attention_map_{m.method}", qk=False)
+    items.append(_p(f"The whole attention map of layer {layer}, head {head} on the prompt "
+                    f"({ctx.n} tokens, T={ctx.T}), max-pooled: " + "; ".join(
+                        f"{m.method} {sum(m.seconds.values()):.1f} s" for m in maps) + "."))
+    items += [plots.attention_maps_figure([m, maps[-1]]) for m in maps[:-1]] or \
+        [plots.attention_map_figure(maps[0])]
+    return items
+
+
+def _needle_head(ctx: Context, exp) -> tuple[int, int]:
+    """The head carrying the needle: the drill-down's first, else the one whose
+    last query puts most attention on the prompt's needle under the first
+    method traced that is not origin."""
+    if exp is not None:
+        best = exp.retrieval_heads(1)[0]
+        return best["layer"], best["head"]
+    method = next((m for m in ctx.methods if m != "origin"), "origin")
+    tr = ctx.trace(method)
+    share = tr.needle_share(tuple(ctx.prompt()["needle_span"]))            # [layer, head]
+    li, hi = np.unravel_index(int(np.argmax(share)), share.shape)
+    return tr.layers[li], tr.heads[hi]
+
+
 #: The report's sections, in page order.
 SECTIONS = (
     Section("Position layouts", layouts_section),
@@ -269,6 +317,8 @@ SECTIONS = (
     Section("Hidden states around and past T (Figures 11-16)", hidden_heatmap_section),
     Section("Passkey retrieval", passkey_section, reads="passkey"),
     Section("Memory and latency", bench_section, reads="bench"),
+    Section("Why it fails: the heads that miss the needle, the whole map", why_it_fails_section,
+            reads="passkey"),
 )
 
 

@@ -13,7 +13,8 @@ import numpy as np
 
 from .methods import get_method
 
-__all__ = ["Trace", "needle_share", "append_jsonl", "read_jsonl"]
+__all__ = ["Trace", "needle_share", "append_jsonl", "read_jsonl", "save_result",
+           "load_result"]
 
 
 @dataclass
@@ -75,21 +76,42 @@ class Trace:
 
     def save(self, path: "str | Path") -> Path:
         """Write ``path.npz`` (arrays) and ``path.json`` (everything else)."""
-        path = Path(path).with_suffix("")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path.with_suffix(".npz"),
-                            **{k: getattr(self, k) for k in self._ARRAYS})
-        meta = {k: v for k, v in asdict(self).items() if k not in self._ARRAYS}
-        path.with_suffix(".json").write_text(json.dumps(meta, default=_jsonable))
-        return path
+        return save_result(self, path, self._ARRAYS)
 
     @classmethod
     def load(cls, path: "str | Path") -> "Trace":
-        path = Path(path).with_suffix("")
-        meta = json.loads(path.with_suffix(".json").read_text())
-        with np.load(path.with_suffix(".npz")) as arrays:
-            meta.update({k: arrays[k] for k in cls._ARRAYS})
-        return cls(**meta)
+        return load_result(cls, path)
+
+
+def save_result(result, path: "str | Path", arrays, skip=()) -> Path:
+    """Write a result dataclass as ``path.npz`` (its fields named in ``arrays``
+    that are not None, less ``skip``) and ``path.json`` (its other fields)."""
+    path = _stem(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(_with(path, ".npz"), **{
+        k: getattr(result, k) for k in arrays if getattr(result, k) is not None and k not in skip})
+    meta = {k: v for k, v in asdict(result).items() if k not in arrays}
+    _with(path, ".json").write_text(json.dumps(meta, default=_jsonable))
+    return path
+
+
+def load_result(cls, path: "str | Path"):
+    """The ``cls`` instance :func:`save_result` wrote at ``path``."""
+    path = _stem(path)
+    meta = json.loads(_with(path, ".json").read_text())
+    with np.load(_with(path, ".npz")) as arrays:
+        meta.update({k: arrays[k] for k in arrays.files})
+    return cls(**meta)
+
+
+def _stem(path: "str | Path") -> Path:
+    """``path`` without a ``.json`` / ``.npz`` suffix (other dots are kept)."""
+    path = Path(path)
+    return path.with_suffix("") if path.suffix in (".json", ".npz") else path
+
+
+def _with(stem: Path, suffix: str) -> Path:
+    return stem.with_name(stem.name + suffix)
 
 
 def needle_share(attention, needle: tuple[int, int]):

@@ -599,8 +599,7 @@ def _draw_theorems(theory, runs: dict, v: dict, figures: dict) -> None:
         log_x=v["log_x"]))
 
 
-# == real-model views: hidden heat map explorer (issue 14) ==========================
-
+# == real-model views: hidden heat map explorer (issue 14) ===================
 __all__ += ["hidden_heatmap_explorer"]
 
 
@@ -669,5 +668,226 @@ def hidden_heatmap_explorer(traces: dict, layers=None, dims=None, columns: int =
     box = W.VBox([W.HBox(list(controls.values()), layout=W.Layout(flex_flow="row wrap")),
                   outputs["message"], outputs["change"], figures["heatmap"]])
     ex = Explorer(box=box, controls=controls, figures=figures, outputs=outputs, redraw=redraw)
+=======
+# == why it fails: click a failed cell, see its drill-down; the whole map (issue 12) ==========
+
+__all__ += ["failure_explorer", "attention_map_explorer", "click_cell"]
+
+#: The figures of a drill-down (``plots.explanation_figures``), in page order.
+DRILL_DOWN = ("needle", "heads", "rows", "logits", "entropy", "distance")
+
+
+def click_cell(ex: Explorer, method: str, length: int, depth: float) -> None:
+    """Click the heatmap cell (``method``, ``length``, ``depth``) of a
+    :func:`failure_explorer` as a browser would: through the heatmap trace's
+    ``on_click`` callbacks, with the point plotly sends."""
+    from plotly.callbacks import InputDeviceState, Points
+    fw = ex.figures["cells"]
+    k = next((k for k, t in enumerate(fw.data) if t.name == method), None)
+    if k is None:
+        raise ValueError(f"method={method!r} has no heatmap: allowed "
+                         f"{[t.name for t in fw.data]}")
+    trace = fw.data[k]
+    x, y = str(length), f"{depth:g}"
+    if x not in list(trace.x) or y not in list(trace.y):
+        raise ValueError(f"no cell length={length}, depth={depth:g}: allowed lengths "
+                         f"{list(trace.x)} and depths {list(trace.y)}")
+    point = list(trace.y).index(y) * len(trace.x) + list(trace.x).index(x)
+    trace._dispatch_on_click(Points(point_inds=[point], xs=[x], ys=[y], trace_name=method,
+                                    trace_index=k), InputDeviceState())
+
+
+def _cell_rows(rows, method, x, y) -> list[dict]:
+    """The rows of heatmap cell (``method``, length ``x``, depth ``y``; as drawn)."""
+    return sorted((r for r in rows if r["method"] == method and str(r["length"]) == str(x)
+                   and f"{r['depth']:g}" == str(y)), key=lambda r: r.get("seed", 0))
+
+
+def failure_explorer(rows, model=None, tokenizer=None, *, saved=None, against=None,
+                     train_length: int | None = None, top: int = 8, **explain_kwargs) -> Explorer:
+    """Passkey (or needle-task) results as a heatmap; click a cell to see why it failed.
+
+    ``rows``: result rows or their file.  A click (or :func:`click_cell`) on
+    a cell picks its first failed sample (``controls["seed"]`` picks another)
+    and shows its drill-down (``mesa_viz.explain`` against
+    ``controls["against"]``): loaded from ``saved`` (a folder) when it holds
+    it, so results redraw without the model, else run on ``model`` (and
+    saved there).  Figures: ``cells`` (the clickable heatmap) and
+    :data:`DRILL_DOWN`; ``outputs["summary"]`` the answers and the heads that
+    carry the needle.  ``explain_kwargs`` go to ``explain``.
+    """
+    from pathlib import Path
+
+    from .drilldown import Explanation, comparison_for, explain, file_name
+
+    rows = plots.load_rows(rows)
+    if not rows:
+        raise ValueError("rows are empty: allowed result rows (or their file)")
+    saved = None if saved is None else Path(saved)
+    controls = {
+        "against": W.Dropdown(options=["(default)", *METHODS], value=against or "(default)",
+                              description="against"),
+        "seed": W.Dropdown(options=[], description="sample"),
+        "top": W.IntSlider(value=top, min=1, max=32, description="top heads",
+                           continuous_update=False),
+    }
+    figures = {"cells": go.FigureWidget(plots.passkey_heatmap(rows, train_length=train_length)),
+               **{k: go.FigureWidget() for k in DRILL_DOWN}}
+    outputs = {"message": W.HTML(_info_html("click a cell of the heatmap")), "summary": W.HTML()}
+    cache: dict = {}
+
+    def explanation(row, vs):
+        key = (row["method"], row["length"], row["depth"], row.get("seed"), vs)
+        path = None if saved is None else saved / file_name(row, vs)
+        if key not in cache and path is not None and Path(f"{path}.json").exists():
+            cache[key] = Explanation.load(path)
+        if key not in cache:
+            if model is None:
+                raise ValueError(f"no saved drill-down {path} and no model: pass model= "
+                                 "(and tokenizer=) or saved= a folder holding it")
+            cache[key] = explain(row, model, tokenizer, against=vs, **explain_kwargs)
+            if path is not None:
+                cache[key].save(path)
+        return cache[key]
+
+    def redraw():
+        row = controls["seed"].value
+        if row is None:
+            return
+        vs = controls["against"].value
+        vs = comparison_for(row["method"]) if vs == "(default)" else vs
+        try:
+            exp = explanation(row, vs)
+        except ValueError as err:
+            outputs["message"].value = _error_html(err)
+            return
+        for name, fig in plots.explanation_figures(exp, top=controls["top"].value).items():
+            _set_figure(figures[name], fig)
+        outputs["message"].value = _info_html(f"{row['method']} at {row['length']} tokens, "
+                                              f"depth {row['depth']:g}, seed {row.get('seed')}")
+        outputs["summary"].value = f"<pre>{html.escape(exp.summary())}</pre>"
+
+    def on_click(trace, points, state):
+        if not points.point_inds:
+            return
+        cell = sorted(_cell_rows(rows, trace.name, points.xs[0], points.ys[0]),
+                      key=lambda r: bool(r.get("correct")))          # failed samples first
+        controls["seed"].options = [(f"seed {r.get('seed')} {'✓' if r.get('correct') else '✗'}",
+                                     r) for r in cell]
+        controls["seed"].value = cell[0]        # observed: a new selection redraws once
+
+    for trace in figures["cells"].data:
+        trace.on_click(on_click)
+    _observe(controls, redraw)
+    box = W.VBox([W.HBox(list(controls.values())), outputs["message"], figures["cells"],
+                  outputs["summary"], *(figures[k] for k in DRILL_DOWN)])
+    return Explorer(box=box, controls=controls, figures=figures, outputs=outputs, redraw=redraw,
+                    cache=cache)
+
+
+def _saved_maps(maps) -> dict:
+    """``(method, layer, head) -> AttentionMap`` from maps or their saved paths."""
+    from .pooling import AttentionMap
+    out = {}
+    for m in maps or ():
+        m = m if isinstance(m, AttentionMap) else AttentionMap.load(m)
+        out[m.method, m.layer, m.head] = m
+    return out
+
+
+def attention_map_explorer(model=None, input_ids=None, *, methods=("mesa", "origin"), maps=None,
+                           layer: int = 0, head: int = 0, grid: int | None = None,
+                           train_length: int | None = None,
+                           method_params: dict | None = None) -> Explorer:
+    """The whole attention map of one layer and head per method, pooled to at
+    most ``grid x grid`` cells (default 256; a saved map's own grid), beside a
+    comparison method and their difference.
+
+    With ``model`` and ``input_ids``: each (method, layer) runs one forward
+    (all heads kept, ``cache``), each head is pooled when shown.  Without:
+    ``maps`` (AttentionMaps or saved paths) are what can be shown.  Controls:
+    ``method``, ``compare`` (``"none"`` or a method), ``layer``, ``head``,
+    ``pool``, ``log``, and ``queries`` / ``keys`` (ranges: a zoom re-pools
+    that region at full resolution, from the kept queries and keys, so saved
+    maps zoom without the model).  Figure: ``map``.
+    """
+    from .probes import capture_qk
+
+    saved = _saved_maps(maps)
+    if model is None and not saved:
+        raise ValueError("no model and no maps: allowed model= with input_ids=, or maps= "
+                         "(AttentionMaps or saved paths)")
+    if model is not None:
+        ids = _ids_1d(input_ids)
+        n, L, H = len(ids), model.config.num_hidden_layers, model.config.num_attention_heads
+        names = list(methods)
+        layers, heads = list(range(L)), list(range(H))
+    else:
+        n = next(iter(saved.values())).seq_len
+        names = list(dict.fromkeys(k[0] for k in saved))
+        layers, heads = sorted({k[1] for k in saved}), sorted({k[2] for k in saved})
+        layer, head = next(iter(saved))[1:]
+    controls = {
+        "method": W.Dropdown(options=names, value=names[0], description="method"),
+        "compare": W.Dropdown(options=["none", *names], value=names[1] if len(names) > 1
+                              else "none", description="beside"),
+        "layer": W.Dropdown(options=layers, value=layer, description="layer"),
+        "head": W.Dropdown(options=heads, value=head, description="head"),
+        "pool": W.ToggleButtons(options=["max", "mean"], value="max", description="pool"),
+        "log": W.Checkbox(value=True, description="log colour"),
+        "queries": W.IntRangeSlider(value=(0, n), min=0, max=n, description="queries",
+                                    continuous_update=False, layout=W.Layout(width="48%")),
+        "keys": W.IntRangeSlider(value=(0, n), min=0, max=n, description="keys",
+                                 continuous_update=False, layout=W.Layout(width="48%")),
+    }
+    figures = {"map": go.FigureWidget()}
+    outputs = {"message": W.HTML()}
+    cache: dict = {}
+
+    def get_map(method, lay, hd, pool, region):
+        key = (method, lay, hd, pool, region)
+        if key in cache:
+            return cache[key]
+        if model is not None:
+            if (method, lay) not in cache:
+                params = (method_params or {}).get(method, {})
+                cache[method, lay] = capture_qk(model, ids, method, layer=lay,
+                                                train_length=train_length, **params)
+            amap = cache[method, lay].map(hd, grid=min(grid or 256, n), pool=pool,
+                                          region=region, progress=False)
+        elif (method, lay, hd) not in saved:
+            raise ValueError(f"no saved map of {method}, layer {lay}, head {hd}: allowed "
+                             f"{sorted(saved)}")
+        else:
+            base = saved[method, lay, hd]
+            same = region is None and pool == base.pool and base.region == [0, n, 0, n]
+            amap = base if same else base.zoom(region, grid=grid or base.grid, pool=pool)
+        cache[key] = amap
+        return amap
+
+    def redraw():
+        v = {k: c.value for k, c in controls.items()}
+        region = (*v["queries"], *v["keys"])
+        region = None if region == (0, n, 0, n) else region
+        shown = [v["method"]] + ([v["compare"]] if v["compare"] not in ("none", v["method"])
+                                 else [])
+        try:
+            amaps = [get_map(m, v["layer"], v["head"], v["pool"], region) for m in shown]
+        except ValueError as err:
+            outputs["message"].value = _error_html(err)
+            return
+        fig = plots.attention_maps_figure(amaps, log_color=v["log"]) if len(amaps) > 1 else \
+            plots.attention_map_figure(amaps[0], log_color=v["log"])
+        _set_figure(figures["map"], fig)
+        took = ", ".join(f"{a.method} {sum(a.seconds.values()):.1f} s" for a in amaps)
+        outputs["message"].value = _info_html(f"{n} tokens; {took}")
+
+    _observe(controls, redraw)
+    box = W.VBox([W.HBox([controls[k] for k in ("method", "compare", "layer", "head")]),
+                  W.HBox([controls[k] for k in ("pool", "log")]),
+                  W.HBox([controls["queries"], controls["keys"]]), outputs["message"],
+                  figures["map"]])
+    ex = Explorer(box=box, controls=controls, figures=figures, outputs=outputs, redraw=redraw,
+                  cache=cache)
     redraw()
     return ex

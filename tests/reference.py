@@ -56,10 +56,11 @@ def dense_scores(q, k, rel, inv_freq):
 
 
 @contextmanager
-def reference_attention(model, rel, mask, query_scale=None, inv_freq=None):
+def reference_attention(model, rel, mask, query_scale=None, inv_freq=None, record=None):
     """Within the block, ``model(ids, position_ids=zeros)`` computes dense
     attention with relative positions ``rel [n, n]`` and ``mask [n, n]``
-    (``inv_freq``: the model's RoPE frequencies unless given)."""
+    (``inv_freq``: the model's RoPE frequencies unless given); ``record``: a
+    dict that gets each layer's probabilities ``[head, n, n]`` (float64)."""
     inv = _inv_freq(model) if inv_freq is None else torch.as_tensor(inv_freq, dtype=torch.float64)
     rel_t = torch.as_tensor(np.where(mask, rel, 0), dtype=torch.float64)
     mask_t = torch.as_tensor(mask)
@@ -74,7 +75,10 @@ def reference_attention(model, rel, mask, query_scale=None, inv_freq=None):
         v = value[0].repeat_interleave(rep, 0).to(torch.float64)
         s = dense_scores(q, k, rel_t, inv) * scaling
         s = s.masked_fill(~mask_t, -math.inf)
-        out = torch.softmax(s, -1) @ v
+        probs = torch.softmax(s, -1)
+        if record is not None:
+            record[module.layer_idx] = probs
+        out = probs @ v
         return out.to(query.dtype)[None].transpose(1, 2).contiguous(), None
 
     name = f"reference_{uuid.uuid4().hex[:8]}"
@@ -111,3 +115,12 @@ def dynamic_ntk_inv_freq(model, train_length, factor, lengths):
             base = base * (factor * L / train_length - (factor - 1)) ** (dim / (dim - 2))
         rows.append(1.0 / base ** exps)
     return torch.stack(rows)
+
+
+def reference_probs(model, ids, rel, mask, layer, query_scale=None, inv_freq=None):
+    """Probabilities ``[head, n, n]`` (float64) of decoder ``layer`` in the dense
+    reference run of ``ids [1, n]``."""
+    record = {}
+    with reference_attention(model, rel, mask, query_scale, inv_freq, record), torch.no_grad():
+        model(ids, position_ids=torch.zeros_like(ids))
+    return record[layer]

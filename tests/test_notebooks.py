@@ -20,7 +20,8 @@ pytestmark = pytest.mark.tiny
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 EXPECTED = ["01_weave_layouts", "02_attention_beyond_training_length",
-            "03_hidden_state_thresholds", "04_passkey_memory_latency", "06_theorems"]
+            "03_hidden_state_thresholds", "04_passkey_memory_latency", "05_why_it_fails",
+            "06_theorems"]
 T = 64
 
 
@@ -255,3 +256,92 @@ def test_sweep_viewer_bench_and_csv(tmp_path):
     assert names.count("origin") == 3 and "origin OOM" in names and names.count("mesa") == 3
     with pytest.raises(ValueError, match="kind='x'"):
         widgets.sweep_viewer(rows, kind="x")
+
+
+# -- notebook 05: why it fails (click a cell; the whole map) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_results(tiny_lm, tmp_path_factory):
+    """Real passkey rows of the tiny model, and their file."""
+    from mesa_viz import passkey
+    out = tmp_path_factory.mktemp("nb05") / "passkey.jsonl"
+    rows = list(passkey.evaluate(*tiny_lm, methods=["origin", "mesa"], lengths=[100, 160],
+                                 depths=[0.2, 0.8], samples=1, out=out, max_new_tokens=2))
+    return rows, out
+
+
+def test_failure_explorer_click_draws_the_cells_drill_down(tiny_lm, tiny_results, tmp_path):
+    model, tok = tiny_lm
+    rows, path = tiny_results
+    ex = widgets.failure_explorer(rows, model, tok, saved=tmp_path, max_new_tokens=0)
+    assert [t.name for t in ex.figures["cells"].data] == ["origin", "mesa"]
+    assert not any(ex.figures[k].data for k in widgets.DRILL_DOWN)
+    widgets.click_cell(ex, "mesa", 160, 0.8)                     # through the trace's on_click
+    row = ex.controls["seed"].value
+    assert (row["method"], row["length"], row["depth"]) == ("mesa", 160, 0.8)
+    exp = ex.cache["mesa", 160, 0.8, row["seed"], "origin"]
+    assert exp.methods == ["mesa", "origin"] and exp.row == row
+    np.testing.assert_allclose(z_of(ex.figures["needle"]), exp.needle_mass()[0])
+    assert "heads carrying the needle" in ex.outputs["summary"].value
+    assert all(ex.figures[k].data for k in widgets.DRILL_DOWN)
+    ex.controls["against"].value = "rerope"                      # another comparison: re-run
+    assert ex.cache["mesa", 160, 0.8, row["seed"], "rerope"].methods == ["mesa", "rerope"]
+    assert [t.name for t in ex.figures["needle"].data][:2] == ["mesa", "rerope"]
+    ex.controls["against"].value = "(default)"
+    # the saved drill-downs redraw without the model; an unsaved cell says what is missing
+    again = widgets.failure_explorer(path, saved=tmp_path)
+    widgets.click_cell(again, "mesa", 160, 0.8)
+    np.testing.assert_allclose(z_of(again.figures["needle"]), exp.needle_mass()[0])
+    widgets.click_cell(again, "origin", 100, 0.2)
+    assert "no saved drill-down" in again.message and "no model" in again.message
+    with pytest.raises(ValueError, match="no cell length=999"):
+        widgets.click_cell(again, "origin", 999, 0.2)
+
+
+def test_attention_map_explorer_pickers_zoom_and_saved_maps(tiny_lm, tmp_path):
+    from mesa_viz.passkey import make_sample
+    model, tok = tiny_lm
+    ids = make_sample(tok, 160, 0.5, 0)["input_ids"]
+    ex = widgets.attention_map_explorer(model, ids, grid=40, train_length=T)
+    heat = [t for t in ex.figures["map"].data if t.type == "heatmap"]
+    assert [t.name for t in heat] == ["mesa", "origin", "difference"]
+    forwards = [k for k in ex.cache if len(k) == 2]
+    ex.controls["head"].value = 2                                # a head of a captured layer
+    assert [k for k in ex.cache if len(k) == 2] == forwards      # no new forward
+    want = mesa_viz.attention_map(model, ids, "mesa", layer=0, head=2, grid=40, train_length=T,
+                                  progress=False)
+    np.testing.assert_allclose(np.array(ex.figures["map"].data[0].customdata, dtype=float),
+                               want.values, atol=1e-7)
+    ex.controls["queries"].value = (60, 90)
+    ex.controls["keys"].value = (0, 30)                          # zoom: one cell a position
+    np.testing.assert_allclose(np.array(ex.figures["map"].data[0].customdata, dtype=float),
+                               want.zoom((60, 90, 0, 30)).values, atol=1e-7)
+    ex.controls["compare"].value = "none"
+    assert [t.name for t in ex.figures["map"].data if t.type == "heatmap"] == ["mesa"]
+    want.save(tmp_path / "m")
+    saved = widgets.attention_map_explorer(maps=[tmp_path / "m"])
+    assert saved.controls["method"].options == ("mesa",) and saved.controls["head"].value == 2
+    saved.controls["queries"].value = (150, 160)
+    assert np.array(saved.figures["map"].data[0].z).shape == (10, 40)
+    saved.controls["layer"].options = [0, 1]
+    saved.controls["layer"].value = 1
+    assert "no saved map of mesa, layer 1, head 2" in saved.message
+
+
+def test_notebook_05_clicks_a_cell_then_redraws_without_the_model(tmp_path, monkeypatch):
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("MESA_VIZ_TEST", "1")
+    monkeypatch.setenv("MESA_VIZ_OUT", str(tmp_path / "out"))
+    path = ROOT / "notebooks" / "05_why_it_fails.ipynb"
+    for no_model in ("0", "1"):                       # run, then redraw from what it saved
+        monkeypatch.setenv("MESA_VIZ_NO_MODEL", no_model)
+        nb = nbformat.read(path, as_version=4)
+        NotebookClient(nb, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(tmp_path)}}).execute()
+        text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                       for o in c.outputs)
+        assert "heads carrying the needle under" in text, no_model
+        assert "cells shown: (64, 64)" in text or "cells shown: (32, 64)" in text, text[-400:]
+    assert list((tmp_path / "out" / "explain").glob("explain_*.npz"))
+    assert len(list((tmp_path / "out" / "maps").glob("map_*.npz"))) == 2

@@ -26,6 +26,10 @@ SUBCOMMANDS = {
                   "threshold crossings by method and length against passkey and perplexity"),
     "hidden-map": ("mesa_viz.cli.hidden_map",
                    "heat maps of hidden layers x dims around and past T (the paper's Fig. 11-16)"),
+    "explain": ("mesa_viz.cli.explain", "why a result row failed: the answer step's attention "
+                "per layer and head under its method and another"),
+    "attention-map": ("mesa_viz.cli.attention_map", "the whole attention map of one layer and "
+                      "head, pooled to a grid, per method (time, peak memory)"),
 }
 
 
