@@ -1374,7 +1374,8 @@ def recovered_position_figure(positions_by_pe: dict, t=None, log_x: bool = True,
     return fig
 
 
-# == real-model views: hidden heat maps, crossing vs failure (issue 14) =====
+# == real-model views: hidden heat maps, crossing vs failure (issue 14) ============
+
 __all__ += ["hidden_heatmap", "crossing_scatter"]
 
 #: Red above 0, blue below, as the paper's Figures 11-16.
@@ -1567,7 +1568,6 @@ def _crossing_hover(r: dict, x: str) -> str:
     if r.get("ppl_past_t") is not None:
         lines.append(f"ppl past T: {r['ppl_past_t']:.3f} ({r['ppl_tokens']} tokens)")
     return "<br>".join(lines)
-=======
 # == why it fails: drill-down and the whole attention map (mesa_viz.explain; issue 12) ======
 
 __all__ += ["needle_mass_figure", "retrieval_heads_figure", "distance_profile_figure",

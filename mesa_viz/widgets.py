@@ -599,7 +599,8 @@ def _draw_theorems(theory, runs: dict, v: dict, figures: dict) -> None:
         log_x=v["log_x"]))
 
 
-# == real-model views: hidden heat map explorer (issue 14) ===================
+# == real-model views: hidden heat map explorer (issue 14) ==========================
+
 __all__ += ["hidden_heatmap_explorer"]
 
 
@@ -668,7 +669,10 @@ def hidden_heatmap_explorer(traces: dict, layers=None, dims=None, columns: int =
     box = W.VBox([W.HBox(list(controls.values()), layout=W.Layout(flex_flow="row wrap")),
                   outputs["message"], outputs["change"], figures["heatmap"]])
     ex = Explorer(box=box, controls=controls, figures=figures, outputs=outputs, redraw=redraw)
-=======
+    redraw()
+    return ex
+
+
 # == why it fails: click a failed cell, see its drill-down; the whole map (issue 12) ==========
 
 __all__ += ["failure_explorer", "attention_map_explorer", "click_cell"]
