@@ -43,6 +43,10 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
 WINDOW = (1400, 1000)
+#: The notebooks run in test mode (a tiny random model) unless MESA_VIZ_TEST=0: then at
+#: their real size (the default model; minutes to hours: set MESA_VIZ_BROWSER_TIMEOUT).
+TEST_MODE = "0" if os.environ.get("MESA_VIZ_TEST") == "0" else "1"
+RUN_TIMEOUT = int(os.environ.get("MESA_VIZ_BROWSER_TIMEOUT", 420))
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import (  # noqa: E402
@@ -161,12 +165,13 @@ def lab_settings(config: Path) -> None:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """A JupyterLab server on 127.0.0.1 (no token) over a copy of notebooks/ plus
-    the test's own notebooks; kernels run in test mode (``MESA_VIZ_TEST=1``)."""
+    the test's own notebooks; kernels run in test mode (``MESA_VIZ_TEST=1``)
+    unless the tests run with ``MESA_VIZ_TEST=0``."""
     tmp = tmp_path_factory.mktemp("lab")
     root = tmp / "notebooks"
     shutil.copytree(ROOT / "notebooks", root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     port = free_port()
-    env = dict(os.environ, MESA_VIZ_TEST="1", MESA_VIZ_OUT=str(tmp / "out"),
+    env = dict(os.environ, MESA_VIZ_TEST=TEST_MODE, MESA_VIZ_OUT=str(tmp / "out"),
                JUPYTER_CONFIG_DIR=str(tmp / "jcfg"), JUPYTER_RUNTIME_DIR=str(tmp / "jrun"),
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     lab_settings(tmp / "jcfg")
@@ -283,7 +288,7 @@ return [...document.querySelectorAll('.jp-OutputArea-output[data-mime-type='
 """
 
 
-def run_notebook(drv, lab: dict, name: str, timeout: int = 420) -> None:
+def run_notebook(drv, lab: dict, name: str, timeout: int = RUN_TIMEOUT) -> None:
     """Open ``name`` in a fresh workspace, run every cell, wait until all ran
     and the figures are drawn; fail on any error output.  The notebook run
     last is reused as it is (``lab["current"]``)."""
@@ -341,9 +346,9 @@ return {view_top: view.top, view_bottom: Math.min(view.bottom, window.innerHeigh
 #: notebook -> what its main figure's title starts with, the labels it must carry, and
 #: whether it must fit the first screen (06, issue 14's notebook, is only screenshot).
 MAIN_FIGURES = {
-    "02_attention_beyond_training_length": ("mesa: layer", ["needle", "distance ≥ T=64"], True),
-    "03_hidden_state_thresholds": ("hidden state, layer", ["T=64", "threshold"], True),
-    "04_passkey_memory_latency": ("passkey retrieval accuracy", ["origin", "mesa", "T=64"], True),
+    "02_attention_beyond_training_length": ("mesa: layer", ["needle", "distance ≥ T="], True),
+    "03_hidden_state_thresholds": ("hidden state, layer", ["T=", "threshold"], True),
+    "04_passkey_memory_latency": ("passkey retrieval accuracy", ["origin", "mesa", "T="], True),
     "06_theorems": ("layer 2 corrected", ["H", "M"], False),
     "01_weave_layouts": ("Figure 1: Mesa", ["first", "middle", "last", "mesa: n=13, T=8",
                                             "stair: n=10, T=8"], True),
@@ -367,17 +372,18 @@ def check_T_marks(drv, shot) -> None:
     attention, distance = drv.find_elements(By.CSS_SELECTOR, PLOTS)[:2]
     (row,) = drv.execute_script(T_MARKS, attention, "train_length")
     (line,) = drv.execute_script(T_MARKS, distance, "train_length")
-    assert row["x0"] == 199 - 64 + 0.5 and row["type"] == "linear", (row, shot)
-    assert abs(line["x0"] - 64) < 1e-6 and line["type"] == "log", (line, shot)
+    assert row["type"] == "linear" and line["type"] == "log", (row, line, shot)
+    if TEST_MODE == "1":                           # 200 tokens, T = 64, the last query
+        assert row["x0"] == 199 - 64 + 0.5 and abs(line["x0"] - 64) < 1e-6, (row, line, shot)
     for mark in (row, line):
         assert abs(mark["drawn"] - mark["axis"]) < 1.5, (mark, shot)
 
 
 @pytest.mark.parametrize("name", list(MAIN_FIGURES))
 def test_notebook_first_screen(driver, lab, name):
-    """Run the notebook (02-04 and 06 in test mode, on the tiny model), scroll to
-    the top: its main figure is drawn entirely on the first screen, with its
-    marks; screenshot ``<nn>_first_screen.png``."""
+    """Run the notebook (02-04 and 06 in test mode, on the tiny model, unless
+    ``MESA_VIZ_TEST=0``), scroll to the top: its main figure is drawn entirely
+    on the first screen, with its marks; screenshot ``<nn>_first_screen.png``."""
     run_notebook(driver, lab, f"{name}.ipynb")
     scroll_to_top(driver)
     title, labels, fits = MAIN_FIGURES[name]
