@@ -45,5 +45,11 @@ bench: setup
 report: setup
 	$(VENV)/bin/mesa-viz report --out runs/report.html
 
+# the browser tests' screenshots of each notebook's first screen and of the report, into docs/
+.PHONY: screenshots
+screenshots: setup browser
+	MESA_VIZ_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/test_browser.py \
+	    -k "first_screen or report"
+
 clean:
 	rm -rf $(VENV) runs

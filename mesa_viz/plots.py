@@ -45,6 +45,7 @@ __all__ = [
     "MARK_COLOR", "MARK_COLOR_ON_DARK", "AxisInfo", "axis_info", "mark", "marker_items",
     "add_marker_items", "category_boundary",
     "layout_heatmap", "layouts_side_by_side", "layout_difference", "chunk_plan_figure",
+    "FIGURE_1", "figure1_layouts", "figure1",
     "attention_heatmap", "attention_by_distance", "hidden_state_figure", "trend_range",
     "passkey_heatmap", "passkey_accuracy_lines", "wilson_interval", "bench_figure",
     "save_html", "load_rows", "smooth_values",
@@ -485,14 +486,15 @@ def _chunk_kinds(plan: ChunkPlan) -> list[str]:
     return ["first"] + ["middle"] * (n - 2) + ["last"]
 
 
-def _annotate_chunks(fig: go.Figure, plan: ChunkPlan, max_labels: int = 8) -> None:
+def _annotate_chunks(fig: go.Figure, plan: ChunkPlan, max_labels: int = 8,
+                     row: int | None = None, col: int | None = None) -> None:
     """Dashed lines at each chunk start (keys and queries) and a label per
     chunk over its keys, at the top (the masked triangle); past
     ``max_labels`` chunks only the first, the central middle chunk
-    (``middle ×n``) and the last are labelled."""
+    (``middle ×n``) and the last are labelled.  ``row, col``: the subplot."""
     kinds = _chunk_kinds(plan)
     n_mid = kinds.count("middle")
-    x, y = axis_info(fig, "x"), axis_info(fig, "y")
+    x, y = axis_info(fig, "x", row, col), axis_info(fig, "y", row, col)
     items = []
     for k, ((start, stop), kind) in enumerate(zip(plan.chunks, kinds)):
         if start > 0:
@@ -527,6 +529,42 @@ def layouts_side_by_side(layouts, cols: int | None = None,
     fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0, cmax=vmax,
                                      colorbar=dict(title="relative<br>position")),
                       height=300 * rows + 80, title=title or "position layouts")
+    return fig
+
+
+#: The paper's Figure 1: Mesa on 13 tokens (first chunk 2, middle chunks of 3,
+#: last chunk 2, Stair PE from 2 in steps of 2) and Stair PE with ``N = 4, E = 2``
+#: on 10 tokens, both with ``T = 8``: ``(method, seq_len, parameters)``.
+FIGURE_1 = (
+    ("mesa", 13, (("train_length", 8), ("first_chunk", 2), ("chunk_size", 3),
+                  ("last_chunk", 2), ("stair_start", 2), ("stair_width", 2))),
+    ("stair", 10, (("train_length", 8), ("stair_start", 4), ("stair_width", 2))),
+)
+
+
+def figure1_layouts() -> list[Layout]:
+    """The two layouts of the paper's Figure 1 (:data:`FIGURE_1`)."""
+    from .layouts import layout
+    return [layout(method, n, **dict(params)) for method, n, params in FIGURE_1]
+
+
+def figure1(layouts=None, title: str | None = None) -> go.Figure:
+    """The paper's Figure 1: layouts side by side (default
+    :func:`figure1_layouts`: Mesa left, Stair PE right) with square cells, each
+    cell's relative position written in it and Mesa's chunk boundaries."""
+    layouts = figure1_layouts() if layouts is None else list(layouts)
+    fig = layouts_side_by_side(layouts, cols=len(layouts), title=title or (
+        "Figure 1: Mesa (chunks: first, middle, last with Stair PE) and Stair PE "
+        "(P(t) = t below N, then one position per E tokens)"))
+    for k, lay in enumerate(layouts):
+        sub = dict(row=1, col=k + 1)
+        if lay.chunk_plan is not None and len(lay.chunk_plan.chunks) > 1:
+            _annotate_chunks(fig, lay.chunk_plan, **sub)
+        fig.update_yaxes(scaleanchor=axis_info(fig, "x", **sub).ref, constrain="domain",
+                         title_text="query q" if k == 0 else None, **sub)
+        fig.update_xaxes(constrain="domain", title_text="key k", **sub)
+    fig.update_traces(texttemplate="%{z:.1~f}", textfont_size=11)
+    fig.update_layout(height=420, title_font_size=13, margin=dict(t=80, b=50))
     return fig
 
 

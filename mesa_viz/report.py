@@ -132,9 +132,14 @@ def _missing(what: str, how: str) -> list:
 # -- sections ---------------------------------------------------------------------
 
 def layouts_section(ctx: Context) -> list:
-    """Every method's layout at a small size, Mesa's chunk plan and its
-    difference with origin."""
+    """The paper's Figure 1 (Mesa and Stair PE on toy sizes), every method's
+    layout at a small size, Mesa's chunk plan and its difference with origin."""
     n, T = ctx.layout_length, ctx.layout_train_length
+    figure1 = [_p("The paper's Figure 1: Mesa on 13 tokens (T=8; a first chunk of 2, middle "
+                  "chunks of 3 that see the first chunk and themselves, a last chunk of 2 that "
+                  "sees every key through Stair PE) and Stair PE with N=4, E=2 over the whole "
+                  "matrix. Each cell holds the relative position query q uses for key k."),
+               plots.figure1()]
     lays = [layout(m, n, train_length=T) for m in METHODS]
     summary = [{"method": l.method, "seq_len": n, "params": l.params,
                 "max_relative_position": l.max_relative_position,
@@ -143,7 +148,7 @@ def layouts_section(ctx: Context) -> list:
     mesa = next(l for l in lays if l.method == "mesa")
     origin = next(l for l in lays if l.method == "origin")
     beyond = [l.method for l in lays if l.max_relative_position >= T]
-    return [_p(f"n={n}, T={T}. Methods using relative positions >= T somewhere: "
+    return [*figure1, _p(f"n={n}, T={T}. Methods using relative positions >= T somewhere: "
                f"{', '.join(beyond) or 'none'}."),
             plots.layouts_side_by_side(lays), plots.layout_heatmap(mesa),
             plots.chunk_plan_figure(mesa), plots.layout_difference(mesa, origin)]
@@ -166,6 +171,7 @@ def attention_section(ctx: Context) -> list:
         items.append(plots.attention_heatmap(
             tr.attention[:, :, 0].max(axis=1), [f"layer {l}" for l in tr.layers],
             marks={"needle": needle}, train_length=T, row_title="layer (max over heads)",
+            query_positions=[n - 1] * len(tr.layers),
             title=f"{method}: attention of the last query (q={n - 1}), max over heads"))
         share = tr.needle_share(needle).mean(axis=1)                       # [layer]
         items.append(_p(f"{method}: needle share of the last query's attention, mean over "
@@ -180,7 +186,7 @@ def attention_section(ctx: Context) -> list:
 
 def thresholds_section(ctx: Context) -> list:
     """The threshold finder on origin's trace and each method's crossings."""
-    from .thresholds import find_thresholds, measure_crossings
+    from .thresholds import find_thresholds, measure_crossings, order_pairs
     if ctx.model is None:
         return _missing(*_NO_MODEL)
     if ctx.n < ctx.T:
@@ -191,17 +197,20 @@ def thresholds_section(ctx: Context) -> list:
     pairs = find_thresholds(traces["origin"], min_correlation=ctx.min_correlation,
                             window=window)
     measure_crossings(pairs, traces, window)
-    pairs = [dataclasses.asdict(p) for p in pairs]
+    pairs = [dataclasses.asdict(p) for p in order_pairs(pairs)]
     (ctx.data / "thresholds.json").write_text(json.dumps(pairs, indent=1, default=float))
     items = [_p(f"(layer, dim) pairs whose value follows log(position) inside T (|r| >= "
                 f"{ctx.min_correlation}), smoothed over {window} tokens; the horizontal line "
                 "is the value reached at T. The theory: origin passes it beyond T, a weave PE "
-                f"stays inside. {len(pairs)} pairs found.")]
+                f"stays inside. {len(pairs)} pairs found; shown first those origin crosses "
+                "most often past T (then by |r|); the y axis spans the trend after the first "
+                "smoothing window (the start transient is clipped).")]
     for p in pairs[:4]:
         values = {m: tr.hidden_values(p["layer"], p["dim"]) for m, tr in traces.items()}
         fractions = ", ".join(f"{k} {v:.0%}" for k, v in p["past_fraction"].items())
         items.append(plots.hidden_state_figure(
             values, ctx.T, threshold=p["threshold"], smooth=window,
+            correlation=p["correlation"],
             title=f"layer {p['layer']}, dim {p['dim']}, r={p['correlation']:+.3f}; past T "
                   f"beyond the threshold: {fractions}"))
     return items

@@ -31,7 +31,8 @@ from .results import Trace, append_jsonl
 
 __all__ = ["ThresholdPair", "Found", "Crossings", "smooth", "crossings", "find_thresholds",
            "measure_crossings", "past_fraction", "INPUTS", "threshold_input",
-           "default_hidden_layers", "find", "trace_methods", "traces_folder", "format_pairs"]
+           "default_hidden_layers", "find", "trace_methods", "traces_folder", "format_pairs",
+           "order_pairs"]
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +282,18 @@ def _write_pairs(out: Path, pairs: list[ThresholdPair]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     for p in pairs:
         append_jsonl(out, asdict(p))
+
+
+def order_pairs(pairs, method: str = "origin") -> list:
+    """``pairs`` (``ThresholdPair`` or their dicts) ordered by what they show:
+    the largest fraction of positions past ``T`` beyond the threshold under
+    ``method`` first (where the theory's crossing is seen), then the largest
+    ``|r|``.  A pair not measured under ``method`` (or without ``r``) counts as 0."""
+    def key(p):
+        d = asdict(p) if isinstance(p, ThresholdPair) else p
+        past = (d.get("past_fraction") or {}).get(method) or 0.0
+        return -float(past), -abs(d.get("correlation") or 0.0)
+    return sorted(pairs, key=key)
 
 
 def format_pairs(pairs) -> str:

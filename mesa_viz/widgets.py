@@ -1,14 +1,30 @@
-"""Interactive explorers for Jupyter: controls plus plotly ``FigureWidget``s.
+"""Interactive explorers for Jupyter: controls plus plotly figures.
 
 The only module that imports ipywidgets.  Each function returns an
 :class:`Explorer` holding the widget box (displayed by Jupyter when the
 Explorer is the cell's value), ``controls`` (name -> widget), ``figures``
-(name -> ``go.FigureWidget``) and ``outputs`` (name -> label widget), so code
-and tests can drive it::
+(name -> ``go.Figure``, the figure drawn, updated in place) and ``outputs``
+(name -> label widget), so code and tests can drive it::
 
     ex = layout_explorer()
-    ex.controls["method"].value = "mesa"
+    ex.controls["method"].value = "rerope"
     ex.figures["layout"].data[0].z        # redrawn
+
+Each figure is shown in an ``Output`` widget (``Explorer.views``) as a static
+plotly figure, drawn afresh on every change.  (A ``FigureWidget`` syncs
+changes instead: assigning its layout reaches the browser as one
+``Plotly.relayout`` of the new keys, so shapes, annotations, titles and
+sizes the new figure lacks stayed drawn from the old one; its browser view
+could also lose updates sent while it was being created, and drew a subtitle
+above its title.)
+
+Every explorer has ``outputs["status"]`` (``Explorer.status``): while a
+callback computes something slow (a trace of the model, a theory run) it says
+so with a progress bar and the figures are greyed with a title saying what
+is being computed; and ``outputs["message"]`` (``Explorer.message``): an
+error raised inside a callback is shown there (``invalid:`` for a
+``ValueError``, else its type and a folded traceback), not only in
+JupyterLab's log console.
 
 Figures come from :mod:`mesa_viz.plots`; models are only touched through
 ``mesa_viz.trace`` (attention_explorer).
@@ -19,17 +35,24 @@ from __future__ import annotations
 import dataclasses
 import html
 import logging
+import json
+import re
+import textwrap
+import time
+import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import ipywidgets as W
 import numpy as np
 import plotly.graph_objects as go
+import plotly.io as pio
 
 from . import plots
 from .layouts import layout
 from .methods import METHODS
 from .results import needle_share
-from .thresholds import crossings, smooth
+from .thresholds import crossings, order_pairs, smooth
 
 __all__ = ["Explorer", "layout_explorer", "attention_explorer", "threshold_explorer",
            "sweep_viewer"]
@@ -42,14 +65,18 @@ LAYOUT_PARAMS = (
     ("stair_start", 0, 128, 1), ("stair_width", 1, 64, 1), ("window", 1, 256, 1),
     ("leak", 1.0, 16.0, 0.25), ("sink_tokens", 0, 64, 1),
 )
+#: How the attention explorer reduces over heads, besides showing one head.
+HEAD_REDUCTIONS = (("max over heads", "max"), ("mean over heads", "mean"))
 
 
 @dataclass
 class Explorer:
-    """A widget box with named ``controls``, ``figures`` and ``outputs``.
+    """A widget box with named ``controls``, ``figures`` (``go.Figure``,
+    updated in place), the ``views`` showing them and ``outputs``.
 
     ``redraw()`` recomputes the figures from the controls' current values
-    (controls call it themselves when changed).
+    (controls call it themselves when changed); an error it raises is shown in
+    :attr:`message`, not raised.
     """
 
     box: W.Box
@@ -58,21 +85,31 @@ class Explorer:
     outputs: dict = field(default_factory=dict)
     redraw: object = None
     cache: dict = field(default_factory=dict)
+    views: dict = field(default_factory=dict)
 
     def _repr_mimebundle_(self, **kwargs):
         return self.box._repr_mimebundle_(**kwargs)
 
     @property
     def message(self) -> str:
-        """Text of the status/error label (HTML tags stripped)."""
-        label = self.outputs.get("message")
-        return "" if label is None else _strip_tags(label.value)
+        """Text of the message/error label (HTML tags stripped)."""
+        return _label_text(self.outputs.get("message"))
+
+    @property
+    def status(self) -> str:
+        """Text of the busy label: empty unless a callback is computing."""
+        return _label_text(self.outputs.get("status"))
+
+
+def _label_text(label) -> str:
+    return "" if label is None else _strip_tags(label.value)
 
 
 def _strip_tags(text: str) -> str:
-    import re
     return html.unescape(re.sub(r"<[^>]+>", "", text))
 
+
+# -- drawing, busy state, errors ---------------------------------------------------
 
 _ARRAY_ATTRS = ("x", "y", "z", "customdata", "text")
 
@@ -89,13 +126,68 @@ def _json_safe(fig: go.Figure) -> go.Figure:
     return fig
 
 
+def _fold_subtitle(fig: go.Figure, width: int = 95) -> go.Figure:
+    """The subtitle as smaller lines of the title, for a ``FigureWidget``: its
+    browser view, created with a subtitle, draws it above the title."""
+    sub = fig.layout.title.subtitle.text
+    if not sub:
+        return fig
+    lines = textwrap.wrap(sub, width) or [""]
+    text = "<br>".join(f"<span style='font-size:12px'>{html.escape(line)}</span>" for line in lines)
+    fig.update_layout(title_text=f"{fig.layout.title.text or ''}<br>{text}",
+                      title_subtitle_text=None,
+                      margin_t=max(fig.layout.margin.t or 0, 70 + 18 * len(lines)))
+    return fig
+
+
 def _set_figure(fw: go.FigureWidget, fig: go.Figure) -> None:
-    """Replace the traces and layout of ``fw`` with those of ``fig``."""
-    fig = _json_safe(fig)
+    """Replace the traces and layout of the ``FigureWidget`` ``fw`` (explorers
+    that need one, e.g. for click callbacks) with those of ``fig``, in Python
+    and in every browser view.
+
+    Assigning ``fw.layout`` replaces the Python layout but reaches the browser
+    as one ``Plotly.relayout`` of the new layout's keys: a key the new layout
+    lacks (``shapes``, ``annotations``, ``title``, ``width``...) would stay
+    drawn from the old figure.  Such keys are first reset (``None``), so the
+    browser draws exactly ``fig``.  (The explorers here draw static figures
+    instead, :class:`_Figures`.)
+    """
+    fig = _fold_subtitle(_json_safe(fig))
+    new = set(fig.layout.to_plotly_json())
+    stale = {k: None for k in fw.layout.to_plotly_json() if k not in new}
+    if stale:
+        fw.plotly_relayout(stale)
     with fw.batch_update():
         fw.data = ()
         fw.layout = fig.layout
         fw.add_traces(fig.data)
+
+
+class _Figures(dict):
+    """name -> ``go.Figure`` (the figure drawn, updated in place), each shown
+    in an ``Output`` widget, ``views[name]``."""
+
+    def __init__(self, *names: str):
+        super().__init__((name, go.Figure()) for name in names)
+        self.views = {name: W.Output() for name in names}
+
+    def show(self, name: str, fig: go.Figure) -> None:
+        """Make ``self[name]`` the figure ``fig`` and draw it."""
+        old = self[name]
+        with old.batch_update():
+            old.data = ()
+            old.layout = fig.layout
+        old.add_traces(fig.data)
+        self.render(name)
+
+    def render(self, name: str) -> None:
+        """Draw ``self[name]`` in its view as a static plotly figure: a new plot
+        in the browser each time, nothing kept from the one before."""
+        data = json.loads(pio.to_json(self[name], validate=False))
+        data["config"] = {"displaylogo": False}
+        self.views[name].outputs = ({"output_type": "display_data", "metadata": {}, "data": {
+            "application/vnd.plotly.v1+json": data,
+            "text/plain": f"<figure {name}: {self[name].layout.title.text or ''}>"}},)
 
 
 def _blank(text: str) -> go.Figure:
@@ -106,17 +198,92 @@ def _blank(text: str) -> go.Figure:
     return fig
 
 
-def _error_html(err: Exception) -> str:
-    return f"<span style='color:#b00020'><b>invalid:</b> {html.escape(str(err))}</span>"
+def _error_html(err: BaseException) -> str:
+    """A ``ValueError`` as ``invalid: ...`` (bad input); anything else with its
+    type and a folded traceback."""
+    if isinstance(err, ValueError):
+        return f"<span style='color:#b00020'><b>invalid:</b> {html.escape(str(err))}</span>"
+    tb = "".join(traceback.format_exception(type(err), err, err.__traceback__)[-8:])
+    return (f"<div style='color:#b00020'><b>error: {type(err).__name__}:</b> "
+            f"{html.escape(str(err))}<details><summary>traceback</summary>"
+            f"<pre style='font-size:85%;white-space:pre-wrap'>{html.escape(tb)}</pre>"
+            "</details></div>")
 
 
 def _info_html(text: str) -> str:
     return f"<span style='color:#333'>{html.escape(text)}</span>"
 
 
+def _busy_html(what: str) -> str:
+    return (f"<div style='color:#8a4b00'><progress style='width:9em;vertical-align:middle'>"
+            f"</progress> <b>{html.escape(what)}…</b> (started {time.strftime('%H:%M:%S')}; "
+            "the figures are greyed until it is done)</div>")
+
+
+def _restyle(figures: dict, name: str, title: str, opacity: float) -> None:
+    fig = figures[name]
+    with fig.batch_update():
+        fig.update_layout(title_text=title)
+        fig.update_traces(opacity=opacity)
+    if isinstance(figures, _Figures):
+        figures.render(name)
+
+
+@contextmanager
+def _computing(outputs: dict, figures: dict, what: str):
+    """While the block runs: ``what`` in the status line with a progress bar,
+    every figure greyed and titled ``busy: what…``.  If it raises, the figures
+    are restored and titled as not redrawn (the error goes on up).
+    ``figures``: a :class:`_Figures`, or name -> ``FigureWidget``."""
+    titles = {k: fig.layout.title.text or "" for k, fig in figures.items()}
+    outputs["status"].value = _busy_html(what)
+    for name in figures:
+        _restyle(figures, name, f"busy: {what}… (greyed: the previous figure)", 0.3)
+    t0 = time.perf_counter()
+    try:
+        yield
+    except BaseException:
+        for name in figures:
+            _restyle(figures, name, f"{titles[name]} · not redrawn: {what} failed", 1.0)
+        raise
+    finally:
+        outputs["status"].value = ""
+    log.info("%s: %.1f s", what, time.perf_counter() - t0)
+
+
+def _guarded(draw, outputs: dict):
+    """``draw`` as a callback: the message line cleared, then any exception
+    shown in it (and logged) instead of raised into the widget machinery."""
+    def redraw():
+        outputs["message"].value = ""
+        try:
+            draw()
+        except Exception as err:                      # shown in the widget, see _error_html
+            log.warning("explorer callback failed: %s", err, exc_info=True)
+            outputs["message"].value = _error_html(err)
+    return redraw
+
+
 def _observe(controls: dict, callback) -> None:
     for w in controls.values():
         w.observe(lambda change: callback(), names="value")
+
+
+def _explorer(head: list, body: list, controls: dict, figures: dict, outputs: dict, draw,
+              cache: dict | None = None, observe: bool = True) -> Explorer:
+    """The Explorer: ``head`` (control rows), the status and message lines,
+    then ``body`` (widgets; the figures' views); ``draw`` guarded, wired to
+    every control (``observe``) and run once."""
+    for name in ("status", "message"):
+        outputs.setdefault(name, W.HTML())
+    redraw = _guarded(draw, outputs)
+    if observe:
+        _observe(controls, redraw)
+    box = W.VBox([*head, outputs["status"], outputs["message"], *body])
+    ex = Explorer(box=box, controls=controls, figures=figures, outputs=outputs, redraw=redraw,
+                  cache={} if cache is None else cache, views=getattr(figures, "views", {}))
+    redraw()
+    return ex
 
 
 # -- layout explorer -------------------------------------------------------------
@@ -125,14 +292,16 @@ def _method_fields(method: str) -> set[str]:
     return {f.name for f in dataclasses.fields(METHODS[method])}
 
 
-def _param_controls() -> dict:
+def _param_controls(params: dict) -> dict:
     controls = {}
     for name, lo, hi, step in LAYOUT_PARAMS:
         cls = W.FloatSlider if isinstance(step, float) else W.IntSlider
-        controls[name] = cls(value=lo, min=lo, max=hi, step=step, description=name,
-                             continuous_update=False, style={"description_width": "90px"})
-        controls[name + "_auto"] = W.Checkbox(value=True, description="auto", indent=False,
-                                              layout=W.Layout(width="70px"))
+        value = params.get(name, lo)
+        controls[name] = cls(value=value, min=lo, max=max(hi, value), step=step,
+                             description=name, continuous_update=False,
+                             style={"description_width": "90px"})
+        controls[name + "_auto"] = W.Checkbox(value=name not in params, description="auto",
+                                              indent=False, layout=W.Layout(width="70px"))
     return controls
 
 
@@ -156,36 +325,55 @@ def _sync_auto(controls: dict, resolved: dict) -> None:
             slider.value = value
 
 
-def layout_explorer(method: str = "mesa", compare: str = "origin", seq_len: int = 40,
-                    train_length: int = 16) -> Explorer:
+def _figure1_view() -> tuple[int, int, dict]:
+    """``(seq_len, train_length, params)`` of Figure 1's Mesa layout."""
+    _, n, params = plots.FIGURE_1[0]
+    params = dict(params)
+    return n, params.pop("train_length"), params
+
+
+def layout_explorer(method: str = "mesa", compare: str = "origin", seq_len: int | None = None,
+                    train_length: int | None = None, params: dict | None = None) -> Explorer:
     """Explore every method's position layout, no model needed.
 
     Controls: ``method`` and ``compare`` (all of ``METHODS``), ``seq_len``,
     ``train_length`` and each parameter in ``LAYOUT_PARAMS`` with an ``auto``
     checkbox (``<name>_auto``): on auto the slider is disabled and shows the
-    default derived from ``train_length``; uncheck it to set the value.  Figures:
-    ``layout`` (heatmap), ``difference`` (method - compare), ``chunk_plan``.
-    Invalid combinations show the ValueError in ``outputs["message"]``.
+    default derived from ``train_length``; uncheck it to set the value.
+    ``params``: parameters set by hand at the start (their auto unchecked).
+    With none of ``seq_len``, ``train_length``, ``params`` given it opens on
+    the paper's Figure 1 (``plots.FIGURE_1``: Mesa on 13 tokens, ``T = 8``,
+    first chunk 2, middle chunks of 3, last chunk 2, stair from 2 in steps of
+    2); otherwise ``seq_len`` defaults to 40 and ``train_length`` to 16.
+    Figures: ``layout`` (heatmap), ``difference`` (method - compare),
+    ``chunk_plan``.  Invalid combinations show the ValueError in
+    ``outputs["message"]`` and keep the figures.
     """
     names = list(METHODS)
     for arg, value in (("method", method), ("compare", compare)):
         if value not in names:
             raise ValueError(f"{arg}={value!r}: allowed {names}")
+    if seq_len is None and train_length is None and params is None:
+        seq_len, train_length, params = _figure1_view()
+    params = dict(params or {})
+    unknown = sorted(set(params) - {p[0] for p in LAYOUT_PARAMS})
+    if unknown:
+        raise ValueError(f"params {unknown}: allowed {[p[0] for p in LAYOUT_PARAMS]}")
     controls = {
         "method": W.Dropdown(options=names, value=method, description="method"),
         "compare": W.Dropdown(options=names, value=compare, description="minus"),
-        "seq_len": W.IntSlider(value=seq_len, min=2, max=256, description="seq_len",
+        "seq_len": W.IntSlider(value=seq_len or 40, min=2, max=256, description="seq_len",
                                continuous_update=False),
-        "train_length": W.IntSlider(value=train_length, min=2, max=256,
+        "train_length": W.IntSlider(value=train_length or 16, min=2, max=256,
                                     description="train_length", continuous_update=False),
-        **_param_controls(),
+        **_param_controls(params),
     }
-    figures = {k: go.FigureWidget() for k in ("layout", "difference", "chunk_plan")}
-    outputs = {"message": W.HTML()}
+    figures = _Figures("layout", "difference", "chunk_plan")
+    outputs: dict = {}
     busy = {"on": False}
 
-    def redraw():
-        if busy["on"]:
+    def draw():
+        if busy["on"]:              # slider echoes while auto values are synced
             return
         busy["on"] = True
         try:
@@ -193,30 +381,10 @@ def layout_explorer(method: str = "mesa", compare: str = "origin", seq_len: int 
         finally:
             busy["on"] = False
 
-    _wire_layout_controls(controls, redraw, busy)
-    box = W.VBox([_layout_control_box(controls), outputs["message"],
-                  W.Box([figures["layout"], figures["difference"]],
-                        layout=W.Layout(display="flex", flex_flow="row wrap")),
-                  figures["chunk_plan"]])
-    ex = Explorer(box=box, controls=controls, figures=figures, outputs=outputs, redraw=redraw)
-    redraw()
-    return ex
-
-
-def _wire_layout_controls(controls: dict, redraw, busy: dict) -> None:
-    def param_moved(name):
-        def handler(change):
-            # a slider on auto is disabled and shows the resolved default; changes
-            # to it (e.g. echoes from the browser) are ignored and resynced
-            if not busy["on"]:
-                redraw()
-        return handler
-
-    for name, w in controls.items():
-        if name in dict((p[0], p) for p in LAYOUT_PARAMS):
-            w.observe(param_moved(name), names="value")
-        else:
-            w.observe(lambda change: redraw(), names="value")
+    views = figures.views
+    body = [W.Box([views["layout"], views["difference"]],
+                  layout=W.Layout(display="flex", flex_flow="row wrap")), views["chunk_plan"]]
+    return _explorer([_layout_control_box(controls)], body, controls, figures, outputs, draw)
 
 
 def _layout_control_box(controls: dict) -> W.Box:
@@ -232,23 +400,19 @@ def _draw_layouts(controls: dict, figures: dict, outputs: dict) -> None:
     fields = _method_fields(method)
     for name, *_ in LAYOUT_PARAMS:
         controls[name].disabled = name not in fields or controls[name + "_auto"].value
-    try:
-        lay = layout(method, n, **_layout_params(controls, method))
-        other = layout(compare, n, **_layout_params(controls, compare))
-    except ValueError as err:
-        outputs["message"].value = _error_html(err)
-        return
+    lay = layout(method, n, **_layout_params(controls, method))
+    other = layout(compare, n, **_layout_params(controls, compare))
     _sync_auto(controls, lay.params)
     T = lay.params["train_length"]
     top = lay.max_relative_position
     outputs["message"].value = _info_html(
         f"{method}: largest relative position {top:g} "
         f"({'beyond' if top >= T else 'within'} train_length={T}); params {lay.params}")
-    _set_figure(figures["layout"], plots.layout_heatmap(lay).update_layout(width=560))
-    _set_figure(figures["difference"], plots.layout_difference(lay, other).update_layout(
+    figures.show("layout", plots.layout_heatmap(lay).update_layout(width=560))
+    figures.show("difference", plots.layout_difference(lay, other).update_layout(
         width=560, title=f"{method} - {compare}: orange = only {method} sees the key, "
                          f"purple = only {compare}", title_font_size=12))
-    _set_figure(figures["chunk_plan"], plots.chunk_plan_figure(lay) if lay.chunk_plan
+    figures.show("chunk_plan", plots.chunk_plan_figure(lay) if lay.chunk_plan
                 else _blank(f"{method} has no chunk plan (Mesa only)"))
 
 
@@ -264,18 +428,31 @@ def _ids_1d(input_ids) -> np.ndarray:
 
 
 def attention_explorer(model, tokenizer, input_ids, methods=("origin", "mesa"), needle=None,
-                       layers=None, heads=None, query_rows=None, method_params=None,
-                       **trace_kwargs) -> Explorer:
+                       layers=None, heads=None, query_rows=None, method_params=None, *,
+                       method: str | None = None, layer: int | None = None, head="auto",
+                       trace=None, **trace_kwargs) -> Explorer:
     """Attention rows of ``model`` on ``input_ids`` under each method.
 
-    Runs ``mesa_viz.trace`` once per method (cached in ``explorer.cache``).
-    ``needle=(start, stop)`` marks the passkey tokens and reports their share
-    of attention.  ``query_rows`` default to the last position.
-    ``method_params``: method -> extra parameters; ``trace_kwargs`` (e.g.
-    ``train_length``) go to every trace (hidden states are not captured
-    unless ``hidden_layers`` is given).  Controls: ``method``, ``layer``,
-    ``head``, ``row`` (a query position or ``"all"``), ``reduce``, ``log``,
-    ``zoom`` (key range).  Figures: ``attention``, ``distance``.
+    Traces once per method, when it is first shown (cached in
+    ``explorer.cache``); meanwhile the status line says so and the figures are
+    greyed, and a failed trace is shown in ``outputs["message"]``.
+    ``method``: the one shown first (default ``methods[0]``).  ``needle=(start,
+    stop)`` marks the passkey tokens and reports their share of attention.
+    ``query_rows`` default to the last position.  ``head``: ``"auto"`` (with a
+    needle, the (layer, head) whose share of the last query row's attention on
+    the needle is largest under ``method``, else the max over heads), ``"max"``
+    or ``"mean"`` over heads, or a head; ``layer``: default as ``head`` chooses
+    it (the needle's best layer, else the first).  ``method_params``: method ->
+    extra parameters; ``trace_kwargs`` (e.g. ``train_length``) go to every
+    trace (hidden states are not captured unless ``hidden_layers`` is given).
+    ``trace``: ``trace(model, input_ids, method, **kwargs) -> Trace``
+    (default ``mesa_viz.trace``), e.g. one that loads saved traces.
+
+    Controls: ``method``, ``layer``, ``head`` (a head or ``"max"``/``"mean"``
+    over heads), ``row`` (a query position or ``"all"``), ``reduce`` (over
+    key blocks), ``log``, ``zoom`` (key range).  Figures: ``attention``
+    (``T`` marked per row at distance ``q - T``), ``distance``; outputs:
+    ``needle`` (its share), ``info`` (length and parameters, at the bottom).
     """
     ids = _ids_1d(input_ids)
     n = len(ids)
@@ -283,77 +460,133 @@ def attention_explorer(model, tokenizer, input_ids, methods=("origin", "mesa"), 
     methods = list(methods)
     if not methods:
         raise ValueError("methods is empty: allowed a list of method names")
+    method = methods[0] if method is None else method
+    if method not in methods:
+        raise ValueError(f"method={method!r}: allowed one of methods {methods}")
     rows = [n - 1] if query_rows is None else [int(r) for r in query_rows]
     if needle is not None and not (0 <= needle[0] < needle[1] <= n):
         raise ValueError(f"needle={needle!r}: allowed (start, stop) with 0 <= start < stop <= {n}")
+    if trace is None:
+        from .probes import trace
     cache: dict = {}
 
-    def get_trace(method):
-        if method not in cache:
-            from . import trace
-            params = dict(trace_kwargs, **(method_params or {}).get(method, {}))
-            log.info("tracing %s on %d tokens", method, n)
-            cache[method] = trace(model, ids, method=method, layers=layers, heads=heads,
-                                  query_rows=rows, tokenizer=tokenizer, **params)
-        return cache[method]
+    def get_trace(name):
+        if name not in cache:
+            params = dict(trace_kwargs, **(method_params or {}).get(name, {}))
+            log.info("tracing %s on %d tokens", name, n)
+            cache[name] = trace(model, ids, name, layers=layers, heads=heads, query_rows=rows,
+                                tokenizer=tokenizer, **params)
+        return cache[name]
 
-    first = get_trace(methods[0])
-    controls = _attention_controls(methods, first, n)
-    figures = {"attention": go.FigureWidget(), "distance": go.FigureWidget()}
-    outputs = {"message": W.HTML(), "needle": W.HTML()}
+    first = get_trace(method)
+    view = _start_view(first, needle, layer, head)
+    controls = _attention_controls(methods, method, first, n, view)
+    figures = _Figures("attention", "distance")
+    outputs = {"needle": W.HTML(), "info": W.HTML()}
 
-    def redraw():
-        _draw_attention(get_trace(controls["method"].value), controls, figures, outputs, needle)
+    def draw():
+        name = controls["method"].value
+        if name not in cache:
+            with _computing(outputs, figures, f"computing {name}: tracing {n} tokens"):
+                get_trace(name)
+        _draw_attention(cache[name], controls, figures, outputs, needle)
 
-    _observe(controls, redraw)
-    box = W.VBox([W.HBox([controls[k] for k in ("method", "layer", "head", "row")]),
-                  W.HBox([controls[k] for k in ("reduce", "log", "zoom")]),
-                  outputs["needle"], outputs["message"], figures["attention"],
-                  figures["distance"]])
-    ex = Explorer(box=box, controls=controls, figures=figures, outputs=outputs,
-                  redraw=redraw, cache=cache)
-    redraw()
-    return ex
+    head_rows = [W.HBox([controls[k] for k in ("method", "layer", "head", "row")]),
+                 W.HBox([controls[k] for k in ("reduce", "log", "zoom")])]
+    body = [outputs["needle"], figures.views["attention"], figures.views["distance"],
+            outputs["info"]]
+    return _explorer(head_rows, body, controls, figures, outputs, draw, cache)
 
 
-def _attention_controls(methods, tr, n: int) -> dict:
+def _start_view(tr, needle, layer, head) -> tuple[int, object]:
+    """The ``(layer, head)`` shown first (see :func:`attention_explorer`)."""
+    reductions = [v for _, v in HEAD_REDUCTIONS]
+    if head != "auto" and head not in reductions and head not in tr.heads:
+        raise ValueError(f"head={head!r}: allowed 'auto', {reductions} or one of {tr.heads}")
+    if layer is not None and layer not in tr.layers:
+        raise ValueError(f"layer={layer!r}: allowed one of {tr.layers}")
+    if needle is None:
+        return (tr.layers[0] if layer is None else layer), ("max" if head == "auto" else head)
+    share = tr.needle_share(needle)                        # [layer, head], last query row
+    if head == "auto" and layer is None:
+        li, hi = np.unravel_index(np.argmax(share), share.shape)
+        return tr.layers[li], tr.heads[hi]
+    per_layer = _reduce_heads(share, "max" if head == "auto" else head, tr.heads, axis=1)
+    li = int(np.argmax(per_layer)) if layer is None else tr.layers.index(layer)
+    if head == "auto":
+        head = tr.heads[int(np.argmax(share[li]))]
+    return tr.layers[li], head
+
+
+def _reduce_heads(a: np.ndarray, head, heads, axis: int = 0) -> np.ndarray:
+    """``a`` with heads on ``axis``: one ``head``, or the ``"max"``/``"mean"``
+    over heads."""
+    if head == "max":
+        return a.max(axis=axis)
+    if head == "mean":
+        return a.mean(axis=axis)
+    return np.take(a, list(heads).index(head), axis=axis)
+
+
+def _attention_controls(methods, method, tr, n: int, view) -> dict:
+    layer, head = view
+    head_options = [*HEAD_REDUCTIONS, *[(f"head {h}", h) for h in tr.heads]]
     return {
-        "method": W.Dropdown(options=methods, value=methods[0], description="method"),
-        "layer": W.Dropdown(options=list(tr.layers), value=tr.layers[0], description="layer"),
-        "head": W.Dropdown(options=list(tr.heads), value=tr.heads[0], description="head"),
+        "method": W.Dropdown(options=methods, value=method, description="method"),
+        "layer": W.Dropdown(options=list(tr.layers), value=layer, description="layer",
+                            layout=W.Layout(width="170px")),
+        "head": W.Dropdown(options=head_options, value=head, description="head",
+                           layout=W.Layout(width="250px")),
         "row": W.Dropdown(options=[*tr.query_rows, "all"], value=tr.query_rows[-1],
                           description="query row"),
-        "reduce": W.ToggleButtons(options=["max", "mean"], value="max",
-                                  description="downsample"),
+        "reduce": W.Dropdown(options=["max", "mean"], value="max", description="key blocks",
+                             layout=W.Layout(width="190px")),
         "log": W.Checkbox(value=True, description="log colour"),
         "zoom": W.IntRangeSlider(value=(0, n), min=0, max=n, description="keys",
-                                 continuous_update=False, layout=W.Layout(width="60%")),
+                                 continuous_update=False, layout=W.Layout(width="50%")),
     }
+
+
+def _head_text(head) -> str:
+    return f"{head} over heads" if head in ("max", "mean") else f"head {head}"
 
 
 def _draw_attention(tr, controls: dict, figures: dict, outputs: dict, needle) -> None:
     c = {k: w.value for k, w in controls.items()}
-    try:
-        li, hi = tr.layers.index(c["layer"]), tr.heads.index(c["head"])
-    except ValueError as err:
-        outputs["message"].value = _error_html(err)
-        return
+    li = tr.layers.index(c["layer"])
     rows = list(tr.query_rows) if c["row"] == "all" else [c["row"]]
-    attn = tr.attention[li, hi][[tr.query_rows.index(r) for r in rows]]   # [q_row, k_pos]
+    picked = [tr.query_rows.index(r) for r in rows]
+    per_head = tr.attention[li][:, picked]                     # [head, q_row, k_pos]
+    attn = _reduce_heads(per_head, c["head"], tr.heads)         # [q_row, k_pos]
     k0, k1 = c["zoom"]
     window = None if (k0, k1) == (0, tr.seq_len) or k1 <= k0 else (k0, k1)
     marks = {"needle": tuple(needle)} if needle is not None else None
-    title = f"{tr.method}: layer {c['layer']}, head {c['head']} (T={tr.train_length})"
-    _set_figure(figures["attention"], plots.attention_heatmap(
+    title = f"{tr.method}: layer {c['layer']}, {_head_text(c['head'])} (T={tr.train_length})"
+    figures.show("attention", plots.attention_heatmap(
         attn, rows, reduce=c["reduce"], log_color=c["log"], window=window, marks=marks,
-        train_length=tr.train_length, title=title))
-    _set_figure(figures["distance"], plots.attention_by_distance(
+        train_length=tr.train_length, title=title, query_positions=rows).update_layout(
+        height=min(600, 170 + 30 * len(rows)), margin=dict(t=60, b=45)))
+    figures.show("distance", plots.attention_by_distance(
         attn, rows, train_length=tr.train_length, title=f"{title}: mass by distance"))
-    outputs["message"].value = _info_html(f"{tr.seq_len} tokens, method params {tr.params}")
+    outputs["info"].value = _info_html(f"{tr.seq_len} tokens, {tr.method} parameters {tr.params}")
     if needle is not None:
-        shares = ", ".join(f"q={r}: {needle_share(a, needle):.2%}" for r, a in zip(rows, attn))
-        outputs["needle"].value = (f"<b>needle share</b> (tokens [{needle[0]}, {needle[1]})): "
-                                   f"{html.escape(shares)}")
+        outputs["needle"].value = _needle_html(per_head, rows, needle, c, tr)
+
+
+def _needle_html(per_head: np.ndarray, rows, needle, c: dict, tr) -> str:
+    """The needle's share of each drawn row (``per_head [head, q_row, k_pos]``):
+    of the head shown, the mean over heads, or the largest over heads and
+    which head has it."""
+    share = needle_share(per_head, needle)                     # [head, q_row]
+    head = c["head"]
+    if head == "max":
+        parts = [f"q={r}: {share[b, k]:.2%} (head {tr.heads[b]})"
+                 for k, (r, b) in enumerate(zip(rows, share.argmax(axis=0)))]
+    else:
+        parts = [f"q={r}: {v:.2%}" for r, v in zip(rows, _reduce_heads(share, head, tr.heads))]
+    what = f"{tr.method}, layer {c['layer']}, {_head_text(head)}"
+    return (f"<b>needle share</b> (tokens [{needle[0]}, {needle[1]})) {html.escape(what)}: "
+            + html.escape(", ".join(parts)))
 
 
 # -- threshold explorer ----------------------------------------------------------
@@ -367,51 +600,60 @@ def _as_pair(p) -> dict:
     raise ValueError(f"threshold pair {p!r}: allowed a ThresholdPair or a dict with layer, dim")
 
 
-def _pair_label(p: dict) -> str:
+def _pair_label(p: dict, order_by: str) -> str:
     extra = f", r={p['correlation']:+.3f}" if p.get("correlation") is not None else ""
-    return f"layer {p['layer']}, dim {p['dim']}{extra}"
+    past = (p.get("past_fraction") or {}).get(order_by)
+    shown = f" · {order_by} past T: {past:.0%}" if past is not None else ""
+    return f"layer {p['layer']}, dim {p['dim']}{extra}{shown}"
 
 
 def threshold_explorer(pairs, traces=None, train_length: int | None = None,
-                       window: int = 256) -> Explorer:
+                       window: int = 256, *, order_by: str = "origin",
+                       relative: bool = False) -> Explorer:
     """Hidden-state values of threshold dimensions against position, per method.
 
     ``pairs``: threshold-finder results (``ThresholdPair`` or dicts with
-    ``layer, dim, threshold`` and optionally ``correlation``), or the
-    ``(pairs, traces)`` of ``thresholds.find``.  ``traces``:
-    method -> Trace holding those hidden layers and dims.  Controls: ``pair``
-    (index into pairs), ``smooth`` (trailing window, default ``window`` as the
-    finder used).  Figure: ``hidden``; ``outputs["crossings"]`` counts, per
-    method, the positions past ``train_length`` whose smoothed value is past
-    the threshold (in the direction the value grows).
+    ``layer, dim, threshold`` and optionally ``correlation``,
+    ``past_fraction``), or the ``(pairs, traces)`` of ``thresholds.find``;
+    listed by :func:`mesa_viz.thresholds.order_pairs` (the largest fraction
+    past the threshold under ``order_by`` first, then ``|r|``), the first
+    shown.  ``traces``: method -> Trace holding those hidden layers and dims.
+    Controls: ``pair`` (index into ``explorer.cache["pairs"]``, that order),
+    ``smooth`` (trailing window, default ``window`` as the finder used),
+    ``zoom`` (y axis to the trend, not the start transient), ``relative``
+    (plot ``(value - threshold) × sign(r)``: past it is up).  Figure:
+    ``hidden``; ``outputs["crossings"]`` counts, per method, the positions
+    past ``train_length`` whose smoothed value is past the threshold (in the
+    direction the value grows).
     """
     if traces is None and isinstance(pairs, tuple) and len(pairs) == 2:
         pairs, traces = pairs
-    pairs = [_as_pair(p) for p in pairs]
+    pairs = order_pairs([_as_pair(p) for p in pairs], order_by)
     if not pairs:
         raise ValueError("pairs is empty: allowed threshold pairs with layer, dim, threshold")
     if not traces:
         raise ValueError("traces is empty: allowed a dict method -> Trace")
     T = train_length or next(iter(traces.values())).train_length
     controls = {
-        "pair": W.Dropdown(options=[(_pair_label(p), k) for k, p in enumerate(pairs)], value=0,
-                           description="(layer, dim)", layout=W.Layout(width="420px"),
+        "pair": W.Dropdown(options=[(_pair_label(p, order_by), k) for k, p in enumerate(pairs)],
+                           value=0, description="(layer, dim)", layout=W.Layout(width="480px"),
                            style={"description_width": "90px"}),
         "smooth": W.IntSlider(value=window, min=1, max=max(1024, window), description="smooth",
                               continuous_update=False),
+        "zoom": W.Checkbox(value=True, description="zoom to trend", indent=False,
+                           layout=W.Layout(width="130px")),
+        "relative": W.Checkbox(value=relative, description="value − threshold", indent=False,
+                               layout=W.Layout(width="150px")),
     }
-    figures = {"hidden": go.FigureWidget()}
-    outputs = {"crossings": W.HTML(), "message": W.HTML()}
+    figures = _Figures("hidden")
+    outputs = {"crossings": W.HTML()}
 
-    def redraw():
+    def draw():
         _draw_thresholds(pairs[controls["pair"].value], traces, T, controls, figures, outputs)
 
-    _observe(controls, redraw)
-    box = W.VBox([W.HBox(list(controls.values())), outputs["crossings"], outputs["message"],
-                  figures["hidden"]])
-    ex = Explorer(box=box, controls=controls, figures=figures, outputs=outputs, redraw=redraw)
-    redraw()
-    return ex
+    return _explorer([W.HBox(list(controls.values()))],
+                     [outputs["crossings"], figures.views["hidden"]], controls, figures, outputs,
+                     draw, {"pairs": pairs})
 
 
 def _draw_thresholds(pair, traces, T, controls, figures, outputs) -> None:
@@ -419,18 +661,19 @@ def _draw_thresholds(pair, traces, T, controls, figures, outputs) -> None:
     try:
         values = {m: tr.hidden_values(layer, dim) for m, tr in traces.items()}
     except ValueError as err:
-        outputs["message"].value = _error_html(ValueError(
-            f"(layer {layer}, dim {dim}) not captured in the traces: {err}"))
-        return
+        raise ValueError(f"(layer {layer}, dim {dim}) not captured in the traces: {err}") from err
     w = controls["smooth"].value
-    outputs["message"].value = ""
-    _set_figure(figures["hidden"], plots.hidden_state_figure(
-        values, T, threshold=thr, smooth=w,
-        title=f"hidden state, layer {layer}, dim {dim} (trailing mean over {w} tokens)"))
+    r = pair.get("correlation")
+    relative = controls["relative"].value and thr is not None
+    controls["relative"].disabled = thr is None
+    figures.show("hidden", plots.hidden_state_figure(
+        values, T, threshold=thr, smooth=w, zoom=controls["zoom"].value, relative=relative,
+        correlation=r, title=f"hidden state, layer {layer}, dim {dim} (trailing mean over {w} "
+                             "tokens)").update_layout(height=350))
     if thr is None:
         outputs["crossings"].value = "no threshold for this pair"
         return
-    r = 1.0 if pair.get("correlation") is None else pair["correlation"]
+    r = 1.0 if r is None else r
     parts = []
     for m, v in values.items():
         count, frac, first = crossings(smooth(v, w), T, thr, r)
@@ -443,44 +686,48 @@ def _draw_thresholds(pair, traces, T, controls, figures, outputs) -> None:
 
 # -- sweep viewer ------------------------------------------------------------------
 
+def _measured(rows) -> list[dict]:
+    """The measurement rows of a results file: not the machine line (no method)
+    nor rows of another ``kind`` than ``"point"``."""
+    return [r for r in rows if isinstance(r, dict) and r.get("method") is not None
+            and r.get("kind", "point") == "point"]
+
+
 def sweep_viewer(rows, kind: str = "passkey", train_length: int | None = None) -> Explorer:
     """Redraw saved passkey or bench results (rows or a results file).
 
-    Controls: ``methods`` (which to show) and, for passkey, ``view``
-    (``"heatmap"`` or ``"lines"``).  Figure: ``main``.
+    Controls: ``methods`` (which to show: the methods measured; the bench's
+    machine line is no method) and, for passkey, ``view`` (``"heatmap"`` or
+    ``"lines"``).  Figure: ``main``.
     """
     if kind not in ("passkey", "bench"):
         raise ValueError(f"kind={kind!r}: allowed 'passkey' or 'bench'")
-    rows = plots.load_rows(rows)
+    rows = _measured(plots.load_rows(rows))
     if not rows:
-        raise ValueError("rows are empty: allowed a non-empty list of result rows or file")
-    methods = list(dict.fromkeys(r.get("method") for r in rows))
+        raise ValueError("rows are empty: allowed a non-empty list of result rows or file "
+                         "(rows with a method)")
+    methods = list(dict.fromkeys(r["method"] for r in rows))
     controls = {"methods": W.SelectMultiple(options=methods, value=tuple(methods),
                                             description="methods", rows=min(8, len(methods)))}
     if kind == "passkey":
         controls["view"] = W.ToggleButtons(options=["heatmap", "lines"], value="heatmap",
                                            description="view")
-    figures = {"main": go.FigureWidget()}
-    outputs = {"message": W.HTML()}
+    figures = _Figures("main")
 
-    def redraw():
-        chosen = [r for r in rows if r.get("method") in controls["methods"].value]
+    def draw():
+        chosen = [r for r in rows if r["method"] in controls["methods"].value]
         if not chosen:
-            _set_figure(figures["main"], _blank("no method selected"))
-            return
-        if kind == "bench":
-            fig = plots.bench_figure(chosen)
+            figures.show("main", _blank("no method selected"))
+        elif kind == "bench":
+            figures.show("main", plots.bench_figure(chosen))
         elif controls["view"].value == "heatmap":
-            fig = plots.passkey_heatmap(chosen)
+            figures.show("main", plots.passkey_heatmap(chosen, train_length=train_length))
         else:
-            fig = plots.passkey_accuracy_lines(chosen, train_length=train_length)
-        _set_figure(figures["main"], fig)
+            figures.show("main", plots.passkey_accuracy_lines(
+                chosen, train_length=train_length))
 
-    _observe(controls, redraw)
-    box = W.VBox([W.HBox(list(controls.values())), outputs["message"], figures["main"]])
-    ex = Explorer(box=box, controls=controls, figures=figures, outputs=outputs, redraw=redraw)
-    redraw()
-    return ex
+    return _explorer([W.HBox(list(controls.values()))], [figures.views["main"]], controls,
+                     figures, {}, draw)
 
 
 # == theory: theorem explorer (mesa_viz.theory; issue 14) ============================
@@ -550,36 +797,28 @@ def theorem_explorer(M: int = 16, H: float = 0.5, N: int = 3, E: int = 4, length
     from . import theory
 
     controls = _theorem_controls(dict(M=M, H=H, N=N, E=E, length=length), max_length)
-    figures = {"value": go.FigureWidget(), "position": go.FigureWidget()}
-    outputs = {"statements": W.HTML(), "message": W.HTML()}
+    figures = _Figures("value", "position")
+    outputs = {"statements": W.HTML()}
     cache: dict = {}
 
-    def run(pe: str, v: dict):
-        kw = _theorem_kwargs(pe, v)
-        key = (pe, tuple(sorted(kw.items())))
-        if key not in cache:
-            cache[key] = theory.run(pe, **kw)
-        return cache[key]
+    def key(pe: str, v: dict):
+        return pe, tuple(sorted(_theorem_kwargs(pe, v).items()))
 
-    def redraw():
+    def draw():
         v = {k: c.value for k, c in controls.items()}
-        try:
-            runs = {pe: run(pe, v) for pe in theory.PES}
-        except ValueError as err:
-            outputs["message"].value = _error_html(err)
-            return
-        outputs["message"].value = ""
+        todo = [pe for pe in theory.PES if key(pe, v) not in cache]
+        if todo:
+            with _computing(outputs, figures, f"running {', '.join(todo)} to t={v['length']}"):
+                for pe in todo:
+                    cache[key(pe, v)] = theory.run(pe, **_theorem_kwargs(pe, v))
+        runs = {pe: cache[key(pe, v)] for pe in theory.PES}
         _draw_theorems(theory, runs, v, figures)
         outputs["statements"].value = "<div style='line-height:1.35'>" + "<br>".join(
             _statement_html(r.statement()) for r in runs.values()) + "</div>"
 
-    _observe(controls, redraw)
-    box = W.VBox([W.HBox(list(controls.values()), layout=W.Layout(flex_flow="row wrap")),
-                  outputs["message"], figures["value"], outputs["statements"], figures["position"]])
-    ex = Explorer(box=box, controls=controls, figures=figures, outputs=outputs, redraw=redraw,
-                  cache=cache)
-    redraw()
-    return ex
+    head = [W.HBox(list(controls.values()), layout=W.Layout(flex_flow="row wrap"))]
+    body = [figures.views["value"], outputs["statements"], figures.views["position"]]
+    return _explorer(head, body, controls, figures, outputs, draw, cache)
 
 
 def _draw_theorems(theory, runs: dict, v: dict, figures: dict) -> None:
@@ -591,10 +830,10 @@ def _draw_theorems(theory, runs: dict, v: dict, figures: dict) -> None:
                   for pe in runs}
     note = " (Equ.34 as printed)" if v["layer2"] == "paper" else ""
     verdicts = " · ".join(f"{pe} {_VERDICT[r.statement().holds]}" for pe, r in runs.items())
-    _set_figure(figures["value"], plots.theorem_figure(
+    figures.show("value", plots.theorem_figure(
         {pe: r.value for pe, r in runs.items()}, v["M"], float(v["H"]), t, closed,
         log_x=v["log_x"], title=f"layer 2 {v['layer2']}{note}: {verdicts}"))
-    _set_figure(figures["position"], plots.recovered_position_figure(
+    figures.show("position", plots.recovered_position_figure(
         {pe: r.position for pe, r in runs.items() if r.position is not None}, t,
         log_x=v["log_x"]))
 

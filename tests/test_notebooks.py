@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import mesa_viz
-from mesa_viz import widgets
+from mesa_viz import plots, widgets
+from mesa_viz.results import read_jsonl
 
 pytestmark = pytest.mark.tiny
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +53,23 @@ def test_notebook_committed_clean(path):
     assert "MESA_VIZ_TEST" in code[0].source, "the first code cell must honour MESA_VIZ_TEST"
 
 
+#: notebook -> the call drawing its main picture, in its third cell (the first screen:
+#: a short markdown cell, a compact setup cell, the picture; the browser test sees it).
+MAIN_PICTURE = {"01": "plots.figure1()", "02": "widgets.attention_explorer(",
+                "03": "widgets.threshold_explorer(", "04": "plots.passkey_heatmap("}
+
+
+@pytest.mark.parametrize("stem", sorted(MAIN_PICTURE))
+def test_notebook_opens_on_its_main_picture(stem):
+    (path,) = [p for p in NOTEBOOKS if p.stem.startswith(stem)]
+    first, setup, picture = nbformat.read(path, as_version=4).cells[:3]
+    assert first.cell_type == "markdown" and len(first.source) < 450, len(first.source)
+    assert setup.cell_type == "code" and picture.cell_type == "code"
+    assert MAIN_PICTURE[stem] in picture.source and len(picture.source.splitlines()) <= 4
+    assert len(setup.source.splitlines()) <= 8 or setup.metadata.get("jupyter", {}).get(
+        "source_hidden"), "a long setup cell must start collapsed"
+
+
 # -- execution ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem[:2])
@@ -60,6 +78,7 @@ def test_notebook_runs_in_test_mode(path, tmp_path, monkeypatch):
 
     monkeypatch.setenv("MESA_VIZ_TEST", "1")
     monkeypatch.setenv("MESA_VIZ_OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("MESA_VIZ_BENCH_LENGTHS", "96,192")      # notebook 04's sizes: settable
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}})
@@ -68,13 +87,31 @@ def test_notebook_runs_in_test_mode(path, tmp_path, monkeypatch):
     assert not [o for o in outputs if o.output_type == "error"]
     tracebacks = [o.text for o in outputs if o.get("name") == "stderr" and "Traceback" in o.text]
     assert not tracebacks, tracebacks
+    # no red warnings under the cells (e.g. transformers' "exceeded the model's predefined
+    # maximum length" reminder under the passkey sweep past T, or generation-flag warnings)
+    warnings = [o.text for o in outputs if o.get("name") == "stderr"
+                and any(w in o.text.lower() for w in ("warn", "reminder", "deprecat"))]
+    assert not warnings, warnings
     displayed = [o for o in outputs if o.output_type in ("display_data", "execute_result")]
     assert displayed, f"{path.name} displayed nothing"
     widget_views = [o for o in displayed if "application/vnd.jupyter.widget-view+json" in o.data]
     assert widget_views, f"{path.name} shows no widget"
+    if path.stem.startswith("04"):
+        bench = [r for r in read_jsonl(tmp_path / "out" / "bench.jsonl") if r.get("method")]
+        assert sorted({r["length"] for r in bench}) == [96, 192]
 
 
 # -- notebook 01: layout explorer ------------------------------------------------------------
+
+def test_layout_explorer_opens_on_figure_1():
+    ex = widgets.layout_explorer()
+    mesa, _ = plots.figure1_layouts()
+    np.testing.assert_array_equal(np.nan_to_num(z_of(ex.figures["layout"]), nan=-1),
+                                  mesa.relative_positions)
+    assert [t.name for t in ex.figures["chunk_plan"].data] == ["first", "middle", "last"]
+    assert not ex.controls["chunk_size_auto"].value and ex.controls["chunk_size"].value == 3
+    assert ex.controls["window_auto"].value
+
 
 def test_layout_explorer_method_switch_changes_chunk_region():
     ex = widgets.layout_explorer(method="origin", compare="origin", seq_len=40, train_length=16)
@@ -96,6 +133,36 @@ def test_layout_explorer_method_switch_changes_chunk_region():
     # the difference view (mesa - origin) marks keys only origin sees
     only = z_of(ex.figures["difference"], 1)
     assert (only[a, plan.first[1]:a] == -1).all()
+    # back to a method without chunks: the Python figure drops Mesa's marks
+    ex.controls["method"].value = "rerope"
+    assert not ex.figures["layout"].layout.shapes and not ex.figures["layout"].layout.annotations
+    assert ex.figures["chunk_plan"].layout.title.text is None
+
+
+def test_set_figure_tells_the_browser_what_the_new_figure_lacks():
+    """A FigureWidget (explorers with click callbacks keep one) reaches the
+    browser by ``Plotly.relayout``, which keeps keys it is not given: the
+    shapes, annotations and title of the old figure are sent as null."""
+    import plotly.graph_objects as go
+
+    sent = []
+    fw = go.FigureWidget()
+    fw.observe(lambda change: sent.append(change["new"]), names="_py2js_relayout")
+    widgets._set_figure(fw, plots.layout_heatmap(mesa_viz.layout("mesa", 13, train_length=8)))
+    assert fw.layout.shapes and fw.layout.annotations
+    sent.clear()
+    widgets._set_figure(fw, widgets._blank("no chunk plan"))
+    nulls = [m["relayout_data"] for m in sent if m and None in m["relayout_data"].values()]
+    assert nulls and {"shapes", "title"} <= {k for k, v in nulls[0].items() if v is None}
+    assert not fw.layout.shapes and fw.layout.title.text is None
+
+
+def test_layout_explorer_every_method_in_the_picker_draws():
+    ex = widgets.layout_explorer()
+    for method in ex.controls["method"].options:
+        ex.controls["method"].value = method
+        assert "invalid" not in ex.message and "error" not in ex.message, (method, ex.message)
+        assert ex.figures["layout"].layout.title.text.startswith(f"{method}: n=13")
 
 
 def test_layout_explorer_parameters_and_errors():
@@ -145,7 +212,8 @@ def test_attention_explorer_methods_rows_and_needle(tiny_lm):
     plan = mesa_viz.get_method("mesa").resolve(160, T).plan()
     mid = plan.middle[2][0] + 3                              # a query inside a middle chunk
     ex = widgets.attention_explorer(model, tok, s["input_ids"], methods=["origin", "mesa"],
-                                    needle=needle, query_rows=[mid, 159], train_length=T)
+                                    needle=needle, query_rows=[mid, 159], train_length=T,
+                                    layer=0, head=0)
     assert set(ex.cache) == {"origin"}
     assert "needle share" in ex.outputs["needle"].value and "q=159" in ex.outputs["needle"].value
     assert [s.name for s in ex.figures["attention"].layout.shapes] == ["needle", "train_length"]
@@ -180,19 +248,112 @@ def test_attention_explorer_errors(tiny_lm):
         widgets.attention_explorer(model, tok, np.arange(100), needle=(90, 120), train_length=T)
     with pytest.raises(ValueError, match="input_ids"):
         widgets.attention_explorer(model, tok, np.zeros((2, 5), int), train_length=T)
+    with pytest.raises(ValueError, match="method='stair'"):
+        widgets.attention_explorer(model, tok, np.arange(100), method="stair", train_length=T)
+    with pytest.raises(ValueError, match="head=9"):
+        widgets.attention_explorer(model, tok, np.arange(100), head=9, train_length=T)
+
+
+@pytest.fixture(scope="module")
+def passkey_sample(tiny_lm):
+    from mesa_viz.passkey import make_sample
+    return make_sample(tiny_lm[1], 160, depth=0.5, seed=0)
+
+
+def test_attention_explorer_opens_where_the_needle_is_read(tiny_lm, passkey_sample):
+    """Opens on the (layer, head) with the largest needle share of the last
+    query under the method shown first; offers the max and mean over heads."""
+    model, tok = tiny_lm
+    needle = tuple(passkey_sample["needle_span"])
+    ex = widgets.attention_explorer(model, tok, passkey_sample["input_ids"],
+                                    methods=["origin", "mesa"], method="mesa", needle=needle,
+                                    train_length=T)
+    tr = ex.cache["mesa"]
+    share = tr.needle_share(needle)                                   # [layer, head]
+    li, hi = np.unravel_index(share.argmax(), share.shape)
+    assert (ex.controls["layer"].value, ex.controls["head"].value) == (tr.layers[li], tr.heads[hi])
+    assert f"{share[li, hi]:.2%}" in ex.outputs["needle"].value
+    assert [v for _, v in ex.controls["head"].options][:2] == ["max", "mean"]
+    row = tr.attention[li, :, 0]                                      # [head, k_pos]
+    for reduce, want in (("max", row.max(0)), ("mean", row.mean(0))):
+        ex.controls["head"].value = reduce
+        ex.controls["log"].value = False
+        np.testing.assert_allclose(np.array(ex.figures["attention"].data[0].customdata,
+                                            dtype=float)[0], want, rtol=1e-6)
+        assert f"{reduce} over heads" in ex.figures["attention"].layout.title.text
+    assert f"{share[li].mean():.2%}" in ex.outputs["needle"].value     # mean of the heads' shares
+    # the T line marks distance q - T of the query shown
+    (t_line,) = [s for s in ex.figures["attention"].layout.shapes if s.name == "train_length"]
+    assert t_line.x0 == 159 - T + 0.5
+
+
+def test_attention_explorer_every_method_in_the_picker_runs(tiny_lm, passkey_sample):
+    model, tok = tiny_lm
+    methods = list(mesa_viz.METHODS)
+    ex = widgets.attention_explorer(model, tok, passkey_sample["input_ids"], methods=methods,
+                                    needle=tuple(passkey_sample["needle_span"]), train_length=T)
+    for method in methods:
+        ex.controls["method"].value = method
+        assert "error" not in ex.message and "invalid" not in ex.message, (method, ex.message)
+        assert ex.figures["attention"].layout.title.text.startswith(f"{method}: layer")
+    assert set(ex.cache) == set(methods)
+
+
+def test_attention_explorer_shows_busy_state_and_errors(tiny_lm, passkey_sample):
+    """While a method is traced the status line says so and the figures are
+    greyed and titled; an error raised by the trace is shown in the widget
+    (through the public ``trace`` and ``method_params`` arguments)."""
+    model, tok = tiny_lm
+    seen = []
+
+    def tracer(model, ids, method, **kwargs):
+        if holder:                               # the explorer exists: a callback is running
+            ex = holder[0]
+            fig = ex.figures["attention"]
+            seen.append((ex.status, fig.layout.title.text, fig.data[0].opacity))
+        if method == "rerope":
+            raise RuntimeError("injected failure while tracing rerope")
+        return mesa_viz.trace(model, ids, method, **kwargs)
+
+    holder = []
+    ex = widgets.attention_explorer(
+        model, tok, passkey_sample["input_ids"], methods=["origin", "mesa", "rerope", "stair"],
+        method_params={"stair": {"stair_width": 0}}, trace=tracer, train_length=T)
+    holder.append(ex)
+    assert ex.status == "" and not seen
+    ex.controls["method"].value = "mesa"
+    ((status, title, opacity),) = seen
+    assert "computing mesa" in status and "tracing 160 tokens" in status
+    assert title.startswith("busy: computing mesa") and opacity < 0.5
+    assert ex.status == "" and ex.figures["attention"].data[0].opacity in (None, 1)
+    assert ex.figures["attention"].layout.title.text.startswith("mesa: layer")
+    ex.controls["method"].value = "rerope"
+    assert "error: RuntimeError: injected failure while tracing rerope" in ex.message
+    assert "traceback" in ex.message and ex.status == ""
+    title = ex.figures["attention"].layout.title.text
+    assert title.startswith("mesa: layer") and "not redrawn: computing rerope" in title
+    ex.controls["method"].value = "stair"                 # a real ValueError from the method
+    assert "invalid:" in ex.message and "stair_width" in ex.message
+    ex.controls["method"].value = "origin"                # cached: drawn, message cleared
+    assert "invalid" not in ex.message and "error" not in ex.message
+    assert ex.figures["attention"].layout.title.text.startswith("origin: layer")
 
 
 # -- notebook 03: threshold explorer ----------------------------------------------------------
 
 def test_threshold_explorer_pairs_and_crossings(tiny_lm):
-    from mesa_viz.thresholds import find
+    from mesa_viz.thresholds import find, order_pairs
 
     model, tok = tiny_lm
     window = 16
     found = find(model, tok, length=160, methods=["origin", "mesa"], hidden_layers=[1, 2],
                  window=window, min_correlation=0.0, top=3)
-    pairs, traces = found
+    pairs = order_pairs(found.pairs)           # what the explorer lists: origin's crossings first
+    traces = found.traces
     ex = widgets.threshold_explorer(found, window=window)
+    assert [(p["layer"], p["dim"]) for p in ex.cache["pairs"]] == [(p.layer, p.dim) for p in pairs]
+    assert f"origin past T: {pairs[0].past_fraction['origin']:.0%}" in \
+        ex.controls["pair"].options[0][0]
     fig = ex.figures["hidden"]
     assert [t.name for t in fig.data] == ["origin", "mesa"]
     names = [s.name for s in fig.layout.shapes]
@@ -208,6 +369,13 @@ def test_threshold_explorer_pairs_and_crossings(tiny_lm):
     ex.controls["smooth"].value = 1
     raw = traces["origin"].hidden_values(pairs[1].layer, pairs[1].dim)
     np.testing.assert_allclose(np.array(fig.data[0].y, dtype=float), raw, rtol=1e-6)
+    # relative mode: (value - threshold) x sign(r), past the threshold is up
+    ex.controls["relative"].value = True
+    sign = 1.0 if pairs[1].correlation >= 0 else -1.0
+    np.testing.assert_allclose(np.array(fig.data[0].y, dtype=float),
+                               (raw - pairs[1].threshold) * sign, rtol=1e-6, atol=1e-9)
+    assert fig.layout.shapes[1].y0 == 0
+    assert "sign(r)" in fig.layout.yaxis.title.text
 
 
 def test_threshold_explorer_errors():
@@ -242,16 +410,19 @@ def test_sweep_viewer_passkey(tmp_path):
 def test_sweep_viewer_bench_and_csv(tmp_path):
     import csv
 
-    rows = [dict(method=m, length=L, prefill_s=0.1 * L, peak_mem_bytes=L * 2 ** 20,
+    rows = [dict(kind="point", method=m, length=L, prefill_s=0.1 * L, peak_mem_bytes=L * 2 ** 20,
                  decode_ms_per_token=1.0, oom=False) for m in ("origin", "mesa") for L in (64, 128)]
-    rows.append(dict(method="origin", length=256, prefill_s=None, peak_mem_bytes=None,
-                     decode_ms_per_token=None, oom=True))
+    rows.append(dict(kind="point", method="origin", length=256, prefill_s=None,
+                     peak_mem_bytes=None, decode_ms_per_token=None, oom=True))
+    rows.insert(0, dict(kind="machine", method=None, length=None, prefill_s=None,
+                        peak_mem_bytes=None, decode_ms_per_token=None, oom=None))
     path = tmp_path / "bench.csv"
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     ex = widgets.sweep_viewer(path, kind="bench")
+    assert ex.controls["methods"].options == ("origin", "mesa")       # not the machine line
     names = [t.name for t in ex.figures["main"].data]
     assert names.count("origin") == 3 and "origin OOM" in names and names.count("mesa") == 3
     with pytest.raises(ValueError, match="kind='x'"):

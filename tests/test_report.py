@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from mesa_viz import probes, report
+from mesa_viz import probes, report, thresholds
 from mesa_viz.models import tiny_model
 
 pytestmark = pytest.mark.tiny
@@ -38,9 +38,12 @@ def test_report_traces_each_method_once_and_says_what_is_missing(tiny_lm, tmp_pa
         assert section.title in page
     assert "Not included: no passkey results" in page and "--passkey" in page
     assert "Not included: no bench results" in page and "make bench" in page
+    assert "Figure 1" in page and "stair: n=10, T=8" in page       # the paper's toy layouts
     data = tmp_path / "r_data"
     pairs = json.loads((data / "thresholds.json").read_text())
     assert pairs and set(pairs[0]["past_fraction"]) == {"origin", "mesa", "rerope"}
+    assert [(p["layer"], p["dim"]) for p in pairs] == [         # origin's crossings first
+        (p["layer"], p["dim"]) for p in thresholds.order_pairs(pairs)]
     assert {p.name for p in data.glob("trace_*.npz")} == {
         "trace_origin.npz", "trace_mesa.npz", "trace_rerope.npz"}
 

@@ -91,3 +91,16 @@ def test_format_pairs():
                     "origin 84%, mesa 0%")
     assert thresholds.format_pairs([dataclasses.asdict(pair)]) == text
     assert "no (layer, dim) pair" in thresholds.format_pairs([])
+
+
+def test_order_pairs_by_what_they_show():
+    """Origin's past-threshold fraction first (the crossing the theory predicts
+    is seen there), then |r|; dicts and ThresholdPairs alike."""
+    def pair(dim, r, origin):
+        return thresholds.ThresholdPair(0, dim, r, 1.0, {"origin": origin, "mesa": 0.0}, {})
+    pairs = [pair(1, -0.999, 0.13), pair(2, 0.99, 0.84), pair(3, 0.995, 0.84),
+             pair(4, 0.9999, 0.0)]
+    assert [p.dim for p in thresholds.order_pairs(pairs)] == [3, 2, 1, 4]
+    as_dicts = [dataclasses.asdict(p) for p in pairs]
+    assert [p["dim"] for p in thresholds.order_pairs(as_dicts)] == [3, 2, 1, 4]
+    assert [p.dim for p in thresholds.order_pairs(pairs, "mesa")] == [4, 1, 3, 2]   # |r| only
