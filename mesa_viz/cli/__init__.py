@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "bench": ("mesa_viz.cli.bench",
               "prefill/decode time, peak memory and FLOP rate by method and length"),
     "report": ("mesa_viz.cli.report", "headless HTML report of the analyses"),
+    "ppl": ("mesa_viz.cli.ppl", "perplexity of long texts by position bucket, method and length"),
 }
 
 
