@@ -23,6 +23,7 @@ SUBCOMMANDS = {
               "prefill/decode time, peak memory and FLOP rate by method and length"),
     "report": ("mesa_viz.cli.report", "headless HTML report of the analyses"),
     "ppl": ("mesa_viz.cli.ppl", "perplexity of long texts by position bucket, method and length"),
+    "ruler": ("mesa_viz.cli.ruler", "offline RULER tasks through lm-eval by method and length"),
 }
 
 
