@@ -235,6 +235,34 @@ def bench_section(ctx: Context) -> list:
                          lambda rows: [plots.bench_figure(rows)])
 
 
+def _pre(text: str) -> str:
+    return f"<pre>{html.escape(text)}</pre>"
+
+
+def ppl_section(ctx: Context) -> list:
+    """Perplexity by position bucket from a ``mesa-viz ppl`` results file."""
+    from .perplexity import summary
+    from .results import format_table
+    return _from_results(
+        ctx, "ppl", "rows", "run mesa-viz ppl --methods origin,mesa --lengths 16384 --out FILE",
+        lambda rows: [plots.ppl_by_position(rows, train_length=ctx.train_length),
+                      _p("mean NLL (nats per token) by position bucket, longest length:"),
+                      _pre(format_table(summary(rows)))])
+
+
+def ruler_section(ctx: Context) -> list:
+    """RULER task scores by method and length from a ``mesa-viz ruler`` results file."""
+    from .lm_eval_tasks import summary
+    from .results import format_table
+    return _from_results(
+        ctx, "ruler", "samples", "run mesa-viz ruler --methods origin,mesa --lengths "
+        "4096,8192,12288,16384 --out FILE",
+        lambda rows: [plots.task_scores(rows, train_length=ctx.train_length
+                                        or rows[0].get("train_length")),
+                      _p("mean score over tasks (each task weighted equally):"),
+                      _pre(format_table(summary(rows)))])
+
+
 #: The report's sections, in page order.
 SECTIONS = (
     Section("Position layouts", layouts_section),
@@ -242,6 +270,8 @@ SECTIONS = (
     Section("Hidden-state thresholds (Figure 2)", thresholds_section),
     Section("Passkey retrieval", passkey_section, reads="passkey"),
     Section("Memory and latency", bench_section, reads="bench"),
+    Section("Perplexity by position", ppl_section, reads="ppl"),
+    Section("Long-context tasks (RULER, through lm-eval)", ruler_section, reads="ruler"),
 )
 
 
