@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import logging
 from collections.abc import Iterator
@@ -40,7 +39,7 @@ from .methods import get_method
 from .results import append_jsonl, read_jsonl
 
 __all__ = ["MesaVizLM", "evaluate", "default_tokenizer_name", "task_rows", "LM_EVAL_VERSION",
-           "NO_TRUNCATION"]
+           "NO_TRUNCATION", "HFLM_OPTIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +72,22 @@ def _split_params(method: str, kwargs: dict) -> dict:
     return params
 
 
+#: HFLM options that still act when mesa-viz hands HFLM a model it loaded
+#: itself (HFLM ignores the loading options, so mesa-viz refuses them).
+HFLM_OPTIONS = ("backend", "truncation", "logits_cache", "softmax_dtype",
+                "mixed_precision_dtype", "add_bos_token", "prefix_token_id", "think_end_token",
+                "enable_thinking", "chat_template_args")
+
+
 def _refuse_unknown(method: str, kwargs: dict) -> None:
     """No model arg may be silently ignored."""
-    hflm = set(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs", "pretrained",
-                                                               "tokenizer"}
-    unknown = sorted(set(kwargs) - hflm)
+    unknown = sorted(set(kwargs) - set(HFLM_OPTIONS))
     if unknown:
         fields = sorted(f.name for f in dataclasses.fields(type(get_method(method))))
-        raise ValueError(f"unknown model args {unknown} for mesa-viz (method {method!r}): "
-                         f"allowed pretrained, tokenizer, method, train_length, device, dtype, "
-                         f"attn_implementation, the method's parameters {fields}, or HFLM's "
-                         f"{sorted(hflm)}")
+        raise ValueError(f"model args {unknown} are not used by mesa-viz (method {method!r}): "
+                         "allowed pretrained, tokenizer, method, train_length, device, dtype, "
+                         f"attn_implementation, max_length, batch_size, the method's "
+                         f"parameters {fields}, and HFLM's {list(HFLM_OPTIONS)}")
 
 
 def _device(device) -> str | None:
@@ -285,12 +289,13 @@ def _stream(model, tokenizer, methods, tasks, lengths, samples, out, method_para
     name = _model_name(model)
     for method in methods:
         params = method_params.get(method, {})
+        lm = None
         for task in tasks:
             if (method, task) in built:
-                lm = CachingLM(MesaVizLM(pretrained=model, tokenizer=tokenizer, method=method,
-                                         train_length=T, **params),
-                               _cache_file(out.with_name(out.stem + "_cache"), method, params,
-                                           name))
+                lm = lm or CachingLM(
+                    MesaVizLM(pretrained=model, tokenizer=tokenizer, method=method,
+                              train_length=T, **params),
+                    _cache_file(out.with_name(out.stem + "_cache"), method, params, name))
                 res = lm_evaluate(lm=lm, task_dict=built[method, task], log_samples=True,
                                   bootstrap_iters=0, verbosity="WARNING")
                 extra = dict(params=params, train_length=T, model=name)

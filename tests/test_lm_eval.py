@@ -128,7 +128,8 @@ def test_absent_gpu_falls_back_to_cpu(tiny_dir, caplog):
 
 @pytest.mark.parametrize("args, match", [
     (dict(method="nope"), "unknown method 'nope'"),
-    (dict(method="mesa", stair_strat=8), r"unknown model args \['stair_strat'\]"),
+    (dict(method="mesa", stair_strat=8), r"model args \[.stair_strat.\] are not used"),
+    (dict(revision="main"), r"model args \[.revision.\] are not used"),
     (dict(method="mesa", stair="sideways"), "stair=.sideways.: allowed"),
     (dict(batch_size=4), "batch_size=4: .* allowed 1"),
     (dict(batch_size="auto"), "allowed 1"),
