@@ -7,6 +7,11 @@ file from PyPI, or any text given) under each method, averaged per position
 bucket ``[0, T), [T, 1.5T), [1.5T, 2T), ...``.  The NLL of token ``t``
 (predicted from the tokens before it) belongs to position ``t``.
 
+One forward per method and text: a bucket holds what the method's prefill
+computes at those positions (Mesa predicts a middle-chunk token from the
+first chunk and its own chunk, only its last chunk from every key; sink and
+window methods from their window), so compare methods inside a bucket.
+
 Memory: the decoder runs once to its final hidden states ``[n, hidden]``;
 the LM head then scores them in slices of ``slice_tokens`` positions, so no
 ``[n, vocab]`` logits are ever held (49k x 32k x 4 bytes would be 6 GB).
