@@ -10,6 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: setup browser test test-fast demo bench thresholds report clean
+.PHONY: ppl ruler
 
 setup: $(STAMP)
 
@@ -17,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test,notebooks]"
+	$(PY) -m pip install -q -e ".[test,notebooks,eval]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -50,6 +51,13 @@ report: setup
 screenshots: setup browser
 	MESA_VIZ_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/test_browser.py \
 	    -k "first_screen or report"
+ppl: setup
+	$(VENV)/bin/mesa-viz ppl --methods origin,mesa,rerope,leaky-rerope,dynamic-ntk,streaming-llm,lm-infinite,stair \
+	    --lengths 16384 --texts book,code --out benchmarks/eval/ppl.jsonl
+
+ruler: setup
+	$(VENV)/bin/mesa-viz ruler --methods origin,mesa,rerope,streaming-llm --tasks ruler_offline \
+	    --lengths 4096,8192,12288,16384 --samples 3 --out benchmarks/eval/ruler.jsonl
 
 clean:
 	rm -rf $(VENV) runs

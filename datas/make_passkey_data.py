@@ -1,8 +1,9 @@
 """Write passkey retrieval samples as JSON lines, for ``mesa-viz passkey --data``.
 
 Each line is one sample from ``mesa_viz.passkey.make_sample``: ``prompt,
-input_ids`` (exactly ``length`` tokens), ``passkey, needle_span, length,
-depth, seed``, plus the tokenizer it was made with.
+input_ids`` (exactly ``length`` tokens), ``passkey, needle_span,
+filler_offset, length, depth, seed`` (key and offset drawn from the seed and
+depth, the same for every length), plus the tokenizer it was made with.
 
     python datas/make_passkey_data.py --lengths 2048,12288,16384 \
         --depths 0.1,0.5,0.9 --samples 3 --out datas/passkey.jsonl

@@ -25,6 +25,7 @@ _LAZY = {
     "Explanation": "mesa_viz.drilldown",
     "attention_map": "mesa_viz.probes",
     "AttentionMap": "mesa_viz.pooling",
+    "perplexity": "mesa_viz.perplexity",
 }
 
 __all__ = ["Layout", "layout", "layout_rows", "METHODS", "Method", "get_method",
@@ -33,5 +34,8 @@ __all__ = ["Layout", "layout", "layout_rows", "METHODS", "Method", "get_method",
 
 def __getattr__(name):
     if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
+        module = import_module(_LAZY[name])
+        # a name that is also its module's name (perplexity) is the module, which is
+        # callable: the same object before and after the submodule is imported
+        return module if module.__name__ == f"{__name__}.{name}" else getattr(module, name)
     raise AttributeError(f"module 'mesa_viz' has no attribute {name!r}")

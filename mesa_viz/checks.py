@@ -3,11 +3,14 @@ and bench: each raises ValueError naming the bad value and what is allowed."""
 
 from __future__ import annotations
 
+import logging
 import numbers
 
 from .methods import get_method
 
-__all__ = ["check_methods", "check_lengths"]
+__all__ = ["check_methods", "check_lengths", "fits"]
+
+log = logging.getLogger(__name__)
 
 
 def check_methods(methods, method_params: dict | None = None) -> None:
@@ -32,3 +35,16 @@ def check_lengths(lengths) -> None:
            if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1]
     if bad:
         raise ValueError(f"lengths {bad}: allowed positive integers (token counts)")
+
+
+def fits(model, method: str, length: int, params: dict | None = None,
+         decode_tokens: int = 0) -> bool:
+    """False (with a warning naming the estimate) when :mod:`mesa_viz.memory`
+    predicts a prefill of ``length`` tokens under ``method`` cannot fit."""
+    from .memory import LengthTooLong, check_fits
+    try:
+        check_fits(model, method, length, params=params or {}, decode_tokens=decode_tokens)
+    except LengthTooLong as err:
+        log.warning("skipping %s at length %d: %s", method, length, err)
+        return False
+    return True

@@ -7,14 +7,21 @@ ends with the plain completion prompt "What is the pass key? The pass key is"
 (not the chat template: small instruct models chatter under it).  Prompts are
 assembled token by token, so ``input_ids`` has exactly ``length`` tokens.
 
+As the field runs it (LongLoRA, Landmark, the Mesa authors' data script),
+every sample draws its own key and filler offset from one RNG seeded by its
+``seed`` (the sample index) and depth; the same seeds serve every method and
+length, so methods are compared on the same samples (:func:`compare`).
+
 :func:`evaluate` appends one JSON line per sample to ``out`` as it finishes
 and yields it; a rerun skips the rows already there (keyed by method, length,
-depth, seed).
+depth, seed and key).  :func:`summary` gives accuracy with its sample count
+and 95 % Wilson interval.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 import random
 import re
@@ -23,12 +30,13 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-from .data import FILLER, PASSKEY_INTRO, PASSKEY_NEEDLE, PASSKEY_QUESTION, repeat_tokens
-from .checks import check_lengths, check_methods
-from .results import append_jsonl, read_jsonl
+from .data import (FILLER, PASSKEY_INTRO, PASSKEY_NEEDLE, PASSKEY_QUESTION, leading_special,
+                   repeat_tokens)
+from .checks import check_lengths, check_methods, fits
+from .results import append_jsonl, format_table, read_jsonl, wilson_interval
 
 __all__ = ["make_sample", "parse_answer", "evaluate", "check_grid", "summary", "format_table",
-           "read_samples", "passkey_of", "RESULTS_FILE", "DEPTHS"]
+           "compare", "read_samples", "draws", "passkey_of", "RESULTS_FILE", "DEPTHS"]
 
 log = logging.getLogger(__name__)
 
@@ -41,37 +49,41 @@ _KEY_RE = re.compile(r"(?<!\d)\d{5}(?!\d)")
 
 # -- samples -----------------------------------------------------------------------
 
-def passkey_of(seed: int) -> int:
-    """The 5-digit pass key of ``seed``."""
-    return random.Random(int(seed)).randint(10000, 99999)
+def draws(seed: int, depth: float) -> tuple[int, float]:
+    """``(passkey, filler_phase)`` of sample ``seed`` at ``depth``: a 5-digit
+    key and a phase in [0, 1) of the filler's cycle, from one RNG seeded by
+    both (so the depths of one seed differ; every length shares them)."""
+    rng = random.Random(f"passkey:{int(seed)}:{float(depth)!r}")
+    return rng.randint(10000, 99999), rng.random()
+
+
+def passkey_of(seed: int, depth: float = 0.5) -> int:
+    """The 5-digit pass key of sample ``seed`` at ``depth``."""
+    return draws(seed, depth)[0]
 
 
 def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _leading_special(tokenizer) -> list[int]:
-    """The BOS token the tokenizer puts first by default, if it does."""
-    bos = getattr(tokenizer, "bos_token_id", None)
-    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
-    return [bos] if bos is not None and ids[:1] == [bos] else []
-
-
-def _filler(tokenizer, n: int) -> list[int]:
-    """``n`` tokens of the haystack (sentences after a space)."""
-    return repeat_tokens(tokenizer, " " + FILLER, n)
+def _filler(tokenizer, n: int, offset: int = 0) -> list[int]:
+    """``n`` tokens of the haystack (sentences after a space), starting
+    ``offset`` tokens into its cycle."""
+    return repeat_tokens(tokenizer, " " + FILLER, n + offset)[offset:]
 
 
 def make_sample(tokenizer, length: int, depth: float, seed: int) -> dict:
     """A passkey prompt of exactly ``length`` tokens with the needle at
     fractional ``depth`` (0: first, 1: last) of the haystack.
 
-    Returns ``prompt, input_ids, passkey, needle_span (start, stop), length,
-    depth, seed``.
+    The key and the filler's starting token (``filler_offset``, within its
+    cycle) come from :func:`draws`.  Returns ``prompt, input_ids, passkey,
+    needle_span (start, stop), filler_offset, length, depth, seed``.
     """
     _check_depth(depth)
-    key = passkey_of(seed)
-    head = _leading_special(tokenizer) + _encode(tokenizer, PASSKEY_INTRO)
+    key, phase = draws(seed, depth)
+    offset = int(phase * len(_encode(tokenizer, " " + FILLER)))
+    head = leading_special(tokenizer) + _encode(tokenizer, PASSKEY_INTRO)
     needle = _encode(tokenizer, PASSKEY_NEEDLE.format(key=key))
     tail = _encode(tokenizer, PASSKEY_QUESTION)
     room = int(length) - len(head) - len(needle) - len(tail)
@@ -81,12 +93,12 @@ def make_sample(tokenizer, length: int, depth: float, seed: int) -> dict:
     before = round(depth * room)
     # the haystack after the needle restarts at a sentence, so no token merges
     # across the seams and the prompt re-encodes to the same ids
-    ids = (head + _filler(tokenizer, before) + needle + _filler(tokenizer, room - before)
-           + tail)
+    ids = (head + _filler(tokenizer, before, offset) + needle
+           + _filler(tokenizer, room - before) + tail)
     start = len(head) + before
     return dict(prompt=tokenizer.decode(ids, skip_special_tokens=True), input_ids=ids,
-                passkey=key, needle_span=[start, start + len(needle)], length=int(length),
-                depth=float(depth), seed=int(seed))
+                passkey=key, needle_span=[start, start + len(needle)], filler_offset=offset,
+                length=int(length), depth=float(depth), seed=int(seed))
 
 
 def _check_depth(depth) -> None:
@@ -142,20 +154,11 @@ def _samples_for(tokenizer, samples, lengths, depths) -> list[dict]:
 
 
 def _key(row, method: str | None = None) -> tuple:
-    """The resume key of a result row (or of a sample under ``method``)."""
-    return (method or row["method"], int(row["length"]), float(row["depth"]), int(row["seed"]))
-
-
-def _fits(model, method: str, params: dict, length: int, max_new_tokens: int) -> bool:
-    """False (with a warning) when ``mesa_viz.memory`` predicts the point
-    cannot fit; the refusal names the estimate."""
-    from .memory import LengthTooLong, check_fits
-    try:
-        check_fits(model, method, length, params=params, decode_tokens=max_new_tokens)
-    except LengthTooLong as err:
-        log.warning("skipping %s at length %d: %s", method, length, err)
-        return False
-    return True
+    """The resume key of a result row (or of a sample under ``method``): a
+    row counts only for the sample whose key it was asked."""
+    key = row["expected"] if method is None else row["passkey"]
+    return (method or row["method"], int(row["length"]), float(row["depth"]), int(row["seed"]),
+            int(key))
 
 
 def _generate(model, tokenizer, sample, method, params, max_new_tokens) -> tuple[str, dict, float]:
@@ -215,13 +218,14 @@ def _stream(model, tokenizer, methods, todo, out, method_params, max_new_tokens)
     if others:
         log.warning("%s holds rows of other models %s: they count as done too", out,
                     sorted(others))
+    _warn_other_keys(out, done, methods, todo)
     with tqdm(total=len(methods) * len(todo), desc="passkey", unit="sample") as bar:
         for length in sorted({s["length"] for s in todo}):
             here = [s for s in todo if s["length"] == length]
             for method in methods:
                 params = method_params.get(method, {})
                 fresh = [s for s in here if _key(s, method) not in done]
-                if fresh and not _fits(model, method, params, length, max_new_tokens):
+                if fresh and not fits(model, method, length, params, max_new_tokens):
                     bar.update(len(here))
                     continue
                 for s in here:
@@ -233,14 +237,26 @@ def _stream(model, tokenizer, methods, todo, out, method_params, max_new_tokens)
                     yield done[key]
 
 
+def _warn_other_keys(out, done: dict, methods, todo) -> None:
+    """Say so when ``out`` holds rows for these samples asked with other keys
+    (another sampler, e.g. before keys were drawn per depth): kept, not reused."""
+    asked = {k[:4] for k in (_key(s, m) for s in todo for m in methods)}
+    mine = {k for s in todo for k in (_key(s, m) for m in methods)}
+    stale = [k for k in done if k[:4] in asked and k not in mine]
+    if stale:
+        log.warning("%s holds %d rows of these samples asked with other keys (an older "
+                    "sampler): they stay in the file but are run again", out, len(stale))
+
+
 def _run_one(model, tokenizer, sample, method, params, max_new_tokens, name, path) -> dict:
     """Answer one sample, append its row to ``path`` and return it."""
     text, resolved, seconds = _generate(model, tokenizer, sample, method, params, max_new_tokens)
     got = parse_answer(text)
     row = dict(method=method, length=int(sample["length"]), depth=float(sample["depth"]),
                seed=int(sample["seed"]), expected=int(sample["passkey"]), answer=got,
-               correct=got == int(sample["passkey"]), text=text, seconds=round(seconds, 4),
-               params=resolved, model=name)
+               correct=got == int(sample["passkey"]), needle_span=sample.get("needle_span"),
+               filler_offset=sample.get("filler_offset"), text=text,
+               seconds=round(seconds, 4), params=resolved, model=name)
     append_jsonl(path, row)
     log.debug("%s L=%d depth=%g seed=%d: %r (%s)", method, row["length"], row["depth"],
               row["seed"], text, "ok" if row["correct"] else "wrong")
@@ -250,7 +266,7 @@ def _run_one(model, tokenizer, sample, method, params, max_new_tokens, name, pat
 def summary(rows, by_depth: bool = False) -> list[dict]:
     """Accuracy per method x length (x depth with ``by_depth``), in first-seen
     method order, then by length and depth: ``method, length, [depth,] n,
-    correct, accuracy``."""
+    correct, accuracy, ci_low, ci_high`` (the 95 % Wilson interval)."""
     groups = defaultdict(list)
     order = list(dict.fromkeys(r["method"] for r in rows))
     for r in rows:
@@ -259,19 +275,38 @@ def summary(rows, by_depth: bool = False) -> list[dict]:
     out = []
     for key in sorted(groups, key=lambda k: (order.index(k[0]), *k[1:])):
         hits = groups[key]
+        low, high = wilson_interval(sum(hits), len(hits))
         out.append(dict(zip(("method", "length", "depth"), key), n=len(hits),
-                        correct=sum(hits), accuracy=sum(hits) / len(hits)))
+                        correct=sum(hits), accuracy=sum(hits) / len(hits),
+                        ci_low=low, ci_high=high))
     return out
 
 
-def format_table(table: list[dict]) -> str:
-    """A plain-text table of ``summary`` rows."""
-    if not table:
-        return "(no rows)"
-    cols = list(table[0])
-    cells = [[f"{r[c]:.0%}" if c == "accuracy" else f"{r[c]:g}" if isinstance(r[c], float)
-              else str(r[c]) for c in cols] for r in table]
-    width = [max(len(c), *(len(row[k]) for row in cells)) for k, c in enumerate(cols)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(cols, width))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(row, width)) for row in cells]
-    return "\n".join(lines)
+def compare(rows, a: str, b: str, by_depth: bool = False) -> list[dict]:
+    """Methods ``a`` and ``b`` on the same samples (same length, depth, seed
+    and key), per length (x depth): ``pairs``, ``only_a`` / ``only_b`` (right
+    under one method only) and ``p``, the exact two-sided McNemar p-value
+    (binomial on the discordant pairs): small ``p`` says the difference is not
+    sampling noise."""
+    by = defaultdict(dict)
+    for r in rows:
+        if r["method"] in (a, b):
+            by[_key(r)[1:]][r["method"]] = bool(r["correct"])
+    cells = defaultdict(lambda: [0, 0, 0])
+    for key, got in by.items():
+        if len(got) == 2:
+            cell = cells[key[:2] if by_depth else key[:1]]
+            cell[0] += 1
+            cell[1] += got[a] and not got[b]
+            cell[2] += got[b] and not got[a]
+    return [dict(zip(("length", "depth"), key), pairs=n, only_a=x, only_b=y,
+                 p=_mcnemar(x, y)) for key, (n, x, y) in sorted(cells.items())]
+
+
+def _mcnemar(x: int, y: int) -> float:
+    """Exact two-sided McNemar p-value for ``x`` and ``y`` discordant pairs."""
+    n = x + y
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(x, y) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)

@@ -38,6 +38,7 @@ from plotly.subplots import make_subplots
 
 from .layouts import Layout
 from .methods import METHODS, ChunkPlan
+from .results import wilson_interval
 from .thresholds import smooth
 
 __all__ = [
@@ -1139,18 +1140,6 @@ def _length_ticks(lengths, most: int = 12) -> dict:
     return dict(tickvals=lengths, ticktext=[str(L) for L in lengths])
 
 
-def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for ``hits`` successes in ``n`` trials (95 % for
-    ``z = 1.96``); ``(nan, nan)`` when ``n == 0``."""
-    if n <= 0:
-        return math.nan, math.nan
-    p = hits / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, mid - half), min(1.0, mid + half)
-
-
 def passkey_accuracy_lines(rows, train_length: int | None = None, title: str | None = None,
                            log_x: bool = True) -> go.Figure:
     """Passkey accuracy against length, one line per method (all depths pooled),
@@ -1882,3 +1871,128 @@ def attention_maps_figure(maps, log_color: bool = True, difference: bool = True,
         fig.update_layout(coloraxis2=dict(colorscale=_DIVERGING, cmin=-top, cmax=top,
                                           colorbar=dict(title="difference", x=1.07)))
     return fig
+# == long-context evaluation: perplexity by position, task scores (issue 11) ==========
+
+__all__ += ["ppl_by_position", "task_scores"]
+
+
+def _at_length(rows: list[dict], length, what: str) -> tuple[list[dict], int]:
+    """The rows at ``length`` (default the longest there is)."""
+    lengths = sorted({r["length"] for r in rows})
+    length = lengths[-1] if length is None else length
+    if length not in lengths:
+        raise ValueError(f"length={length!r}: {what} rows have lengths {lengths}")
+    return [r for r in rows if r["length"] == length], int(length)
+
+
+def _mark_T(fig: go.Figure, T, n: int, cols: int) -> None:
+    """``T`` marked on the x axis of the first ``n`` subplots."""
+    if T is None:
+        return
+    T = _positive(T, "train_length")
+    for k in range(n):
+        mark(fig, T, name="train_length", label=f"T={T}", row=k // cols + 1,
+             col=k % cols + 1, label_at=0.98)
+
+
+def ppl_by_position(rows, train_length: int | None = None, length: int | None = None,
+                    title: str | None = None) -> go.Figure:
+    """Mean NLL (nats per token) of each position bucket against position, a
+    step line per method (flat over its bucket), one subplot per text, ``T``
+    marked.
+
+    ``rows``: ``mesa_viz.perplexity`` rows (``method, length, text,
+    bucket_start, bucket_end, tokens, nll``); ``length``: which run to draw
+    (default the longest); ``train_length``: default the rows' own.
+    """
+    rows = _check_row_keys(rows, ("method", "length", "text", "bucket_start", "bucket_end",
+                                  "tokens", "nll"), "perplexity")
+    rows, length = _at_length(rows, length, "perplexity")
+    texts = list(dict.fromkeys(r["text"] for r in rows))
+    cols = min(2, len(texts))
+    fig = make_subplots(rows=math.ceil(len(texts) / cols), cols=cols,
+                        subplot_titles=[str(t) for t in texts], horizontal_spacing=0.08)
+    for k, text in enumerate(texts):
+        for m in _methods_in(rows):
+            mine = sorted((r for r in rows if r["text"] == text and r["method"] == m),
+                          key=lambda r: r["bucket_start"])
+            if mine:
+                fig.add_trace(_nll_steps(m, mine, show=k == 0), row=k // cols + 1,
+                              col=k % cols + 1)
+    fig.update_xaxes(title_text="position (tokens)")
+    fig.update_yaxes(title_text="NLL (nats / token)", col=1)
+    T = train_length if train_length is not None else rows[0].get("train_length")
+    _mark_T(fig, T, len(texts), cols)
+    fig.update_layout(title=title or f"negative log-likelihood by position ({length} tokens)",
+                      height=420 * math.ceil(len(texts) / cols))
+    return fig
+
+
+def _nll_steps(method: str, rows: list[dict], show: bool) -> go.Scatter:
+    """One method's buckets as a step line: flat from each bucket's start to its end."""
+    x = [r["bucket_start"] for r in rows] + [rows[-1]["bucket_end"]]
+    y = [r["nll"] for r in rows] + [rows[-1]["nll"]]
+    info = [[r["bucket_start"], r["bucket_end"], r["tokens"], math.exp(r["nll"])] for r in rows]
+    return go.Scatter(
+        x=x, y=y, name=str(method), legendgroup=str(method), showlegend=show,
+        mode="lines+markers", line=dict(shape="hv", color=method_color(method)),
+        customdata=info + [info[-1]],
+        hovertemplate=f"{method}<br>positions [%{{customdata[0]}}, %{{customdata[1]}}) "
+                      "(%{customdata[2]} tokens)<br>NLL %{y:.4f}, perplexity "
+                      "%{customdata[3]:.3g}<extra></extra>")
+
+
+def task_scores(rows, train_length: int | None = None, title: str | None = None) -> go.Figure:
+    """Mean task score against length, one line per method, one subplot per
+    task (and one for the mean over tasks), ``T`` marked; the hover gives the
+    sample count and, for 0/1 scores, the 95 % Wilson interval.
+
+    ``rows``: one per sample, with ``method, task, length, score`` (0..1).
+    """
+    rows = _check_row_keys(rows, ("method", "task", "length", "score"), "task")
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    panels = tasks + (["mean over tasks"] if len(tasks) > 1 else [])
+    cols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    grid = _subplot_grid(nrows, row_px=260)
+    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=panels, horizontal_spacing=0.06,
+                        vertical_spacing=grid["vertical_spacing"])
+    for k, panel in enumerate(panels):
+        for m in _methods_in(rows):
+            mine = [r for r in rows if r["method"] == m and (r["task"] == panel or k == len(tasks))]
+            if mine:
+                fig.add_trace(_score_line(m, mine, tasks, show=k == 0), row=k // cols + 1,
+                              col=k % cols + 1)
+    lengths = sorted({r["length"] for r in rows})
+    fig.update_xaxes(type="log", **_length_ticks(lengths))
+    fig.update_yaxes(range=[-0.05, 1.05], tickformat=".0%")
+    _outer_axis_titles(fig, len(panels), cols, "length (tokens)", "score")
+    _mark_T(fig, train_length, len(panels), cols)
+    fig.update_layout(title=title or "task score against length", height=grid["height"],
+                      margin=grid["margin"])
+    return fig
+
+
+def _score_line(method: str, rows: list[dict], tasks: list, show: bool) -> go.Scatter:
+    """Mean score per length (over the rows given, each task weighted equally)."""
+    by = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        by[r["length"]][r["task"]].append(float(r["score"]))
+    lengths = sorted(by)
+    mean = [float(np.mean([np.mean(v) for v in by[L].values()])) for L in lengths]
+    counts = [sum(len(v) for v in by[L].values()) for L in lengths]
+    ci = [_binary_interval([s for v in by[L].values() for s in v]) for L in lengths]
+    return go.Scatter(
+        x=lengths, y=mean, name=str(method), legendgroup=str(method), showlegend=show,
+        mode="lines+markers", line=dict(color=method_color(method)),
+        customdata=[[n, c] for n, c in zip(counts, ci)],
+        hovertemplate=f"{method}<br>length=%{{x}}<br>score %{{y:.0%}} over %{{customdata[0]}} "
+                      "samples%{customdata[1]}<extra></extra>")
+
+
+def _binary_interval(scores: list[float]) -> str:
+    """`` (95% CI [a, b])`` when every score is 0 or 1, else empty."""
+    if not scores or any(s not in (0.0, 1.0) for s in scores):
+        return ""
+    lo, hi = wilson_interval(int(sum(scores)), len(scores))
+    return f" (95% CI [{lo:.0%}, {hi:.0%}])"

@@ -316,6 +316,32 @@ def _needle_head(ctx: Context, exp) -> tuple[int, int]:
     share = tr.needle_share(tuple(ctx.prompt()["needle_span"]))            # [layer, head]
     li, hi = np.unravel_index(int(np.argmax(share)), share.shape)
     return tr.layers[li], tr.heads[hi]
+def _pre(text: str) -> str:
+    return f"<pre>{html.escape(text)}</pre>"
+
+
+def ppl_section(ctx: Context) -> list:
+    """Perplexity by position bucket from a ``mesa-viz ppl`` results file."""
+    from .perplexity import summary
+    from .results import format_table
+    return _from_results(
+        ctx, "ppl", "rows", "run mesa-viz ppl --methods origin,mesa --lengths 16384 --out FILE",
+        lambda rows: [plots.ppl_by_position(rows, train_length=ctx.train_length),
+                      _p("mean NLL (nats per token) by position bucket, longest length:"),
+                      _pre(format_table(summary(rows)))])
+
+
+def ruler_section(ctx: Context) -> list:
+    """RULER task scores by method and length from a ``mesa-viz ruler`` results file."""
+    from .lm_eval_tasks import summary
+    from .results import format_table
+    return _from_results(
+        ctx, "ruler", "samples", "run mesa-viz ruler --methods origin,mesa --lengths "
+        "4096,8192,12288,16384 --out FILE",
+        lambda rows: [plots.task_scores(rows, train_length=ctx.train_length
+                                        or rows[0].get("train_length")),
+                      _p("mean score over tasks (each task weighted equally):"),
+                      _pre(format_table(summary(rows)))])
 
 
 #: The report's sections, in page order.
@@ -328,6 +354,8 @@ SECTIONS = (
     Section("Memory and latency", bench_section, reads="bench"),
     Section("Why it fails: the heads that miss the needle, the whole map", why_it_fails_section,
             reads="passkey"),
+    Section("Perplexity by position", ppl_section, reads="ppl"),
+    Section("Long-context tasks (RULER, through lm-eval)", ruler_section, reads="ruler"),
 )
 
 

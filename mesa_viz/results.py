@@ -6,6 +6,7 @@ No torch, no transformers: a result loads and plots without the model.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 from .methods import get_method
 
 __all__ = ["Trace", "needle_share", "append_jsonl", "read_jsonl", "save_result",
-           "load_result"]
+           "load_result", "wilson_interval", "format_table"]
 
 
 @dataclass
@@ -150,3 +151,38 @@ def read_jsonl(path: "str | Path") -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for ``hits`` successes in ``n`` trials (95 % for
+    ``z = 1.96``); ``(nan, nan)`` when ``n == 0``."""
+    if n <= 0:
+        return math.nan, math.nan
+    p = hits / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+#: Columns :func:`format_table` writes as percentages.
+PERCENT_COLUMNS = ("accuracy", "ci_low", "ci_high", "score")
+
+
+def format_table(table: list[dict]) -> str:
+    """A plain-text table of summary rows (the columns of the first row;
+    :data:`PERCENT_COLUMNS` as percentages, other floats with 4 digits)."""
+    if not table:
+        return "(no rows)"
+    cols = list(table[0])
+    cells = [[_cell(r.get(c), c) for c in cols] for r in table]
+    width = [max(len(c), *(len(row[k]) for row in cells)) for k, c in enumerate(cols)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(cols, width))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, width)) for row in cells]
+    return "\n".join(lines)
+
+
+def _cell(value, column: str) -> str:
+    if isinstance(value, float) and column in PERCENT_COLUMNS:
+        return f"{value:.0%}"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1134,3 +1134,48 @@ def attention_map_explorer(model=None, input_ids=None, *, methods=("mesa", "orig
                   cache=cache)
     redraw()
     return ex
+# == long-context evaluation viewer (perplexity, RULER; issue 11) =====================
+
+__all__ += ["eval_viewer"]
+
+
+def eval_viewer(ppl_rows=None, task_rows=None, train_length: int | None = None) -> Explorer:
+    """Redraw saved perplexity rows (``mesa_viz.perplexity``) and RULER task
+    rows (``mesa_viz.lm_eval_model.evaluate``): rows or results files.
+
+    Controls: ``methods`` (which to show) and ``length`` (which perplexity
+    run).  Figures: ``ppl`` (NLL by position, ``T`` marked) and ``tasks``
+    (score against length).
+    """
+    sets = {k: plots.load_rows(v) if v is not None else [] for k, v in
+            (("ppl", ppl_rows), ("tasks", task_rows))}
+    if not any(sets.values()):
+        raise ValueError("no rows: allowed perplexity rows, task rows, or both (lists or files)")
+    methods = list(dict.fromkeys(r["method"] for rows in sets.values() for r in rows))
+    lengths = sorted({r["length"] for r in sets["ppl"]})
+    controls = {"methods": W.SelectMultiple(options=methods, value=tuple(methods),
+                                            description="methods", rows=min(8, len(methods))),
+                "length": W.Dropdown(options=lengths or [0], value=(lengths or [0])[-1],
+                                     description="ppl length", disabled=not lengths)}
+    figures = {k: go.FigureWidget() for k, rows in sets.items() if rows}
+    outputs = {"message": W.HTML()}
+
+    def redraw():
+        chosen = controls["methods"].value
+        for kind, fw in figures.items():
+            rows = [r for r in sets[kind] if r["method"] in chosen]
+            if not rows:
+                _set_figure(fw, _blank("no method selected"))
+            elif kind == "ppl":
+                _set_figure(fw, plots.ppl_by_position(rows, train_length=train_length,
+                                                      length=controls["length"].value))
+            else:
+                _set_figure(fw, plots.task_scores(rows, train_length=train_length))
+        outputs["message"].value = _info_html(
+            f"{len(sets['ppl'])} perplexity rows, {len(sets['tasks'])} task samples")
+
+    _observe(controls, redraw)
+    box = W.VBox([W.HBox(list(controls.values())), outputs["message"], *figures.values()])
+    ex = Explorer(box=box, controls=controls, figures=figures, outputs=outputs, redraw=redraw)
+    redraw()
+    return ex

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 EXPECTED = ["01_weave_layouts", "02_attention_beyond_training_length",
             "03_hidden_state_thresholds", "04_passkey_memory_latency", "05_why_it_fails",
-            "06_theorems"]
+            "06_theorems", "07_long_context_evaluation"]
 T = 64
 
 

@@ -14,7 +14,7 @@ import pytest
 from mesa_viz import passkey
 from mesa_viz.cli import main as cli_main
 from mesa_viz.models import tiny_model
-from mesa_viz.results import read_jsonl
+from mesa_viz.results import read_jsonl, wilson_interval
 
 pytestmark = pytest.mark.tiny
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,7 +209,8 @@ def test_summary():
         ("origin", 200, 1, 1.0)]
     deep = passkey.summary(rows, by_depth=True)
     assert len(deep) == 6 and deep[0] == dict(method="mesa", length=100, depth=0.1, n=1,
-                                               correct=0, accuracy=0.0)
+                                               correct=0, accuracy=0.0, ci_low=0.0,
+                                               ci_high=wilson_interval(0, 1)[1])
     text = passkey.format_table(table)
     assert "50%" in text and "origin" in text
 

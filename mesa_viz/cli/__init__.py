@@ -30,6 +30,8 @@ SUBCOMMANDS = {
                 "per layer and head under its method and another"),
     "attention-map": ("mesa_viz.cli.attention_map", "the whole attention map of one layer and "
                       "head, pooled to a grid, per method (time, peak memory)"),
+    "ppl": ("mesa_viz.cli.ppl", "perplexity of long texts by position bucket, method and length"),
+    "ruler": ("mesa_viz.cli.ruler", "offline RULER tasks through lm-eval by method and length"),
 }
 
 

@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 __all__ = ["comma_list", "int_list", "float_list", "name_list", "add_param_argument",
-           "parse_params", "add_model_arguments", "load"]
+           "parse_params", "checked_grid", "add_model_arguments", "load"]
 
 _KINDS = {int: "an integer", float: "a number", str: "a name"}
 
@@ -70,6 +70,16 @@ def parse_params(items) -> dict:
         except json.JSONDecodeError:
             out[method.strip()][key.strip()] = value
     return dict(out)
+
+
+def checked_grid(args: argparse.Namespace) -> dict:
+    """The ``--param`` method parameters, with ``--methods`` and ``--lengths``
+    checked before any model loads (ValueError naming the bad value)."""
+    from ..checks import check_lengths, check_methods
+    params = parse_params(args.param)
+    check_methods(args.methods, params)
+    check_lengths(args.lengths)
+    return params
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -44,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="passkey results (.jsonl/.json/.csv)")
     parser.add_argument("--bench", type=Path, default=None,
                         help="bench results (.jsonl/.json/.csv)")
+    parser.add_argument("--ppl", type=Path, default=None,
+                        help="perplexity results of mesa-viz ppl (.jsonl)")
+    parser.add_argument("--ruler", type=Path, default=None,
+                        help="RULER results of mesa-viz ruler (.jsonl)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -53,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     if min_correlation is None:
         min_correlation = 0.5 if args.tiny else 0.99       # a random model has no clean trend
     model, tok = (None, None) if args.no_model else load(args)[:2]
-    results = {k: v for k, v in (("passkey", args.passkey), ("bench", args.bench)) if v}
+    results = {k: v for k, v in (("passkey", args.passkey), ("bench", args.bench),
+                                 ("ppl", args.ppl), ("ruler", args.ruler)) if v}
     path = build(args.out, model=model, tokenizer=tok, results=results,
                  train_length=args.train_length,
                  length=args.length or (TINY_LENGTH if args.tiny else None),
