@@ -58,13 +58,26 @@ class Capture:
     """What a probe asks the attention function to record.
 
     ``rows``: absolute query positions; ``layers``/``heads``: which to keep.
-    Filled: ``attention[layer] -> [head, row, k_pos]`` probabilities.
+    Filled: ``attention[layer] -> [head, row, k_pos]`` probabilities, rows in
+    the order of ``rows`` (those seen so far; a prefill in pieces sees them
+    piece by piece), ``k_pos`` up to the longest key range seen (zeros past a
+    row's own keys).
     """
 
     layers: list[int]
     heads: list[int]
     rows: list[int]
     attention: dict = field(default_factory=dict)
+    by_row: dict = field(default_factory=dict)
+
+    def add(self, layer: int, rows: list[int], probs: torch.Tensor) -> None:
+        """Record ``probs [head, len(rows), k_pos]`` of ``rows`` at ``layer``."""
+        got = self.by_row.setdefault(layer, {})
+        got.update({r: probs[:, x] for x, r in enumerate(rows)})
+        width = max(p.shape[-1] for p in got.values())
+        self.attention[layer] = torch.stack(
+            [torch.nn.functional.pad(got[r], (0, width - got[r].shape[-1]))
+             for r in self.rows if r in got], dim=1)
 
 
 @dataclass
@@ -74,7 +87,11 @@ class Applied:
     ``kernel``: whether attention runs the method's mesa_viz kernel (False: the
     model's own attention).  Per forward: ``positions``, ``resolved`` (the
     method resolved for the sequence), ``tables`` (the cos/sin tables of this
-    forward, shared by its layers).
+    forward, shared by its layers).  ``piece_tokens``: the most tokens one
+    forward of a prefill in pieces holds (:meth:`Method.prefill_pieces`);
+    ``keep_rows``: the final rows the caller's forward needs (its
+    ``logits_to_keep``; None: all); ``pieces``: the prefill in pieces under
+    way (:func:`_run_pieces`).
     """
 
     method: Method
@@ -88,6 +105,9 @@ class Applied:
     positions: torch.Tensor | None = None
     tables: kernels.RopeTables | None = None
     told_past_train_length: bool = False
+    piece_tokens: int | None = None
+    keep_rows: int | None = None
+    pieces: "_Pieces | None" = None
 
     # -- hooks ------------------------------------------------------------------
     def on_rotary(self, module, args, kwargs, output):
@@ -99,12 +119,13 @@ class Applied:
                              "row (no left padding); pad-free equal-length batches only")
         pos = pos[0]
         i0, kv_len = int(pos[0]), int(pos[-1]) + 1
-        if i0 == 0:
+        if i0 == 0 and self.pieces is None:
             self.prefill_length = kv_len
         self.positions = pos
-        self.resolved = self.method.resolve(kv_len, self.train_length,
+        seq = kv_len if self.pieces is None else self.pieces.seq_len   # a piece: the whole prompt
+        self.resolved = self.method.resolve(seq, self.train_length,
                                             prefill_length=self.prefill_length or kv_len)
-        self._tell_past_train_length(kv_len)
+        self._tell_past_train_length(seq)
         if not self.kernel:
             return None
         self.tables = kernels.RopeTables(self.rope(), self.resolved)   # private to this forward
@@ -118,6 +139,42 @@ class Applied:
         m = self.resolved
         log.info("%s past train_length=%d (%d tokens): %s; parameters %s", m.name,
                  self.train_length, kv_len, m.past_train_length or "its own layout", m.params())
+
+    def on_model(self, module, args, kwargs):
+        """Forward pre-hook on the model: the final rows its caller keeps."""
+        keep = kwargs.get("logits_to_keep", 0)
+        self.keep_rows = keep if isinstance(keep, int) and keep > 0 else None
+
+    def on_decoder(self, module, args, kwargs):
+        """Forward pre-hook on the decoder stack: a prefill the resolved method
+        splits (:meth:`Method.prefill_pieces`) runs every piece but the last
+        here, each one forward of the stack over all layers on the same cache;
+        the stack's own forward then runs the last piece (:func:`_run_pieces`)."""
+        if self.pieces is not None and self.pieces.last:      # a last piece that raised
+            self.pieces = None
+        if self.pieces is not None or not self.kernel:
+            return None
+        key, x = _input_of(args, kwargs)
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if x is None or (cache is not None and cache.get_seq_length() > 0):
+            return None                                       # not a prefill
+        n = x.shape[1]
+        m = self.method.resolve(n, self.train_length, prefill_length=n)
+        pieces = m.prefill_pieces(n, self.piece_tokens or max(1, self.train_length // 2))
+        if len(pieces) == 1:
+            return None
+        if args:
+            kwargs = {**kwargs, key: x}
+        return (), _run_pieces(self, module, kwargs, key, pieces)
+
+    def after_decoder(self, module, args, kwargs, output):
+        """Forward hook on the decoder stack: after the last piece, the pieces'
+        outputs joined where the caller asked for every position."""
+        p = self.pieces
+        if p is None or not p.last:
+            return None
+        self.pieces = None
+        return p.joined(output, self.keep_rows)
 
     def rope(self) -> kernels.Rope:
         return kernels.Rope(self.rotary.inv_freq,
@@ -156,10 +213,89 @@ class Applied:
         v = value.repeat_interleave(rep, 1).to(torch.float32)
         out = out.clone()
         out[:, :, local] = torch.matmul(probs, v).to(out.dtype)
-        got = probs[0][c.heads].detach().cpu()
-        prev = c.attention.get(layer)
-        c.attention[layer] = got if prev is None else torch.cat((prev, got), dim=1)
+        c.add(layer, rows, probs[0][c.heads].detach().cpu())
         return out
+
+
+@dataclass
+class _Pieces:
+    """A prefill in pieces under way: the prompt length, what the caller asked
+    for, the kept outputs of the pieces run so far, and whether the stack's
+    own forward (the last piece) is running."""
+
+    seq_len: int
+    keep_cache: bool
+    hidden_states: bool
+    outputs: list = field(default_factory=list)
+    last: bool = False
+
+    def keep(self, out, rows_needed: bool) -> None:
+        """Keep what the joined output will need of one piece's output."""
+        self.outputs.append((out.last_hidden_state if rows_needed else None,
+                             out.hidden_states if self.hidden_states else None))
+
+    def joined(self, output, keep_rows: int | None):
+        """The last piece's ``output`` with every position where asked for."""
+        if self.outputs and self.outputs[0][0] is not None and (
+                keep_rows is None or keep_rows > output.last_hidden_state.shape[1]):
+            output.last_hidden_state = torch.cat(
+                [h for h, _ in self.outputs] + [output.last_hidden_state], dim=1)
+        if self.hidden_states:
+            output.hidden_states = tuple(
+                torch.cat(parts, dim=1)
+                for parts in zip(*[hs for _, hs in self.outputs], output.hidden_states))
+        if not self.keep_cache:
+            output.cache = None
+        return output
+
+
+def _input_of(args, kwargs):
+    """``(name, tensor)`` of a decoder stack's input: ``input_ids`` or ``inputs_embeds``."""
+    x = kwargs.get("input_ids", args[0] if args else None)
+    return ("input_ids", x) if x is not None else ("inputs_embeds", kwargs.get("inputs_embeds"))
+
+
+def _piece_kwargs(kwargs: dict, key: str, a: int, b: int, cache) -> dict:
+    """The decoder stack's arguments for tokens ``a..b-1`` on ``cache``."""
+    x = kwargs[key]
+    pos = kwargs.get("position_ids")
+    pos = pos[:, a:b] if pos is not None else torch.arange(a, b, device=x.device)[None]
+    mask = kwargs.get("attention_mask")
+    out = {k: v for k, v in kwargs.items() if k != "past_key_values"}
+    out.update({key: x[:, a:b], "position_ids": pos, "cache": cache, "use_cache": True,
+                "attention_mask": mask[:, :b] if mask is not None and mask.dim() == 2 else None})
+    return out
+
+
+def _run_pieces(state: Applied, module, kwargs: dict, key: str, pieces) -> dict:
+    """Run every piece but the last through ``module`` (the decoder stack) on
+    one cache (the caller's, or a new ``DynamicCache``); return the stack's
+    arguments for the last piece.  Refuses ``output_attentions`` (the kernels
+    return no weights: use ``mesa_viz.trace``)."""
+    from transformers import DynamicCache
+    cfg = module.config
+    if kwargs.get("output_attentions", getattr(cfg, "output_attentions", False)):
+        raise ValueError("output_attentions=True is not supported under mesa_viz methods "
+                         f"({state.method.name}'s prefill runs in pieces): capture attention "
+                         "rows with mesa_viz.trace(..., query_rows=...)")
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    use_cache = kwargs.get("use_cache")
+    p = _Pieces(seq_len=pieces[-1][1],
+                keep_cache=cache is not None or (cfg.use_cache if use_cache is None else use_cache),
+                hidden_states=bool(kwargs.get("output_hidden_states",
+                                              getattr(cfg, "output_hidden_states", False))))
+    cache = cache if cache is not None else DynamicCache(config=cfg)
+    state.prefill_length = p.seq_len
+    rows_needed = state.keep_rows is None or state.keep_rows > pieces[-1][1] - pieces[-1][0]
+    state.pieces = p
+    try:
+        for a, b in pieces[:-1]:
+            p.keep(module(**_piece_kwargs(kwargs, key, a, b, cache)), rows_needed)
+    except BaseException:
+        state.pieces = None
+        raise
+    p.last = True
+    return _piece_kwargs(kwargs, key, *pieces[-1], cache)
 
 
 class _DropLengthReminder(logging.Filter):
@@ -278,7 +414,7 @@ def _checked(model, method, train_length, capture, params):
 
 @contextmanager
 def apply(model, method: "str | Method" = "origin", *, train_length: int | None = None,
-          capture: Capture | None = None, **params):
+          capture: Capture | None = None, piece_tokens: int | None = None, **params):
     """Run ``model`` under ``method`` inside the block; restore it on exit.
 
     ``params`` are the method's parameters (see ``mesa_viz.methods``);
@@ -291,8 +427,12 @@ def apply(model, method: "str | Method" = "origin", *, train_length: int | None 
     a model that already carries a method.
     """
     m, rotary, path, T, backend = _checked(model, method, train_length, capture, params)
+    if piece_tokens is not None and (isinstance(piece_tokens, bool) or
+                                     not isinstance(piece_tokens, int) or piece_tokens < 1):
+        raise ValueError(f"piece_tokens={piece_tokens!r} must be an integer >= 1 (or None)")
     state = Applied(method=m, train_length=T, rotary=rotary, backend=backend,
-                    kernel=capture is not None or not m.native, capture=capture)
+                    kernel=capture is not None or not m.native, capture=capture,
+                    piece_tokens=piece_tokens)
     with ExitStack() as undo:
         _install(undo, model, state, path)
         log.debug("applied %s to %s", m.name, type(model).__name__)
@@ -316,6 +456,11 @@ def _install(undo: ExitStack, model, state: Applied, path: str) -> None:
     handle = state.rotary.register_forward_hook(state.on_rotary, with_kwargs=True)
     undo.callback(handle.remove)
     if state.kernel:
+        decoder = _parent(model, path)[0]
+        for handle in (model.register_forward_pre_hook(state.on_model, with_kwargs=True),
+                       decoder.register_forward_pre_hook(state.on_decoder, with_kwargs=True),
+                       decoder.register_forward_hook(state.after_decoder, with_kwargs=True)):
+            undo.callback(handle.remove)
         name = f"mesa_viz_{uuid.uuid4().hex[:12]}"
         _register(name, state)
         undo.callback(_unregister, name)

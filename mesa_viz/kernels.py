@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import numpy as np
 import torch
@@ -357,52 +357,67 @@ class StairGeometry:
                                rounding_mode="floor"))
 
 
-class _StairKeys(NamedTuple):
-    """The keys of one :func:`_stair_rows` call, prepared once for every class."""
-
-    k: torch.Tensor                  # [b, kv_h, kv_len, d] un-rotated
-    v: torch.Tensor
-    near: torch.Tensor               # keys D.. at their own positions
-    deep: tuple | None               # (k_deep, v_deep, bounds) of _deep_keys, or None
-
-
-class _ClassRows(NamedTuple):
-    """The queries of one residue class ``r``, rotated for each key set."""
-
-    r: int
-    pos: torch.Tensor                # [R] absolute positions i
-    near: torch.Tensor               # [b, h, R, d] at i
-    step: torch.Tensor               # at m
-    step1: torch.Tensor | None       # at m + 1 (for the deep keys), or None
-
-
 def _stair_rows(q, k, v, i0, rope, scale, backend, last_start, stair_start, stair_width):
     """Queries ``i0..`` (all ``>= last_start``) over keys ``0..i`` with per-query
     Stair PE (:class:`StairGeometry`).  ``q [b, h, q_len, d]``, ``k, v [b,
-    kv_h, i0 + q_len, d]``; returns ``[b, h, q_len, d_v]``."""
+    kv_h, i0 + q_len, d]``; returns ``[b, h, q_len, d_v]``.
+
+    Near keys (``i - j < N``) are scored for all rows at once at their own
+    positions (:func:`_stair_near`), far keys by residue class
+    (:func:`_stair_far`); the two merge by log-sum-exp."""
     if q.shape[2] == 1:                                   # a generated token
         return _stair_one(q, k, v, i0, rope, scale, backend, stair_start, stair_width)
     geo = StairGeometry.for_queries(i0, last_start, stair_start, stair_width)
-    D, E, dev = geo.deep, stair_width, q.device
-    Lk, Lq = k.shape[2], q.shape[2]
-    k_near = rotate(k[:, :, D:], rope, _arange(D, Lk, dev), ("lin", D, Lk))
-    keys = _StairKeys(k, v, k_near, _deep_keys(k, v, rope, geo) if D else None)
-    out = torch.empty(q.shape[:3] + (v.shape[-1],), dtype=q.dtype, device=dev)
+    pos = _arange(i0, k.shape[2], q.device)
+    parts = [_stair_near(q, k, v, pos, rope, scale, backend, geo)] if stair_start else []
+    if k.shape[2] - 1 >= stair_start:                     # some row has far keys
+        parts.append(_stair_far(q, k, v, pos, rope, scale, backend, geo))
+    return sets.merge_lse(parts)[0]
+
+
+def _stair_near(q, k, v, pos, rope, scale, backend, geo: StairGeometry):
+    """``(out, lse)`` of queries at ``pos`` over their near keys ``0 <= i - j
+    < N`` at linear positions, in blocks of rows (keys past the deep ones)."""
+    N, D, dev = geo.stair_start, geo.deep, q.device
+    i0, Lk = int(pos[0]), k.shape[2]
+    kn = rotate(k[:, :, D:], rope, _arange(D, Lk, dev), ("lin", D, Lk))
+    qn = rotate(q, rope, pos, ("lin", i0, Lk))
+    B = sets.block_size(q, 2 * N, backend)
+    out = []
+    for a in range(0, len(pos), B):
+        ib = pos[a:a + B]
+        n0, n1 = max(D, int(ib[0]) - N + 1), int(ib[-1]) + 1
+        jn = _arange(n0, n1, dev)
+        mask = (jn[None, :] <= ib[:, None]) & (ib[:, None] - jn[None, :] < N)
+        out.append(sets.attend_lse(qn[:, :, a:a + B], kn[:, :, n0 - D:n1 - D], v[:, :, n0:n1],
+                                   mask, scale, backend))
+    return _cat_lse(out)
+
+
+def _cat_lse(parts):
+    """``(out, lse)`` pieces of consecutive rows joined along the rows."""
+    return tuple(torch.cat(x, dim=2) for x in zip(*parts)) if len(parts) > 1 else parts[0]
+
+
+def _no_keys(q, v):
+    """``(out, lse)`` of rows that see no key of a set (weight 0 in a merge)."""
+    shape = q.shape[:3]
+    return (q.new_zeros(shape + (v.shape[-1],)),
+            torch.full(shape, -math.inf, dtype=torch.float32, device=q.device))
+
+
+def _stair_far(q, k, v, pos, rope, scale, backend, geo: StairGeometry):
+    """``(out, lse)`` of queries at ``pos`` over their far keys (``i - j >=
+    N``), one residue class at a time (:class:`StairGeometry`); ``lse =
+    -inf`` for rows without far keys."""
+    E, Lq = geo.stair_width, q.shape[2]
+    deep = _deep_keys(k, v, rope, geo) if geo.deep else None
+    out, lse = _no_keys(q, v)
     for x in range(min(E, Lq)):                           # one residue class each
-        idx = torch.arange(x, Lq, E, device=dev)
-        rows = _class_rows(geo, q[:, :, idx], i0 + idx, rope, (i0, Lq, x))
-        out[:, :, idx] = _stair_class(geo, rows, keys, rope, scale, backend)
-    return out
-
-
-def _class_rows(geo: StairGeometry, q, i, rope, name) -> _ClassRows:
-    """The queries ``q [b, h, R, d]`` at positions ``i`` of one residue class,
-    rotated at ``i``, at their step ``m`` and (with deep keys) at ``m + 1``;
-    ``name`` keys their tables."""
-    step = geo.step(i)
-    return _ClassRows(geo.residue(int(i[0])), i, rotate(q, rope, i, ("lin-class", *name)),
-                      rotate(q, rope, step, ("stair-q", *name)),
-                      rotate(q, rope, step + 1, ("stair-q1", *name)) if geo.deep else None)
+        idx = torch.arange(x, Lq, E, device=q.device)
+        out[:, :, idx], lse[:, :, idx] = _stair_class(geo, q[:, :, idx], pos[idx], k, v, deep,
+                                                      rope, scale, backend)
+    return out, lse
 
 
 def _deep_keys(k, v, rope, geo: StairGeometry):
@@ -420,38 +435,39 @@ def _deep_keys(k, v, rope, geo: StairGeometry):
     return kd, v.index_select(2, order), bounds
 
 
-def _stair_class(geo: StairGeometry, rows: _ClassRows, keys: _StairKeys, rope, scale, backend):
-    """The queries of one residue class over near keys, far keys past the deep
-    ones (rotated here to :meth:`StairGeometry.key_position`) and the deep keys
-    (:func:`_deep_keys`), in query blocks."""
-    N, E, D, r = geo.stair_start, geo.stair_width, geo.deep, rows.r
-    dev = rows.near.device
-    f_all = max(D, int(rows.pos[-1]) - N + 1)             # far keys of the last query
+def _stair_class(geo: StairGeometry, q, i, k, v, deep, rope, scale, backend):
+    """``(out, lse)`` of the queries ``q [b, h, R, d]`` at positions ``i`` of
+    one residue class ``r`` over their far keys: the deep keys (:func:`_deep_keys`,
+    query at ``m`` for groups ``b_j < E - r``, at ``m + 1`` for the rest; no
+    mask) and the far keys past them, rotated here to
+    :meth:`StairGeometry.key_position` (masked ``i - j >= N``), in row blocks."""
+    N, D, dev = geo.stair_start, geo.deep, q.device
+    r, name = geo.residue(int(i[0])), (int(i[0]), int(i[-1]), len(i))
+    step = geo.step(i)
+    q_step = rotate(q, rope, step, ("stair-q", *name))
+    f_all = max(D, int(i[-1]) - N + 1)                    # far keys of the last query
     je = _arange(D, f_all, dev)
-    k_edge = rotate(keys.k[:, :, D:f_all], rope, geo.key_position(je, r), ("stair-k", r, D, f_all))
+    k_edge = rotate(k[:, :, D:f_all], rope, geo.key_position(je, r), ("stair-k", r, D, f_all))
     deep_sets = []
-    if keys.deep is not None:
-        kd, vd, bounds = keys.deep
-        cut = bounds[E - r]
-        deep_sets = [(kd[:, :, :cut], vd[:, :, :cut], None),
-                     (kd[:, :, cut:], vd[:, :, cut:], rows.step1)]
+    if deep is not None:
+        kd, vd, bounds = deep
+        cut = bounds[geo.stair_width - r]
+        deep_sets = [(q_step, kd[:, :, :cut], vd[:, :, :cut]),
+                     (rotate(q, rope, step + 1, ("stair-q1", *name)), kd[:, :, cut:],
+                      vd[:, :, cut:])]
+    B = sets.block_size(q, k.shape[2], backend)
     out = []
-    B = sets.block_size(rows.near, keys.k.shape[2] + N, backend)
-    for a in range(0, rows.near.shape[2], B):
-        ib = rows.pos[a:a + B]
-        lo, hi = int(ib[0]), int(ib[-1])
-        n0, f1 = max(0, lo - N + 1), max(D, hi - N + 1)
-        jn = _arange(n0, hi + 1, dev)
-        near_mask = (jn[None, :] <= ib[:, None]) & (ib[:, None] - jn[None, :] < N)
-        far_mask = ib[:, None] - je[None, :f1 - D] >= N
-        q_step = rows.step[:, :, a:a + B]
-        key_sets = [(rows.near[:, :, a:a + B], keys.near[:, :, n0 - D:hi + 1 - D],
-                     keys.v[:, :, n0:hi + 1], near_mask),
-                    (q_step, k_edge[:, :, :f1 - D], keys.v[:, :, D:f1], far_mask)]
-        key_sets += [(q_step if q_deep is None else q_deep[:, :, a:a + B], kx, vx, None)
-                     for kx, vx, q_deep in deep_sets]
-        out.append(sets.attend_sets(key_sets, scale, backend))
-    return torch.cat(out, dim=2)
+    for a in range(0, len(i), B):
+        ib = i[a:a + B]
+        parts = [sets.attend_lse(qx[:, :, a:a + B], kx, vx, None, scale, backend)
+                 for qx, kx, vx in deep_sets if kx.shape[2]]
+        f1 = max(D, int(ib[-1]) - N + 1)
+        if f1 > D:
+            mask = ib[:, None] - je[None, :f1 - D] >= N
+            parts.append(sets.attend_lse(q_step[:, :, a:a + B], k_edge[:, :, :f1 - D],
+                                         v[:, :, D:f1], mask, scale, backend))
+        out.append(sets.merge_lse(parts) if parts else _no_keys(q[:, :, a:a + B], v))
+    return _cat_lse(out)
 
 
 def _stair_one(q, k, v, i, rope, scale, backend, stair_start, stair_width):
@@ -503,26 +519,40 @@ def _mesa_blocked_rows(method: Mesa, seq_len: int) -> int:
 
 @kernel(Mesa, blocked_rows=_mesa_blocked_rows)
 def mesa(method, q, k, v, i0, rope, scale, backend):
-    """Origin up to ``train_length``; past it the first chunk causally, the
-    middle chunks as one batch, the last chunk (and every generated token) with
-    Stair PE."""
+    """Origin up to ``train_length``; past it, a forward's queries (the whole
+    prompt, one piece of :meth:`Mesa.prefill_pieces`, or generated tokens)
+    split into the first chunk (causal), whole middle chunks (one batch) and
+    last-chunk rows (Stair PE)."""
     plan = method.plan()
     if len(plan.chunks) == 1:
         return origin(method, q, k, v, i0, rope, scale, backend)
-    if i0 >= method.prefill_length:                           # generated tokens
-        return _mesa_last(method, q, k, v, i0, rope, scale, backend)
-    if i0 != 0 or q.shape[2] != method.prefill_length:
-        raise ValueError(
-            f"Mesa prefill must be one forward of the whole prompt "
-            f"({method.prefill_length} tokens) from position 0, got {q.shape[2]} "
-            f"tokens from position {i0}")
-    first, s = method.first_chunk, plan.last_start
-    parts = [origin(method, q[:, :, :first], k[:, :, :first], v[:, :, :first], 0, rope,
-                    scale, backend)]
-    if plan.middle:
-        parts.append(_mesa_middle(method, q, k, v, rope, scale, backend))
-    parts.append(_mesa_last(method, q[:, :, s:], k, v, s, rope, scale, backend))
-    return torch.cat(parts, dim=2)
+    end, s, F = i0 + q.shape[2], plan.last_start, method.first_chunk
+    _check_piece(plan, i0, end)
+    parts = []
+    if i0 == 0:
+        parts.append(origin(method, q[:, :, :F], k[:, :, :F], v[:, :, :F], 0, rope, scale,
+                            backend))
+    middle = [c for c in plan.middle if i0 <= c[0] and c[1] <= end]
+    if middle:
+        parts.append(_mesa_middle(method, q, k, v, i0, middle, rope, scale, backend))
+    if end > s:
+        a = max(i0, s)
+        parts.append(_mesa_last(method, q[:, :, a - i0:], k, v, a, rope, scale, backend))
+    return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+
+
+def _check_piece(plan, i0: int, end: int) -> None:
+    """A forward of tokens ``i0..end-1`` must start and end at chunk boundaries
+    of the plan (anywhere from the last chunk on): the chunks' layout is fixed
+    by the whole prompt (``decode == "prefill-plan"``)."""
+    s = plan.last_start
+    starts = {a for a, _ in plan.chunks}
+    if (i0 in starts or i0 > s) and (end in starts or end > s):
+        return
+    raise ValueError(
+        f"a Mesa forward of tokens {i0}..{end - 1} does not start and end at chunk "
+        f"boundaries of its prefill plan {[list(c) for c in plan.chunks]}: run the prompt in "
+        "one forward from position 0 (or in the pieces of Mesa.prefill_pieces)")
 
 
 def _log_scale(q, method: Mesa, i):
@@ -532,45 +562,44 @@ def _log_scale(q, method: Mesa, i):
     return q * f.to(q.dtype)[:, None]
 
 
-def _mesa_middle(method: Mesa, q, k, v, rope, scale, backend):
-    """All middle chunks as one batch: chunk queries see the first chunk at
-    ``0..first-1`` and themselves causally at ``first..first+C-1``.
+def _mesa_middle(method: Mesa, q, k, v, i0, middle, rope, scale, backend):
+    """Whole middle chunks ``middle`` (consecutive ``(start, stop)`` pairs) of
+    the queries from ``i0``, as one batch ``[b * chunks, h, C, d]``: each
+    chunk's queries see the first chunk at ``0..first-1`` and themselves
+    causally at ``first..first+C-1``.  Every chunk's keys are put behind the
+    first chunk's (``[b * chunks, kv_h, first + C, d]``), so each chunk is one
+    causal attention aligned at the bottom right: CPU in 256-row sub-blocks
+    (:func:`attention_sets.causal_rows_cpu`), GPU SDPA with a lower-right
+    causal bias, eager a ``[C, first + C]`` mask.  No query of the first chunk
+    is recomputed.  Returns ``[b, h, chunks * C, d_v]``."""
+    F, C, nc = method.first_chunk, method.chunk_size, len(middle)
+    a, b = middle[0][0], middle[-1][1]
+    bs, dev = q.shape[0], q.device
 
-    Each chunk is put behind a copy of the first chunk, so the whole batch is
-    one plain causal attention over ``first + C`` tokens (SDPA's fused causal
-    kernel, no mask); the first chunk's own rows are recomputed and dropped
-    (``first^2/2`` extra pairs per chunk).
-    """
-    plan = method.plan()
-    first, C = method.first_chunk, method.chunk_size
-    nc, (a, b) = len(plan.middle), (plan.middle[0][0], plan.middle[-1][1])
-    bs, h, _, d = q.shape
-    dev = q.device
-
-    def chunks(x):  # [b, H, nc*C, d] -> [b*nc, H, C, d]
-        return x[:, :, a:b].reshape(bs, x.shape[1], nc, C, x.shape[-1]).transpose(1, 2) \
+    def chunks(x, lo):  # rows a..b of x (which starts at position lo) -> [bs*nc, H, C, d]
+        x = x[:, :, a - lo:b - lo]
+        return x.reshape(bs, x.shape[1], nc, C, x.shape[-1]).transpose(1, 2) \
             .reshape(bs * nc, x.shape[1], C, x.shape[-1])
 
-    def behind_first(head, x, key):  # [b, H, first, d], [b, H, L, d] -> [b*nc, H, first+C, d]
-        head = head if key is None else rotate(head, rope, _arange(0, first, dev), key)
-        x = chunks(x) if key is None else rotate(chunks(x), rope, _arange(first, first + C, dev),
-                                                 ("lin", first, first + C))
+    def behind_first(head, x):  # [bs, H, F, d], [bs*nc, H, C, d] -> [bs*nc, H, F+C, d]
         return torch.cat((head.repeat_interleave(nc, dim=0), x), dim=2)
 
-    key = ("lin", 0, first)
-    qq, kk, vv = (behind_first(q[:, :, :first], q, key), behind_first(k[:, :, :first], k, key),
-                  behind_first(v[:, :, :first], v, None))
+    own = ("lin", F, F + C)
+    qc = rotate(chunks(q, i0), rope, _arange(F, F + C, dev), own)
+    kk = behind_first(rotate(k[:, :, :F], rope, _arange(0, F, dev), ("lin", 0, F)),
+                      rotate(chunks(k, 0), rope, _arange(F, F + C, dev), own))
+    vv = behind_first(v[:, :, :F], chunks(v, 0))
     if backend == "sdpa" and sets.uses_cpu_paths(q, backend):
-        o = sets.causal_rows_cpu(qq, kk, vv, first, scale)
+        o = sets.causal_rows_cpu(qc, kk, vv, F, scale)
     elif backend == "sdpa":
-        o = sets.causal_sdpa(qq, kk, vv, scale)[:, :, first:]
+        o = sets.causal_lower_right_sdpa(qc, kk, vv, scale)
     else:
-        mask = torch.ones(first + C, first + C, dtype=torch.bool, device=dev).tril()[first:]
-        g = max(1, sets.block_size(q, first + C, backend) // C)
-        o = torch.cat([sets.sdpa(qq[c:c + g, :, first:], kk[c:c + g], vv[c:c + g], mask, scale,
-                                 backend) for c in range(0, bs * nc, g)], dim=0)
-    o = o.reshape(bs, nc, h, C, -1).transpose(1, 2)
-    return o.reshape(bs, h, nc * C, -1)
+        mask = torch.ones(F + C, F + C, dtype=torch.bool, device=dev).tril()[F:]
+        g = max(1, sets.block_size(q, F + C, backend) // C)
+        o = torch.cat([sets.sdpa(qc[c:c + g], kk[c:c + g], vv[c:c + g], mask, scale, backend)
+                       for c in range(0, bs * nc, g)], dim=0)
+    o = o.reshape(bs, nc, o.shape[1], C, -1).transpose(1, 2)
+    return o.reshape(bs, o.shape[1], nc * C, -1)
 
 
 def _mesa_last(method: Mesa, q, k, v, i0, rope, scale, backend):
