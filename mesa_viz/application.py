@@ -249,6 +249,46 @@ class _Pieces:
         return output
 
 
+def _presize(cache, seq_len: int) -> None:
+    """Give the empty ``DynamicLayer`` s of ``cache`` room for ``seq_len``
+    tokens (:func:`_prefill_layer`), so the pieces of a prefill append in place
+    instead of copying the whole layer at every piece."""
+    from transformers.cache_utils import DynamicLayer
+    layers = getattr(cache, "layers", [])
+    for x, layer in enumerate(layers):
+        if type(layer) is DynamicLayer and not layer.is_initialized:
+            layers[x] = _prefill_layer(seq_len)
+
+
+def _prefill_layer(capacity: int):
+    """A transformers ``DynamicLayer`` whose first ``capacity`` tokens go into
+    one buffer allocated at the first update (``keys``/``values`` are views of
+    it); past that, or once its tensors were replaced (``crop``, beam
+    reordering), it updates as a ``DynamicLayer`` does."""
+    from transformers.cache_utils import DynamicLayer
+
+    class PrefillLayer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                shape = key_states.shape[:2] + (capacity,)
+                self.buf = (key_states.new_empty(shape + key_states.shape[3:]),
+                            value_states.new_empty(shape + value_states.shape[3:]))
+                self.keys, self.values = self.buf[0][:, :, :0], self.buf[1][:, :, :0]
+            have, add = self.keys.shape[-2], key_states.shape[-2]
+            buf = getattr(self, "buf", None)
+            if buf is None or have + add > capacity or self.keys.data_ptr() != buf[0].data_ptr() \
+                    or self.keys.shape[:2] != key_states.shape[:2]:
+                self.buf = None
+                return super().update(key_states, value_states, *args, **kwargs)
+            buf[0][:, :, have:have + add] = key_states
+            buf[1][:, :, have:have + add] = value_states
+            self.keys, self.values = buf[0][:, :, :have + add], buf[1][:, :, :have + add]
+            return self.keys, self.values
+
+    return PrefillLayer()
+
+
 def _input_of(args, kwargs):
     """``(name, tensor)`` of a decoder stack's input: ``input_ids`` or ``inputs_embeds``."""
     x = kwargs.get("input_ids", args[0] if args else None)
@@ -285,6 +325,7 @@ def _run_pieces(state: Applied, module, kwargs: dict, key: str, pieces) -> dict:
                 hidden_states=bool(kwargs.get("output_hidden_states",
                                               getattr(cfg, "output_hidden_states", False))))
     cache = cache if cache is not None else DynamicCache(config=cfg)
+    _presize(cache, p.seq_len)
     state.prefill_length = p.seq_len
     rows_needed = state.keep_rows is None or state.keep_rows > pieces[-1][1] - pieces[-1][0]
     state.pieces = p

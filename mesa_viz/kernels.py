@@ -109,10 +109,15 @@ def rotate(x: torch.Tensor, rope: "Rope | RopeTables", pos: torch.Tensor,
     ``rot_dim`` pass through (partial rotary).  ``key``: see :class:`RopeTables`."""
     C, S = rope.cos_sin(pos, x.dtype) if key is None else rope.cos_sin(pos, x.dtype, key)
     half = C.shape[-1]
+    shape = torch.broadcast_shapes(x.shape[:-1], C.shape[:1]) + x.shape[-1:]
+    out = torch.empty(shape, dtype=x.dtype, device=x.device)   # written in place: no temporaries
     xr = x[..., :2 * half].unflatten(-1, (2, half))                 # [..., L, 2, half]
-    out = torch.addcmul(xr * C, xr.flip(-2), S).flatten(-2)
+    o = out[..., :2 * half].unflatten(-1, (2, half))
+    torch.mul(xr, C, out=o)
+    o[..., 0, :].addcmul_(xr[..., 1, :], S[..., 0, :])
+    o[..., 1, :].addcmul_(xr[..., 0, :], S[..., 1, :])
     if 2 * half < x.shape[-1]:
-        out = torch.cat((out, x[..., 2 * half:]), dim=-1)
+        out[..., 2 * half:] = x[..., 2 * half:]
     return out
 
 
@@ -132,10 +137,13 @@ def _every_row(method: Method, seq_len: int) -> int:
 @dataclass(frozen=True)
 class Kernel:
     """A registry entry: ``run(method, q, k, v, i0, rope, scale, backend)``
-    (module doc) and ``blocked_rows(method, seq_len)`` for memory estimates."""
+    (module doc), and for memory estimates ``blocked_rows(method, seq_len)``
+    and ``kv_copies`` (O(n) copies of one layer's keys and values the kernel
+    holds at once, in KV widths; None: ``mesa_viz.memory``'s default)."""
 
     run: KernelFn
     blocked_rows: Callable[[Method, int], int] = _every_row
+    kv_copies: float | None = None
 
 
 #: Method class -> Kernel; written only at import, by :func:`kernel`.
@@ -144,15 +152,17 @@ _REGISTRY: dict[type[Method], Kernel] = {}
 KERNELS = MappingProxyType(_REGISTRY)
 
 
-def kernel(*classes: type[Method], blocked_rows: Callable[[Method, int], int] = _every_row):
+def kernel(*classes: type[Method], blocked_rows: Callable[[Method, int], int] = _every_row,
+           kv_copies: float | None = None):
     """Decorator registering a kernel for each of ``classes`` (exact classes:
-    a subclass needs its own entry)."""
+    a subclass needs its own entry); ``blocked_rows``, ``kv_copies``: see
+    :class:`Kernel`."""
     def register(fn: KernelFn) -> KernelFn:
         for cls in classes:
             if cls in _REGISTRY:
                 raise ValueError(f"method class {cls.__name__} already has a kernel "
                                  f"({_REGISTRY[cls].run.__name__})")
-            _REGISTRY[cls] = Kernel(fn, blocked_rows)
+            _REGISTRY[cls] = Kernel(fn, blocked_rows, kv_copies)
         return fn
     return register
 
@@ -513,11 +523,19 @@ def stair(method, q, k, v, i0, rope, scale, backend):
 # -- Mesa -------------------------------------------------------------------------------
 
 def _mesa_blocked_rows(method: Mesa, seq_len: int) -> int:
-    plan = method.plan()
-    return 0 if len(plan.chunks) == 1 else int(seq_len) - plan.last_start
+    """No rows against masked blocks of every key: the middle chunks see
+    ``first + C`` keys, the last chunk's near masks span ``stair_start`` plus a
+    block and its deep far keys go unmasked (GPU: matmul scores within
+    ``attention_sets.SCORE_BUDGET``, counted by the memory estimate)."""
+    return 0
 
 
-@kernel(Mesa, blocked_rows=_mesa_blocked_rows)
+#: The last piece's O(n) copies of one layer: the deep keys and their values
+#: (:func:`_deep_keys`) and transients (the cache is presized by ``apply``).
+MESA_KV_COPIES = 3
+
+
+@kernel(Mesa, blocked_rows=_mesa_blocked_rows, kv_copies=MESA_KV_COPIES)
 def mesa(method, q, k, v, i0, rope, scale, backend):
     """Origin up to ``train_length``; past it, a forward's queries (the whole
     prompt, one piece of :meth:`Mesa.prefill_pieces`, or generated tokens)
