@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import logging
 import uuid
+import weakref
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
@@ -87,7 +88,8 @@ class Applied:
     ``kernel``: whether attention runs the method's mesa_viz kernel (False: the
     model's own attention).  Per forward: ``positions``, ``resolved`` (the
     method resolved for the sequence), ``tables`` (the cos/sin tables of this
-    forward, shared by its layers).  ``piece_tokens``: the most tokens one
+    forward, shared by its layers), ``memo`` (the decode memo of this forward's
+    cache: ``memos`` holds one per cache object).  ``piece_tokens``: the most tokens one
     forward of a prefill in pieces holds (:meth:`Method.prefill_pieces`);
     ``keep_rows``: the final rows the caller's forward needs (its
     ``logits_to_keep``; None: all); ``pieces``: the prefill in pieces under
@@ -106,6 +108,8 @@ class Applied:
     tables: kernels.RopeTables | None = None
     told_past_train_length: bool = False
     piece_tokens: int | None = None
+    memo: kernels.DecodeMemo | None = None
+    memos: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
     keep_rows: int | None = None
     pieces: "_Pieces | None" = None
 
@@ -128,7 +132,7 @@ class Applied:
         self._tell_past_train_length(seq)
         if not self.kernel:
             return None
-        self.tables = kernels.RopeTables(self.rope(), self.resolved)   # private to this forward
+        self.tables = kernels.RopeTables(self.rope(), self.resolved, self.memo)  # this forward's
         cos, sin = output
         return torch.ones_like(cos), torch.zeros_like(sin)
 
@@ -150,12 +154,13 @@ class Applied:
         splits (:meth:`Method.prefill_pieces`) runs every piece but the last
         here, each one forward of the stack over all layers on the same cache;
         the stack's own forward then runs the last piece (:func:`_run_pieces`)."""
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        self.memo = self._memo_for(cache)
         if self.pieces is not None and self.pieces.last:      # a last piece that raised
             self.pieces = None
         if self.pieces is not None or not self.kernel:
             return None
         key, x = _input_of(args, kwargs)
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if x is None or (cache is not None and cache.get_seq_length() > 0):
             return None                                       # not a prefill
         n = x.shape[1]
@@ -166,6 +171,14 @@ class Applied:
         if args:
             kwargs = {**kwargs, key: x}
         return (), _run_pieces(self, module, kwargs, key, pieces)
+
+    def _memo_for(self, cache) -> "kernels.DecodeMemo | None":
+        """The decode memo of ``cache`` (one per cache object, new at its prefill)."""
+        if cache is None:
+            return None
+        if cache.get_seq_length() == 0 or cache not in self.memos:
+            self.memos[cache] = kernels.DecodeMemo()
+        return self.memos[cache]
 
     def after_decoder(self, module, args, kwargs, output):
         """Forward hook on the decoder stack: after the last piece, the pieces'
@@ -193,6 +206,7 @@ class Applied:
                              f"the cache length {key.shape[2]}: custom position_ids are "
                              "not supported under mesa_viz methods")
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        self.tables.layer = module.layer_idx
         out = kernels.attend(self.resolved, query, key, value, i0, self.tables, scale,
                              self.backend)
         if self.capture is not None and module.layer_idx in self.capture.layers:

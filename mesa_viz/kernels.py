@@ -86,12 +86,23 @@ class RopeTables:
     :func:`attend` refuses tables made for another method value, and a kernel's
     ``key`` names positions within one forward of one method (e.g.
     ``("lin", a, b)`` for ``a..b-1``).
+
+    ``memo`` (a :class:`DecodeMemo`, set by the application) and ``layer``
+    (the layer being computed) let a decode step reuse the rotated keys of the
+    steps before it; None when ``attend`` is called alone.
     """
 
-    __slots__ = ("rope", "method", "_tables")
+    __slots__ = ("rope", "method", "_tables", "memo", "layer")
 
-    def __init__(self, rope: Rope, method: Method):
+    def __init__(self, rope: Rope, method: Method, memo: "DecodeMemo | None" = None):
         self.rope, self.method, self._tables = rope, method, {}
+        self.memo, self.layer = memo, None
+
+    def table(self, key, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """A table of this forward shared by its layers: ``make()`` once per ``key``."""
+        if key not in self._tables:
+            self._tables[key] = make()
+        return self._tables[key]
 
     def cos_sin(self, pos: torch.Tensor, dtype: torch.dtype, key=None):
         """:meth:`Rope.cos_sin`, kept under ``(key, dtype)`` when ``key`` is given."""
@@ -121,8 +132,76 @@ def rotate(x: torch.Tensor, rope: "Rope | RopeTables", pos: torch.Tensor,
     return out
 
 
+class DecodeMemo:
+    """Keys rotated during earlier decode steps of one sequence, per layer and
+    rotation rule, so a step rotates only the keys new to it (a generated token
+    adds one key a step).  Made by the application at every prefill; an entry
+    whose source keys changed (another cache, a beam reordering, a cropped
+    cache) is dropped and rebuilt, so a stale rotation is never used.  Holds at
+    most one rotated copy of a layer's keys per rule (decode only)."""
+
+    def __init__(self):
+        self._entries: dict = {}
+
+    def rotated(self, layer: int, rule, k: torch.Tensor, j0: int, j1: int,
+                position: Callable[[torch.Tensor], torch.Tensor], rope) -> torch.Tensor:
+        """``k[:, :, j0:j1]`` rotated to ``position(j)`` (``rule`` names the
+        position function; it must not change within a sequence)."""
+        e = self._entries.get((layer, rule))
+        if e is None or not e.serves(k, j0, j1):
+            e = self._entries[layer, rule] = _MemoEntry(j0, k)
+        e.extend(k, j1, position, rope)
+        return e.buf[:, :, j0 - e.start:j1 - e.start]
+
+
+class _MemoEntry:
+    """Rotated keys ``start..hi-1`` of one layer and rule in a growing buffer,
+    with probes of their source keys (first, last) to check it still applies."""
+
+    def __init__(self, start: int, k: torch.Tensor):
+        self.start, self.hi = start, start
+        self.buf = k.new_empty(k.shape[:2] + (0, k.shape[-1]))
+        self.probe = None
+
+    def serves(self, k, j0: int, j1: int) -> bool:
+        if j0 < self.start or j1 < self.hi or k.shape[:2] != self.buf.shape[:2]:
+            return False
+        if self.probe is None:
+            return True
+        first, last = self.probe
+        return torch.equal(k[:, :, self.start], first) and torch.equal(k[:, :, self.hi - 1], last)
+
+    def extend(self, k, j1: int, position, rope) -> None:
+        if j1 <= self.hi:
+            return
+        need = j1 - self.start
+        if need > self.buf.shape[2]:
+            grown = k.new_empty(k.shape[:2] + (max(need, 2 * self.buf.shape[2]) + 64,
+                                               k.shape[-1]))
+            grown[:, :, :self.hi - self.start] = self.buf[:, :, :self.hi - self.start]
+            self.buf = grown
+        j = _arange(self.hi, j1, k.device)
+        self.buf[:, :, self.hi - self.start:need] = rotate(k[:, :, self.hi:j1], rope, position(j))
+        self.hi = j1
+        self.probe = (k[:, :, self.start].clone(), k[:, :, j1 - 1].clone())
+
+
+def _memo_keys(rope, k, j0: int, j1: int, rule, position) -> torch.Tensor:
+    """``k[:, :, j0:j1]`` rotated to ``position(j)``: from the decode memo
+    where the application keeps one, rotated here otherwise."""
+    memo, layer = getattr(rope, "memo", None), getattr(rope, "layer", None)
+    if memo is None or layer is None:
+        return rotate(k[:, :, j0:j1], rope, position(_arange(j0, j1, k.device)))
+    return memo.rotated(layer, rule, k, j0, j1, position, rope)
+
+
 def _arange(a, b, device):
     return torch.arange(a, b, device=device)
+
+
+def _same(j: torch.Tensor) -> torch.Tensor:
+    """Linear key positions: ``j``."""
+    return j
 
 
 # -- the registry -----------------------------------------------------------------------
@@ -201,9 +280,9 @@ def origin(method, q, k, v, i0, rope, scale, backend):
     """Linear positions: query ``i`` and key ``j`` rotated to ``i`` and ``j``."""
     Lq, Lk, dev = q.shape[2], k.shape[2], q.device
     qr = rotate(q, rope, _arange(i0, i0 + Lq, dev), ("lin", i0, i0 + Lq))
+    if Lq == 1:                                           # decode: keys rotated once
+        return sets.sdpa(qr, _memo_keys(rope, k, 0, Lk, "lin", _same), v, None, scale, backend)
     kr = rotate(k, rope, _arange(0, Lk, dev), ("lin", 0, Lk))
-    if Lq == 1:
-        return sets.sdpa(qr, kr, v, None, scale, backend)
     if backend == "sdpa" and i0 == 0 and Lq == Lk:        # flash/efficient causal kernel
         return sets.causal_sdpa(qr, kr, v, scale)
     out = []
@@ -376,7 +455,8 @@ def _stair_rows(q, k, v, i0, rope, scale, backend, last_start, stair_start, stai
     positions (:func:`_stair_near`), far keys by residue class
     (:func:`_stair_far`); the two merge by log-sum-exp."""
     if q.shape[2] == 1:                                   # a generated token
-        return _stair_one(q, k, v, i0, rope, scale, backend, stair_start, stair_width)
+        return _stair_one(q, k, v, i0, rope, scale, backend, last_start, stair_start,
+                          stair_width)
     geo = StairGeometry.for_queries(i0, last_start, stair_start, stair_width)
     pos = _arange(i0, k.shape[2], q.device)
     parts = [_stair_near(q, k, v, pos, rope, scale, backend, geo)] if stair_start else []
@@ -480,7 +560,47 @@ def _stair_class(geo: StairGeometry, q, i, k, v, deep, rope, scale, backend):
     return _cat_lse(out)
 
 
-def _stair_one(q, k, v, i, rope, scale, backend, stair_start, stair_width):
+def _stair_one(q, k, v, i, rope, scale, backend, last_start, stair_start, stair_width):
+    """One query at ``i`` over keys ``0..i`` with per-query Stair PE: with the
+    application's decode memo, :func:`_stair_one_memo`; alone, without
+    rotating the far keys (:func:`_stair_runs`)."""
+    if getattr(rope, "memo", None) is not None and getattr(rope, "layer", None) is not None:
+        return _stair_one_memo(q, k, v, i, rope, scale, backend,
+                               StairGeometry(last_start, stair_start, stair_width))
+    return _stair_runs(q, k, v, i, rope, scale, backend, stair_start, stair_width)
+
+
+def _stair_one_memo(q, k, v, i, rope, scale, backend, geo: StairGeometry):
+    """One query at ``i`` (class ``r``, step ``m``) with the far keys kept
+    rotated between steps at ``-(N + a_j)`` (:class:`StairGeometry`, in cache
+    order) and the near keys at ``j``: each step rotates only its new keys.
+    Far key ``j`` scores with the query at ``m`` where ``b_j < E - r``, at
+    ``m + 1`` elsewhere: one product for both, then a per-key choice.
+    ``q [b, h, 1, d]``, ``k, v [b, kv_h, i+1, d]``; returns ``[b, h, 1, d_v]``."""
+    N, E, s = geo.stair_start, geo.stair_width, geo.last_start
+    bsz, h, _, d = q.shape
+    kvh, dev = k.shape[1], q.device
+    rep, n_far = h // kvh, max(0, i - N + 1)
+    q_near = rotate(q, rope, _arange(i, i + 1, dev)).reshape(bsz, kvh, rep, d)
+    k_near = _memo_keys(rope, k, n_far, i + 1, "lin", _same)
+    scores = [torch.matmul(q_near, k_near.transpose(-1, -2))]           # [b, kvh, rep, i+1-f]
+    if n_far:
+        k_far = _memo_keys(rope, k, 0, n_far, ("stair-far", s, N, E),
+                           lambda j: geo.key_position(j, 0))
+        m = geo.step(_arange(i, i + 1, dev))
+        q_ab = rotate(q.expand(bsz, h, 2, d), rope, torch.cat((m, m + 1)))
+        s_ab = torch.matmul(q_ab.reshape(bsz, kvh, rep * 2, d), k_far.transpose(-1, -2))
+        s_ab = s_ab.view(bsz, kvh, rep, 2, n_far)
+        r = geo.residue(i)
+        at_m = rope.table(("stair-at-m", s, N, E, r, n_far), lambda: torch.remainder(
+            s - N - _arange(0, n_far, dev), E) < E - r)
+        scores.insert(0, torch.where(at_m, s_ab[:, :, :, 0], s_ab[:, :, :, 1]))
+    logits = torch.cat(scores, dim=-1).float() * scale                  # [b, kvh, rep, i+1]
+    p = torch.softmax(logits, dim=-1).to(v.dtype)
+    return sets.pv(p, v, split=not sets.uses_cpu_paths(q, backend)).reshape(bsz, h, 1, -1)
+
+
+def _stair_runs(q, k, v, i, rope, scale, backend, stair_start, stair_width):
     """One query at ``i`` over keys ``0..i`` with per-query Stair PE, without
     rotating the far keys.  Far keys with the same step ``P(i - j) = N + g``
     form runs of ``E`` (a shorter run first), so the query is rotated to each

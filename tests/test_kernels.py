@@ -229,3 +229,54 @@ def test_stair_factorisation(s, N, E):
     want = torch.as_tensor(np.asarray(METHODS["stair"](stair_start=N, stair_width=E)
                                       .relative(i.numpy()[:, None], j.numpy()[None, :])[0]))
     assert torch.equal(got[far], want[far])
+
+
+# -- decode steps with the application's memo of rotated keys ----------------------------------
+
+def _decode_with_memo(m_for, q, k, v, steps, memo, layer=0):
+    """Decode steps ``steps`` (absolute positions) sharing one ``DecodeMemo``."""
+    rope = kernels.Rope(_inv_freq().float())
+    outs = []
+    for i in steps:
+        tables = kernels.RopeTables(rope, m_for(i), memo)
+        tables.layer = layer
+        outs.append(kernels.attend(m_for(i), q[:, :, i:i + 1], k[:, :, :i + 1], v[:, :, :i + 1],
+                                   i, tables, D ** -0.5))
+    return outs
+
+
+@pytest.mark.parametrize("method,p", [("mesa", MESA_CASES[1]), ("mesa", MESA_CASES[3]),
+                                      ("mesa", MESA_CASES[4]), ("stair", STAIR_CASES[0]),
+                                      ("stair", STAIR_CASES[1]), ("origin", {})])
+def test_decode_steps_reuse_rotated_keys_exactly(method, p):
+    """Consecutive decode steps with one memo (far keys kept at ``-(N + a_j)``,
+    near keys at ``j``; origin's keys at ``j``): every step equals the dense
+    reference, and the memo rotated each key once."""
+    prefill, steps = 150, list(range(150, 162))
+    q, k, v = _qkv(170, 170, seed=21)
+    memo = kernels.DecodeMemo()
+
+    def m_for(i):
+        return get_method(method, train_length=64, **p).resolve(i + 1, prefill_length=prefill)
+    for i, got in zip(steps, _decode_with_memo(m_for, q, k, v, steps, memo)):
+        want = _dense(m_for(i), q[:, :, i:i + 1], k[:, :, :i + 1], v[:, :, :i + 1], i, D ** -0.5)
+        assert (got.double() - want).abs().max().item() <= 1e-5, (method, i)
+    last, N = steps[-1], m_for(steps[-1]).params().get("stair_start")
+    want_hi = {last + 1} if N is None else {last + 1, last - N + 1}     # near (linear), far keys
+    assert {e.hi for e in memo._entries.values()} == want_hi
+
+
+def test_decode_memo_drops_rotations_of_other_keys():
+    """A memo entry whose source keys changed (a beam reordering changes the
+    last keys; a cropped cache is shorter) is rebuilt: the step stays exact.
+    (The application keeps one memo per cache object.)"""
+    m = get_method("mesa", train_length=64, **MESA_CASES[1]).resolve(160, prefill_length=150)
+    q, k, v = _qkv(170, 170, seed=22)
+    memo = kernels.DecodeMemo()
+    _decode_with_memo(lambda i: m, q, k, v, [155, 156], memo)
+    k2 = k.clone()
+    k2[:, :, 150:] += 1.0                                   # another beam's generated keys
+    for kk, i in [(k2, 157), (k, 152)]:                     # changed keys; a cropped cache
+        got = _decode_with_memo(lambda i: m, q, kk, v, [i], memo)[0]
+        want = _dense(m, q[:, :, i:i + 1], kk[:, :, :i + 1], v[:, :, :i + 1], i, D ** -0.5)
+        assert (got.double() - want).abs().max().item() <= 1e-5
