@@ -40,6 +40,8 @@ residue-class factorisation.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -49,11 +51,14 @@ import numpy as np
 import torch
 
 from . import attention_sets as sets
+from .fused import Rules
 from .methods import (DynamicNTK, LeakyReRoPE, LMInfinite, Mesa, Method, Origin, ReRoPE,
                       Stair, StreamingLLM)
 
 __all__ = ["Rope", "RopeTables", "rotate", "attend", "kernel", "kernel_for", "Kernel",
-           "KERNELS", "StairGeometry", "dense_rows"]
+           "KERNELS", "StairGeometry", "dense_rows", "DecodeMemo", "use_fused", "fused_rules"]
+
+log = logging.getLogger(__name__)
 
 
 # -- RoPE -------------------------------------------------------------------------------
@@ -218,11 +223,14 @@ class Kernel:
     """A registry entry: ``run(method, q, k, v, i0, rope, scale, backend)``
     (module doc), and for memory estimates ``blocked_rows(method, seq_len)``
     and ``kv_copies`` (O(n) copies of one layer's keys and values the kernel
-    holds at once, in KV widths; None: ``mesa_viz.memory``'s default)."""
+    holds at once, in KV widths; None: ``mesa_viz.memory``'s default), and
+    ``fused(method, i0) -> Rules | None``: the position rules of queries from
+    ``i0`` for the one-launch kernel (``mesa_viz.fused``; None: not served)."""
 
     run: KernelFn
     blocked_rows: Callable[[Method, int], int] = _every_row
     kv_copies: float | None = None
+    fused: "Callable[[Method, int], Rules | None] | None" = None
 
 
 #: Method class -> Kernel; written only at import, by :func:`kernel`.
@@ -232,16 +240,16 @@ KERNELS = MappingProxyType(_REGISTRY)
 
 
 def kernel(*classes: type[Method], blocked_rows: Callable[[Method, int], int] = _every_row,
-           kv_copies: float | None = None):
+           kv_copies: float | None = None, fused=None):
     """Decorator registering a kernel for each of ``classes`` (exact classes:
-    a subclass needs its own entry); ``blocked_rows``, ``kv_copies``: see
-    :class:`Kernel`."""
+    a subclass needs its own entry); ``blocked_rows``, ``kv_copies``,
+    ``fused``: see :class:`Kernel`."""
     def register(fn: KernelFn) -> KernelFn:
         for cls in classes:
             if cls in _REGISTRY:
                 raise ValueError(f"method class {cls.__name__} already has a kernel "
                                  f"({_REGISTRY[cls].run.__name__})")
-            _REGISTRY[cls] = Kernel(fn, blocked_rows, kv_copies)
+            _REGISTRY[cls] = Kernel(fn, blocked_rows, kv_copies, fused)
         return fn
     return register
 
@@ -265,12 +273,46 @@ def attend(method: Method, q, k, v, i0: int, rope: "Rope | RopeTables", scale: f
     a :class:`Rope` (tables made for this call) or this forward's
     :class:`RopeTables`.  Returns ``[b, h, q_len, d_v]``.
     """
-    run = kernel_for(method).run
+    entry = kernel_for(method)
     tables = rope if isinstance(rope, RopeTables) else RopeTables(rope, method)
     if tables.method != method:
         raise ValueError(f"RopeTables made for {tables.method!r} cannot serve {method!r}: "
                          "make one per forward and method")
-    return run(method, q, k, v, i0, tables, scale, backend)
+    rules = fused_rules(method, i0) if q.shape[2] > 1 and use_fused(q, tables) else None
+    if rules is not None:
+        from .triton_stair import fused_attention
+        return fused_attention(q, k, v, i0, tables.rope.inv_freq, scale, rules)[0]
+    return entry.run(method, q, k, v, i0, tables, scale, backend)
+
+
+def fused_rules(method: Method, i0: int) -> "Rules | None":
+    """The one-launch kernel's position rules for the method's queries from
+    ``i0`` (its registry entry's ``fused``), or None where it does not serve."""
+    fn = kernel_for(method).fused
+    return None if fn is None else fn(method, i0)
+
+
+def use_fused(q: torch.Tensor, rope: RopeTables) -> bool:
+    """Whether the Triton kernel (``mesa_viz.triton_stair``) serves: CUDA
+    tensors, ``triton`` importable, full rotary with a power-of-two head size,
+    no cos/sin scaling.  The only decision for it (tests replace it)."""
+    half, d = rope.rope.inv_freq.shape[0], q.shape[-1]
+    return (q.is_cuda and d == 2 * half and d & (d - 1) == 0 and rope.rope.scaling == 1.0
+            and _triton_importable())
+
+
+@functools.cache
+def _triton_importable() -> bool:
+    """Whether ``triton`` imports (checked, and said in the log, once)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        log.info("triton is not importable: Mesa's last chunk and the near/far methods run "
+                 "their torch kernels (one launch per key set) on CUDA")
+        return False
+    log.info("triton %s: Mesa's last chunk and the near/far methods run one fused launch "
+             "per layer on CUDA (mesa_viz.triton_stair)", triton.__version__)
+    return True
 
 
 # -- origin -----------------------------------------------------------------------------
@@ -341,14 +383,21 @@ def _at_window(window):
     return (lambda i: torch.full_like(i, window)), (lambda j: torch.zeros_like(j))
 
 
-@kernel(ReRoPE)
+def _window_rules(window: int, leak: float = math.inf) -> Rules:
+    """Far keys at ``window + (i - j - window) / leak`` (ReRoPE: ``leak = inf``)."""
+    if math.isinf(leak):
+        return Rules(near=window, qb=float(window))
+    return Rules(near=window, qa=1 / leak, qb=window * (1 - 1 / leak), ka=1 / leak)
+
+
+@kernel(ReRoPE, fused=lambda m, i0: _window_rules(m.window))
 def rerope(method, q, k, v, i0, rope, scale, backend):
     """Far keys at ``window``: query rotated to ``window``, keys to 0."""
     w = method.window
     return _beyond_window(q, k, v, i0, rope, scale, backend, w, *_at_window(w))
 
 
-@kernel(LeakyReRoPE)
+@kernel(LeakyReRoPE, fused=lambda m, i0: _window_rules(m.window, m.leak))
 def leaky_rerope(method, q, k, v, i0, rope, scale, backend):
     """Far keys at ``w + (i - j - w) / leak``: query at ``i / leak + w (1 - 1/leak)``,
     key at ``j / leak`` (an infinite ``leak`` is ReRoPE)."""
@@ -369,7 +418,9 @@ def _sinks(method, q, k, v, i0, rope, scale, backend, q_pos, k_pos):
                      far_visible=lambda i, j: (i - j >= W) & (j < S))
 
 
-@kernel(StreamingLLM)
+@kernel(StreamingLLM, fused=lambda m, i0: Rules(
+    near=m.window, far_limit=m.sink_tokens, qa=1.0, qmax=float(m.sink_tokens + m.window - 1),
+    ka=1.0))
 def streaming_llm(method, q, k, v, i0, rope, scale, backend):
     """Sinks at their cache slots: query at ``min(i, sink_tokens + window - 1)``."""
     last_slot = method.sink_tokens + method.window - 1
@@ -377,7 +428,8 @@ def streaming_llm(method, q, k, v, i0, rope, scale, backend):
                   lambda i: torch.clamp(i, max=last_slot), lambda j: j)
 
 
-@kernel(LMInfinite)
+@kernel(LMInfinite, fused=lambda m, i0: Rules(near=m.window, far_limit=m.sink_tokens,
+                                             qb=float(m.window)))
 def lm_infinite(method, q, k, v, i0, rope, scale, backend):
     """Sinks at distance ``window``."""
     return _sinks(method, q, k, v, i0, rope, scale, backend, *_at_window(method.window))
@@ -632,7 +684,8 @@ def _stair_runs(q, k, v, i, rope, scale, backend, stair_start, stair_width):
     return sets.pv(p, v, split=not sets.uses_cpu_paths(q, backend)).reshape(bsz, h, 1, -1)
 
 
-@kernel(Stair)
+@kernel(Stair, fused=lambda m, i0: Rules(near=m.stair_start,
+                                         stair=(0, m.stair_start, m.stair_width)))
 def stair(method, q, k, v, i0, rope, scale, backend):
     """Stair PE over the whole causal matrix: Mesa's last-chunk rows with the
     last chunk starting at 0."""
@@ -655,7 +708,18 @@ def _mesa_blocked_rows(method: Mesa, seq_len: int) -> int:
 MESA_KV_COPIES = 3
 
 
-@kernel(Mesa, blocked_rows=_mesa_blocked_rows, kv_copies=MESA_KV_COPIES)
+def _mesa_fused(method: Mesa, i0: int) -> "Rules | None":
+    """Rules of a forward of last-chunk rows (a prefill's last piece):
+    per-query Stair PE from the last chunk's start (no log scaling)."""
+    plan = method.plan()
+    if len(plan.chunks) == 1 or i0 < plan.last_start or method.stair != "per-query" \
+            or method.log_scaling:
+        return None
+    return Rules(near=method.stair_start,
+                 stair=(plan.last_start, method.stair_start, method.stair_width))
+
+
+@kernel(Mesa, blocked_rows=_mesa_blocked_rows, kv_copies=MESA_KV_COPIES, fused=_mesa_fused)
 def mesa(method, q, k, v, i0, rope, scale, backend):
     """Origin up to ``train_length``; past it, a forward's queries (the whole
     prompt, one piece of :meth:`Mesa.prefill_pieces`, or generated tokens)

@@ -34,8 +34,9 @@ def _qkv(lq, lk, seed):
     return q, k, v
 
 
-def _dense(m, q, k, v, i0, scale):
-    """``[1, H, Lq, D]`` attention from ``m.relative`` with complex-number RoPE."""
+def _dense(m, q, k, v, i0, scale, inv_freq=None):
+    """``[1, H, Lq, D]`` attention from ``m.relative`` with complex-number RoPE
+    (``inv_freq``: default the partial rotary of ``ROT`` channels)."""
     lq, lk = q.shape[2], k.shape[2]
     rel, vis = m.relative(np.arange(i0, i0 + lq)[:, None], np.arange(lk)[None, :])
     rel = torch.as_tensor(np.where(vis, rel, 0), dtype=torch.float64)
@@ -43,7 +44,8 @@ def _dense(m, q, k, v, i0, scale):
     rep = H // KVH
     kk = k[0].repeat_interleave(rep, 0).double()
     vv = v[0].repeat_interleave(rep, 0).double()
-    s = dense_scores(q[0].double() * fac[:, None], kk, rel, _inv_freq()) * scale
+    inv = _inv_freq() if inv_freq is None else inv_freq
+    s = dense_scores(q[0].double() * fac[:, None], kk, rel, inv) * scale
     s = s.masked_fill(~torch.as_tensor(vis), -math.inf)
     return (torch.softmax(s, -1) @ vv)[None]
 
