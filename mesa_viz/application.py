@@ -45,7 +45,7 @@ __all__ = ["apply", "Applied", "Capture", "train_length_of", "find_rotary"]
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_BACKENDS = ("sdpa", "eager")
+SUPPORTED_BACKENDS = ("sdpa", "eager", "flash_attention_2")
 #: The attribute marking a model that carries an application (removed on exit).
 _MARK = "_mesa_viz_applied"
 #: The logger and the start of transformers' reminder that generation passed

@@ -25,13 +25,21 @@ multiple of ``kv_h``), masks ``[rows, keys]`` bool (True = visible) or None.
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import torch
 from torch.nn.functional import pad, scaled_dot_product_attention
 
 __all__ = ["SCORE_BUDGET", "CPU_BLOCK", "sdpa", "causal_sdpa", "attn_lse", "lse_parts",
            "merge", "merge_lse", "attend_lse", "causal_lower_right_sdpa", "attend_sets", "pv", "block_size", "uses_cpu_paths",
-           "few_rows", "causal_rows_cpu"]
+           "few_rows", "causal_rows_cpu", "flash_attn_module", "FUSED_BACKENDS"]
 
+log = logging.getLogger(__name__)
+
+#: Backends whose attention is a fused kernel (SDPA's; flash-attn's for
+#: ``flash_attention_2`` models, through :func:`flash_attn_module`).
+FUSED_BACKENDS = ("sdpa", "flash_attention_2")
 #: Bytes of fp32 scores one SDPA call may hold (blocks are sized to fit it).
 SCORE_BUDGET = 256 * 2**20
 #: Query rows per block on CPU: only a block-wide edge of each key set needs a mask
@@ -42,6 +50,36 @@ CPU_BLOCK = 256
 def uses_cpu_paths(q: torch.Tensor, backend: str) -> bool:
     """True where the CPU code paths serve: tensors on CPU, or the eager backend."""
     return backend == "eager" or q.device.type == "cpu"
+
+
+def flash_attn_module(backend: str):
+    """The ``flash_attn`` package serving a ``flash_attention_2`` model's
+    kernels (its ``flash_attn_func`` returns the log-sum-exp the merges
+    need), or None: another backend, or flash-attn not importable (then SDPA
+    serves, said once in the log).  The only decision for flash-attn (tests
+    replace it)."""
+    return _flash_attn() if backend == "flash_attention_2" else None
+
+
+@functools.cache
+def _flash_attn():
+    try:
+        import flash_attn
+    except ImportError:
+        log.info("flash-attn is not importable: mesa_viz kernels of flash_attention_2 models "
+                 "use SDPA's fused kernels")
+        return None
+    log.info("flash-attn %s: mesa_viz kernels use flash_attn_func (with its log-sum-exp)",
+             getattr(flash_attn, "__version__", "?"))
+    return flash_attn
+
+
+def _flash(fa, q, k, v, scale, causal=False):
+    """``(out, lse)`` of flash-attn's ``flash_attn_func`` on ``[b, h, L, d]``
+    tensors (GQA and, for ``causal``, bottom-right alignment built in)."""
+    out, lse, _ = fa.flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                     softmax_scale=scale, causal=causal, return_attn_probs=True)
+    return out.transpose(1, 2), lse
 
 
 def few_rows(q: torch.Tensor, n_keys: int) -> bool:
@@ -57,7 +95,7 @@ def block_size(q: torch.Tensor, n_keys: int, backend: str) -> int:
     ``SCORE_BUDGET`` bytes."""
     b, h = q.shape[0], q.shape[1]
     per_row = 4 * n_keys * b * (h if backend == "eager" else 1)
-    cap = CPU_BLOCK if backend == "sdpa" and uses_cpu_paths(q, backend) else 8192
+    cap = CPU_BLOCK if backend in FUSED_BACKENDS and uses_cpu_paths(q, backend) else 8192
     return max(1, min(cap, SCORE_BUDGET // max(1, per_row)))
 
 
@@ -74,6 +112,9 @@ def sdpa(q, k, v, mask, scale, backend="sdpa"):
             w = w.masked_fill(~mask, float("-inf"))
         w = torch.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
         return torch.matmul(w, v)
+    fa = None if mask is not None or uses_cpu_paths(q, backend) else flash_attn_module(backend)
+    if fa is not None:
+        return _flash(fa, q, k, v, scale)[0]
     return scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
                                         enable_gqa=q.shape[1] != k.shape[1])
 
@@ -85,12 +126,15 @@ def causal_sdpa(q, k, v, scale):
                                         enable_gqa=q.shape[1] != k.shape[1])
 
 
-def causal_lower_right_sdpa(q, k, v, scale):
-    """Causal attention aligned at the bottom right through SDPA's fused
-    kernels (GPU): query ``x`` of ``q [b, h, R, d]`` sees keys ``0..L-R+x`` of
-    ``k, v [b, kv_h, L, d]`` (torch's ``causal_lower_right`` bias; key heads
-    repeated for GQA)."""
+def causal_lower_right_sdpa(q, k, v, scale, backend="sdpa"):
+    """Causal attention aligned at the bottom right through a fused kernel
+    (GPU): query ``x`` of ``q [b, h, R, d]`` sees keys ``0..L-R+x`` of ``k, v
+    [b, kv_h, L, d]`` (flash-attn's causal where it serves, else torch's
+    ``causal_lower_right`` bias with key heads repeated for GQA)."""
     from torch.nn.attention.bias import causal_lower_right
+    fa = flash_attn_module(backend)
+    if fa is not None:
+        return _flash(fa, q, k, v, scale, causal=True)[0]
     rep = q.shape[1] // k.shape[1]
     if rep > 1:
         k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
@@ -105,7 +149,10 @@ def attn_lse(q, k, v, mask, scale, backend, causal=False):
     """
     b, h, L, _ = q.shape
     rep = h // k.shape[1]
-    cpu_flash = backend == "sdpa" and q.device.type == "cpu"
+    cpu_flash = backend in FUSED_BACKENDS and uses_cpu_paths(q, backend)
+    fa = None if cpu_flash or mask is not None else flash_attn_module(backend)
+    if fa is not None:
+        return _flash(fa, q, k, v, scale, causal)
     if causal and not cpu_flash:
         mask = torch.ones(L, k.shape[2], dtype=torch.bool, device=q.device).tril()
     if cpu_flash:
@@ -211,7 +258,7 @@ def attend_lse(q, k, v, mask, scale, backend):
     :func:`lse_parts` (the CPU flash kernel, unmasked where every row of the
     block sees the keys); elsewhere scores by matmul in row chunks within
     ``SCORE_BUDGET``.  ``mask [R, L]`` as for :func:`lse_parts` (or None)."""
-    if backend == "sdpa" and uses_cpu_paths(q, backend):
+    if backend in FUSED_BACKENDS and uses_cpu_paths(q, backend):
         return merge_lse(lse_parts(q, k, v, mask, scale, backend))
     step = max(1, SCORE_BUDGET // (4 * q.shape[0] * q.shape[1] * max(1, k.shape[2])))
     parts = [attn_lse(q[:, :, a:a + step], k, v, None if mask is None else mask[a:a + step],
@@ -234,7 +281,7 @@ def attend_sets(sets, scale, backend):
     """
     sets = [x for x in sets if x[1] is not None and x[1].shape[2]]
     q0 = sets[0][0]
-    if backend == "sdpa" and uses_cpu_paths(q0, backend):
+    if backend in FUSED_BACKENDS and uses_cpu_paths(q0, backend):
         return merge([p for x in sets for p in lse_parts(*x, scale, backend)])
     if len(sets) == 1:
         return sdpa(*sets[0], scale, backend)

@@ -325,7 +325,7 @@ def origin(method, q, k, v, i0, rope, scale, backend):
     if Lq == 1:                                           # decode: keys rotated once
         return sets.sdpa(qr, _memo_keys(rope, k, 0, Lk, "lin", _same), v, None, scale, backend)
     kr = rotate(k, rope, _arange(0, Lk, dev), ("lin", 0, Lk))
-    if backend == "sdpa" and i0 == 0 and Lq == Lk:        # flash/efficient causal kernel
+    if backend in sets.FUSED_BACKENDS and i0 == 0 and Lq == Lk:  # flash/efficient causal kernel
         return sets.causal_sdpa(qr, kr, v, scale)
     out = []
     B = sets.block_size(q, Lk, backend)
@@ -791,10 +791,10 @@ def _mesa_middle(method: Mesa, q, k, v, i0, middle, rope, scale, backend):
     kk = behind_first(rotate(k[:, :, :F], rope, _arange(0, F, dev), ("lin", 0, F)),
                       rotate(chunks(k, 0), rope, _arange(F, F + C, dev), own))
     vv = behind_first(v[:, :, :F], chunks(v, 0))
-    if backend == "sdpa" and sets.uses_cpu_paths(q, backend):
+    if backend in sets.FUSED_BACKENDS and sets.uses_cpu_paths(q, backend):
         o = sets.causal_rows_cpu(qc, kk, vv, F, scale)
-    elif backend == "sdpa":
-        o = sets.causal_lower_right_sdpa(qc, kk, vv, scale)
+    elif backend in sets.FUSED_BACKENDS:
+        o = sets.causal_lower_right_sdpa(qc, kk, vv, scale, backend)
     else:
         mask = torch.ones(F + C, F + C, dtype=torch.bool, device=dev).tril()[F:]
         g = max(1, sets.block_size(q, F + C, backend) // C)

@@ -282,3 +282,73 @@ def test_decode_memo_drops_rotations_of_other_keys():
         got = _decode_with_memo(lambda i: m, q, kk, v, [i], memo)[0]
         want = _dense(m, q[:, :, i:i + 1], kk[:, :, :i + 1], v[:, :, :i + 1], i, D ** -0.5)
         assert (got.double() - want).abs().max().item() <= 1e-5
+
+
+# -- flash-attn for flash_attention_2 models ---------------------------------------------------
+
+def _fake_flash_attn(calls):
+    """A stand-in for the ``flash_attn`` package: ``flash_attn_func`` with its
+    layout ``[b, L, h, d]``, GQA, bottom-right causal alignment and
+    ``return_attn_probs`` giving ``(out, softmax_lse, None)``, computed densely."""
+    def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
+                        return_attn_probs=False):
+        calls.append(causal)
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        s = (q @ k.transpose(-1, -2)).float() * softmax_scale
+        if causal:
+            L, S = q.shape[2], k.shape[2]
+            s = s.masked_fill(~torch.ones(L, S, dtype=torch.bool).tril(S - L), -math.inf)
+        lse = torch.logsumexp(s, -1)
+        out = (torch.exp(s - lse[..., None]) @ v.float()).to(q.dtype).transpose(1, 2)
+        return (out, lse, None) if return_attn_probs else out
+    fake = type(math)("flash_attn")
+    fake.flash_attn_func = flash_attn_func
+    return fake
+
+
+@pytest.mark.parametrize("case", ["mesa", "stair", "rerope", "streaming-llm"])
+def test_flash_attn_serves_flash_attention_2_models(case, monkeypatch):
+    """With flash-attn importable (a stand-in here), the GPU paths of a
+    ``flash_attention_2`` model's kernels call its ``flash_attn_func`` (Mesa's
+    middle chunks causally, unmasked key sets with their log-sum-exp) and stay
+    exact; without it they use SDPA, said once in the log."""
+    method = _method_of(case)
+    m = get_method(method, train_length=64, **PREFILL_CASES[case]).resolve(150,
+                                                                            prefill_length=150)
+    q, k, v = _qkv(150, 150, seed=40)
+    want = _dense(m, q, k, v, 0, D ** -0.5)
+    calls = []
+    _force_gpu_paths(monkeypatch, few_rows=True)
+    monkeypatch.setattr(attention_sets, "flash_attn_module",
+                        lambda backend: _fake_flash_attn(calls) if backend ==
+                        "flash_attention_2" else None)
+    got = _attend(m, q, k, v, 0, backend="flash_attention_2")
+    assert (got.double() - want).abs().max().item() <= 1e-5
+    if method == "mesa":              # middle chunks causally; last chunk's unmasked far keys
+        assert True in calls and False in calls
+    calls.clear()
+    sdpa = _attend(m, q, k, v, 0, backend="sdpa")
+    assert not calls and (sdpa.double() - want).abs().max().item() <= 1e-5
+
+
+def test_without_flash_attn_sdpa_serves_and_says_so(caplog, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_flash(name, *args, **kwargs):
+        if name == "flash_attn":
+            raise ImportError("no flash_attn here")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_flash)
+    attention_sets._flash_attn.cache_clear()
+    try:
+        with caplog.at_level("INFO", logger="mesa_viz.attention_sets"):
+            assert attention_sets.flash_attn_module("flash_attention_2") is None
+            assert attention_sets.flash_attn_module("flash_attention_2") is None
+        assert attention_sets.flash_attn_module("sdpa") is None
+        said = [r.message for r in caplog.records if "flash-attn is not importable" in r.message]
+        assert len(said) == 1 and "SDPA" in said[0]
+    finally:
+        attention_sets._flash_attn.cache_clear()
