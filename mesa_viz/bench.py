@@ -37,11 +37,12 @@ from pathlib import Path
 
 from .checks import check_lengths, check_methods
 from .memory import GiB, PeakMemory, available_bytes, estimate_peak_bytes, model_dims
-from .methods import Method, resolve
+from .methods import METHODS, Method, resolve
 from .models import model_device, model_dtype
 from .results import append_jsonl, read_jsonl
 
 __all__ = ["visible_pairs", "prefill_flops", "matmul_gflops", "matmul_rates", "model_gemms",
+           "memory_gbps", "decode_bytes", "floors",
            "CALIBRATION_SIZES", "measure_point", "run",
            "Settings", "machine_row", "check_grid", "rows_for", "summary_table",
            "sdpa_choices", "ALL_METHODS", "DEFAULT_LENGTHS"]
@@ -147,6 +148,50 @@ def matmul_gflops(device="cpu", dtype="float32", size: int | None = None,
     alone measured below what the model's own products reached, so useful
     rates read above 100 %)."""
     return max(matmul_rates(device, dtype, size, repeats, shapes).values())
+
+
+def memory_gbps(device="cpu", dtype="float32", mib: int | None = None,
+                repeats: int = 5) -> float:
+    """The machine's memory bandwidth: best GB/s of copying a ``mib`` MiB tensor
+    (read and write counted; default 256 MiB on CPU, 2 GiB on CUDA)."""
+    import torch
+    dt = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    mib = mib or (2048 if str(device).startswith("cuda") else 256)
+    src = torch.ones(mib * 2**20 // torch.empty(0, dtype=dt).element_size(), dtype=dt,
+                     device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    _sync(device)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * src.element_size() / best / 1e9
+
+
+def decode_bytes(config, length: int, *, dtype_bytes: int, n_params: int,
+                 rotated_keys: bool = False) -> int:
+    """Bytes one decode step must read at ``length`` cached tokens: every
+    weight once and the KV cache (plus one rotated copy of the keys where a
+    method keeps one, ``rotated_keys``: Mesa's decode memo)."""
+    d = model_dims(config)
+    kv = (3 if rotated_keys else 2) * d.layers * d.kv_heads * d.head_dim * length
+    return int(dtype_bytes * (n_params + kv))
+
+
+def floors(row: dict, machine: dict, config, n_params: int) -> dict:
+    """The limits of a point row on the machine of ``machine`` (a ``kind:
+    machine`` row): ``prefill_floor_s`` (useful FLOPs at the matmul rate) and,
+    with a memory bandwidth, ``decode_floor_ms`` (:func:`decode_bytes` at it)."""
+    out = {"prefill_floor_s": row["useful_flops"] / (machine["matmul_gflops"] * 1e9)}
+    if machine.get("memory_gbps"):
+        b = decode_bytes(config, row["length"], dtype_bytes=2 if row["dtype"] in (
+            "bfloat16", "float16") else 4, n_params=n_params,
+            rotated_keys=not METHODS[row["method"]].native)
+        out["decode_floor_ms"] = 1e3 * b / (machine["memory_gbps"] * 1e9)
+    return out
 
 
 def model_gemms(config, rows: int = 4096) -> list[tuple[int, int, int]]:
@@ -410,10 +455,12 @@ def _todo(out: Path, common: dict, methods, lengths) -> list[tuple[str, int]]:
 def machine_row(device: str, dtype: str, matmul_size: int | None = None,
                 extra: dict | None = None, shapes=()) -> dict:
     """The ``kind: machine`` row: dense matmul rate (the best of
-    :func:`matmul_rates`, each in ``matmul_rates``), threads, device name."""
+    :func:`matmul_rates`, each in ``matmul_rates``), memory bandwidth
+    (:func:`memory_gbps`), threads, device name."""
     import torch
     rates = matmul_rates(device, dtype, matmul_size, shapes=shapes)
     row = {"kind": "machine", "matmul_gflops": max(rates.values()), "matmul_rates": rates,
+           "memory_gbps": memory_gbps(device, dtype, 16 if matmul_size else None),
            "device": device, "dtype": dtype, "threads": torch.get_num_threads(),
            "torch": torch.__version__,
            "device_name": (torch.cuda.get_device_name(device) if device.startswith("cuda")
@@ -547,7 +594,7 @@ def run(model, methods, lengths, out, *, model_name: str = "model",
     if not todo:
         return []
     rows = [machine_row(grid.device, grid.common["dtype"], matmul_size, extra,
-                        model_gemms(model.config, 256 if matmul_size else 4096))] if machine else []
+                        () if matmul_size else model_gemms(model.config))] if machine else []
     for row in rows:
         append_jsonl(out, row)
     _warm_up(model, settings.seed)
