@@ -323,7 +323,8 @@ def origin(method, q, k, v, i0, rope, scale, backend):
     Lq, Lk, dev = q.shape[2], k.shape[2], q.device
     qr = rotate(q, rope, _arange(i0, i0 + Lq, dev), ("lin", i0, i0 + Lq))
     if Lq == 1:                                           # decode: keys rotated once
-        return sets.sdpa(qr, _memo_keys(rope, k, 0, Lk, "lin", _same), v, None, scale, backend)
+        kr = _memo_keys(rope, k, 0, Lk, "lin", _same)
+        return _softmax_pv([_row_scores(qr, kr)], v, scale, q, backend)
     kr = rotate(k, rope, _arange(0, Lk, dev), ("lin", 0, Lk))
     if backend in sets.FUSED_BACKENDS and i0 == 0 and Lq == Lk:  # flash/efficient causal kernel
         return sets.causal_sdpa(qr, kr, v, scale)
@@ -633,9 +634,8 @@ def _stair_one_memo(q, k, v, i, rope, scale, backend, geo: StairGeometry):
     bsz, h, _, d = q.shape
     kvh, dev = k.shape[1], q.device
     rep, n_far = h // kvh, max(0, i - N + 1)
-    q_near = rotate(q, rope, _arange(i, i + 1, dev)).reshape(bsz, kvh, rep, d)
     k_near = _memo_keys(rope, k, n_far, i + 1, "lin", _same)
-    scores = [torch.matmul(q_near, k_near.transpose(-1, -2))]           # [b, kvh, rep, i+1-f]
+    scores = [_row_scores(rotate(q, rope, _arange(i, i + 1, dev)), k_near)]
     if n_far:
         k_far = _memo_keys(rope, k, 0, n_far, ("stair-far", s, N, E),
                            lambda j: geo.key_position(j, 0))
@@ -647,9 +647,25 @@ def _stair_one_memo(q, k, v, i, rope, scale, backend, geo: StairGeometry):
         at_m = rope.table(("stair-at-m", s, N, E, r, n_far), lambda: torch.remainder(
             s - N - _arange(0, n_far, dev), E) < E - r)
         scores.insert(0, torch.where(at_m, s_ab[:, :, :, 0], s_ab[:, :, :, 1]))
-    logits = torch.cat(scores, dim=-1).float() * scale                  # [b, kvh, rep, i+1]
+    return _softmax_pv(scores, v, scale, q, backend)
+
+
+def _row_scores(q_rot, k_rot):
+    """Scores ``[b, kv_h, rep, L]`` of one rotated query ``[b, h, 1, d]``
+    against rotated keys ``[b, kv_h, L, d]`` (GQA folded: no key copies)."""
+    b, h, _, d = q_rot.shape
+    return torch.matmul(q_rot.reshape(b, k_rot.shape[1], h // k_rot.shape[1], d),
+                        k_rot.transpose(-1, -2))
+
+
+def _softmax_pv(scores, v, scale, q, backend):
+    """One query's output ``[b, h, 1, d_v]`` from its scores ``[b, kv_h, rep,
+    L_s]`` over consecutive key ranges covering ``v [b, kv_h, sum L_s, d_v]``."""
+    logits = torch.cat(scores, dim=-1).float() * scale if len(scores) > 1 else \
+        scores[0].float() * scale
     p = torch.softmax(logits, dim=-1).to(v.dtype)
-    return sets.pv(p, v, split=not sets.uses_cpu_paths(q, backend)).reshape(bsz, h, 1, -1)
+    out = sets.pv(p, v, split=not sets.uses_cpu_paths(q, backend))
+    return out.reshape(q.shape[0], q.shape[1], 1, -1)
 
 
 def _stair_runs(q, k, v, i, rope, scale, backend, stair_start, stair_width):
@@ -679,9 +695,7 @@ def _stair_runs(q, k, v, i, rope, scale, backend, stair_start, stair_width):
             scores.insert(0, s_runs.transpose(2, 3).reshape(bsz, kvh, rep, runs * E))
         if short:
             scores.insert(0, torch.matmul(qs[:, :, :, 0], k[:, :, :short].transpose(-1, -2)))
-    logits = torch.cat(scores, dim=-1).float() * scale                  # [b, kvh, rep, i+1]
-    p = torch.softmax(logits, dim=-1).to(v.dtype)
-    return sets.pv(p, v, split=not sets.uses_cpu_paths(q, backend)).reshape(bsz, h, 1, -1)
+    return _softmax_pv(scores, v, scale, q, backend)
 
 
 @kernel(Stair, fused=lambda m, i0: Rules(near=m.stair_start,
