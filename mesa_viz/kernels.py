@@ -125,9 +125,12 @@ def rotate(x: torch.Tensor, rope: "Rope | RopeTables", pos: torch.Tensor,
     ``rot_dim`` pass through (partial rotary).  ``key``: see :class:`RopeTables`."""
     C, S = rope.cos_sin(pos, x.dtype) if key is None else rope.cos_sin(pos, x.dtype, key)
     half = C.shape[-1]
-    shape = torch.broadcast_shapes(x.shape[:-1], C.shape[:1]) + x.shape[-1:]
-    out = torch.empty(shape, dtype=x.dtype, device=x.device)   # written in place: no temporaries
     xr = x[..., :2 * half].unflatten(-1, (2, half))                 # [..., L, 2, half]
+    if torch.is_grad_enabled() and x.requires_grad:                 # autograd: no out= ops
+        out = torch.addcmul(xr * C, xr.flip(-2), S).flatten(-2)
+        return torch.cat((out, x[..., 2 * half:]), dim=-1) if 2 * half < x.shape[-1] else out
+    shape = x.shape[:-2] + (C.shape[0], x.shape[-1])          # x has len(pos) rows, or 1
+    out = torch.empty(shape, dtype=x.dtype, device=x.device)   # written in place: no temporaries
     o = out[..., :2 * half].unflatten(-1, (2, half))
     torch.mul(xr, C, out=o)
     o[..., 0, :].addcmul_(xr[..., 1, :], S[..., 0, :])
@@ -155,7 +158,7 @@ class DecodeMemo:
         e = self._entries.get((layer, rule))
         if e is None or not e.serves(k, j0, j1):
             e = self._entries[layer, rule] = _MemoEntry(j0, k)
-        e.extend(k, j1, position, rope)
+        e.extend(k, j1, position, rope, rule)
         return e.buf[:, :, j0 - e.start:j1 - e.start]
 
 
@@ -176,7 +179,7 @@ class _MemoEntry:
         first, last = self.probe
         return torch.equal(k[:, :, self.start], first) and torch.equal(k[:, :, self.hi - 1], last)
 
-    def extend(self, k, j1: int, position, rope) -> None:
+    def extend(self, k, j1: int, position, rope, rule) -> None:
         if j1 <= self.hi:
             return
         need = j1 - self.start
@@ -186,7 +189,9 @@ class _MemoEntry:
             grown[:, :, :self.hi - self.start] = self.buf[:, :, :self.hi - self.start]
             self.buf = grown
         j = _arange(self.hi, j1, k.device)
-        self.buf[:, :, self.hi - self.start:need] = rotate(k[:, :, self.hi:j1], rope, position(j))
+        self.buf[:, :, self.hi - self.start:need] = rotate(
+            k[:, :, self.hi:j1], rope, position(j),
+            ("memo", rule, self.hi, j1) if isinstance(rope, RopeTables) else None)
         self.hi = j1
         self.probe = (k[:, :, self.start].clone(), k[:, :, j1 - 1].clone())
 
@@ -635,12 +640,12 @@ def _stair_one_memo(q, k, v, i, rope, scale, backend, geo: StairGeometry):
     kvh, dev = k.shape[1], q.device
     rep, n_far = h // kvh, max(0, i - N + 1)
     k_near = _memo_keys(rope, k, n_far, i + 1, "lin", _same)
-    scores = [_row_scores(rotate(q, rope, _arange(i, i + 1, dev)), k_near)]
+    scores = [_row_scores(rotate(q, rope, _arange(i, i + 1, dev), ("lin", i, i + 1)), k_near)]
     if n_far:
         k_far = _memo_keys(rope, k, 0, n_far, ("stair-far", s, N, E),
                            lambda j: geo.key_position(j, 0))
         m = geo.step(_arange(i, i + 1, dev))
-        q_ab = rotate(q.expand(bsz, h, 2, d), rope, torch.cat((m, m + 1)))
+        q_ab = rotate(q.expand(bsz, h, 2, d), rope, torch.cat((m, m + 1)), ("stair-q-ab", i))
         s_ab = torch.matmul(q_ab.reshape(bsz, kvh, rep * 2, d), k_far.transpose(-1, -2))
         s_ab = s_ab.view(bsz, kvh, rep, 2, n_far)
         r = geo.residue(i)

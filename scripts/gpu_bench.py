@@ -259,10 +259,26 @@ def long_rows(torch, model, name: str, out: Path, length: int, args, device: str
     extra = {"script": "gpu_bench", "config": cfg, "stage": "long"}
     got = bench.run(model, ["mesa"], [length], out, model_name=name, settings=settings,
                     progress=False, machine=False, extra=extra)
-    got += bench.run(model, ["origin"], [length], out, model_name=name, settings=settings,
-                     progress=False, machine=False, extra=extra,
-                     point_limit_s=(30.0 if args.tiny else 120.0), deadline=None)
-    return got
+    return got + bench.run(model, ["origin"], [length], out, model_name=name, settings=settings,
+                           progress=False, machine=False, extra=extra,
+                           deadline=origin_deadline(model, out, name, length, device,
+                                                    30.0 if args.tiny else 120.0))
+
+
+def origin_deadline(model, out: Path, name: str, length: int, device: str, limit: float):
+    """None (run it, or let ``bench.run`` write it as out of memory) where the
+    memory estimate says origin does not fit or its time predicted from its grid
+    rows is within ``limit`` seconds; a deadline already past otherwise, so its
+    row is written as skipped with its estimate."""
+    from mesa_viz import bench, memory
+    est = memory.estimate_peak_bytes(model.config, "origin", length, dtype_bytes=2,
+                                     device=device, decode_tokens=16)
+    if est > 0.9 * memory.available_bytes(device):
+        return None
+    history = [(r["length"], r["prefill_s"]) for r in bench.rows_for(out, model, name)
+               if r.get("method") == "origin" and r.get("prefill_s")]
+    guess = bench._predict_seconds(history, length)
+    return None if guess is not None and guess <= limit else time.monotonic() - 1
 
 
 def floors_table(rows, config, n_params: int) -> str:
