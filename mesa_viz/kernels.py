@@ -184,8 +184,7 @@ class _MemoEntry:
             return
         need = j1 - self.start
         if need > self.buf.shape[2]:
-            grown = k.new_empty(k.shape[:2] + (max(need, 2 * self.buf.shape[2]) + 64,
-                                               k.shape[-1]))
+            grown = k.new_empty(k.shape[:2] + (need + max(256, need // 8), k.shape[-1]))
             grown[:, :, :self.hi - self.start] = self.buf[:, :, :self.hi - self.start]
             self.buf = grown
         j = _arange(self.hi, j1, k.device)
