@@ -30,8 +30,15 @@ and returns ``[batch, head, q_len, v_dim]``.  It must hold no ``[n, n]``
 matrix: query blocks sized by ``attention_sets.block_size``.  ``blocked_rows(
 method, seq_len) -> int`` (default: every row) tells the memory estimate how
 many query rows of a prefill the kernel scores in blocks against (up to) all
-keys, 0 where SDPA's fused causal kernel serves.  GPU-only variants (Triton,
-...) dispatch inside an entry on ``q.device``, beside the CPU path.
+keys, 0 where SDPA's fused causal kernel serves; ``kv_copies`` how many O(n)
+key or value copies of one layer it holds.  ``fused(method, i0) -> Rules |
+None`` gives the position rules of the one-launch kernel (``mesa_viz.fused``;
+:func:`attend` runs ``mesa_viz.triton_stair`` with them on CUDA where
+``triton`` imports, :func:`use_fused`), so a new method whose positions are an
+affine-floor rule per key set gets the fused launch by declaring them.
+
+A decode step reuses the keys rotated at the steps before it through the
+application's :class:`DecodeMemo` (on the forward's :class:`RopeTables`).
 
 Stair PE (Mesa's last chunk, the ``stair`` method) is one piece of code,
 :func:`_stair_rows`, over a :class:`StairGeometry`, whose docstring holds the
