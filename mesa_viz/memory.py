@@ -24,8 +24,8 @@ random layers) against the estimate on every run.  The kernels' terms follow
 ``mesa_viz/kernels.py`` as measured (2026-11-26): re-check after kernel changes (bench rows
 carry ``predicted_mem_bytes`` beside ``peak_mem_bytes``).  Mesa past ``T`` runs its prefill
 in pieces (``apply``): the estimate holds the longest piece's activations and the last
-piece's key copies (``kernels.MESA_KV_COPIES``), measured within -25%/+10% on 2- and 4-layer
-models of SmolLM2's layer shape at 4k-16k tokens (``tests/test_memory.py`` checks 4096).
+piece's key copies (``kernels.MESA_KV_COPIES``): 0.90-1.09 of the measured peak on a
+2-layer model of SmolLM2's layer shape at 8k tokens (``tests/test_memory.py`` checks 4096).
 
 Under glibc's default adaptive malloc policy the RSS depends on what ran
 before: freed tensors stay in a fragmented heap (the same 2k prefill measured
