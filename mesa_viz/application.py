@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import logging
 import uuid
+import weakref
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
@@ -44,7 +45,7 @@ __all__ = ["apply", "Applied", "Capture", "CaptureDone", "train_length_of", "fin
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_BACKENDS = ("sdpa", "eager")
+SUPPORTED_BACKENDS = ("sdpa", "eager", "flash_attention_2")
 #: The attribute marking a model that carries an application (removed on exit).
 _MARK = "_mesa_viz_applied"
 #: The logger and the start of transformers' reminder that generation passed
@@ -69,9 +70,12 @@ class Capture:
     (:class:`CaptureDone`) once the last captured layer has seen the last
     prompt position.
 
-    Filled: ``attention[layer] -> [head, row, k_pos]`` probabilities;
+    Filled: ``attention[layer] -> [head, row, k_pos]`` probabilities, rows in
+    the order of ``rows`` (those seen so far; a prefill in pieces sees them
+    piece by piece), ``k_pos`` up to the longest key range seen (zeros past a
+    row's own keys);
     ``scores[layer] -> [head, row, k_pos]`` logits (``-inf`` where the layout
-    hides the key); ``queries[layer]``, ``keys[layer] -> [head, pos,
+    hides the key or past a row's own keys); ``queries[layer]``, ``keys[layer] -> [head, pos,
     head_dim]`` (float32; the keys of each head's key-value head); ``rope``,
     ``scale`` and ``method`` (resolved) of the forward that filled them.
     """
@@ -101,6 +105,23 @@ class Capture:
         self.queries[layer] = q if prev is None or i0 == 0 else torch.cat((prev[:, :i0], q), 1)
         self.keys[layer] = key[0, heads // rep].detach().float().cpu()
         self.rope, self.scale, self.method = rope, scale, method
+    by_row: dict = field(default_factory=dict)
+
+    def add(self, layer: int, rows: list[int], probs: torch.Tensor,
+            logits: torch.Tensor | None = None) -> None:
+        """Record ``probs`` (and ``logits``) ``[head, len(rows), k_pos]`` of
+        ``rows`` at ``layer``, in the order of ``self.rows``."""
+        self._put(self.attention, "attention", layer, rows, probs, 0.0)
+        if logits is not None:
+            self._put(self.scores, "scores", layer, rows, logits, float("-inf"))
+
+    def _put(self, store: dict, kind: str, layer: int, rows, values, pad: float) -> None:
+        got = self.by_row.setdefault((kind, layer), {})
+        got.update({r: values[:, x] for x, r in enumerate(rows)})
+        width = max(v.shape[-1] for v in got.values())
+        store[layer] = torch.stack(
+            [torch.nn.functional.pad(got[r], (0, width - got[r].shape[-1]), value=pad)
+             for r in self.rows if r in got], dim=1)
 
 
 @dataclass
@@ -110,7 +131,12 @@ class Applied:
     ``kernel``: whether attention runs the method's mesa_viz kernel (False: the
     model's own attention).  Per forward: ``positions``, ``resolved`` (the
     method resolved for the sequence), ``tables`` (the cos/sin tables of this
-    forward, shared by its layers).
+    forward, shared by its layers), ``memo`` (the decode memo of this forward's
+    cache: ``memos`` holds one per cache object).  ``piece_tokens``: the most tokens one
+    forward of a prefill in pieces holds (:meth:`Method.prefill_pieces`);
+    ``keep_rows``: the final rows the caller's forward needs (its
+    ``logits_to_keep``; None: all); ``pieces``: the prefill in pieces under
+    way (:func:`_run_pieces`).
     """
 
     method: Method
@@ -124,6 +150,11 @@ class Applied:
     positions: torch.Tensor | None = None
     tables: kernels.RopeTables | None = None
     told_past_train_length: bool = False
+    piece_tokens: int | None = None
+    memo: kernels.DecodeMemo | None = None
+    memos: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
+    keep_rows: int | None = None
+    pieces: "_Pieces | None" = None
 
     # -- hooks ------------------------------------------------------------------
     def on_rotary(self, module, args, kwargs, output):
@@ -135,15 +166,16 @@ class Applied:
                              "row (no left padding); pad-free equal-length batches only")
         pos = pos[0]
         i0, kv_len = int(pos[0]), int(pos[-1]) + 1
-        if i0 == 0:
+        if i0 == 0 and self.pieces is None:
             self.prefill_length = kv_len
         self.positions = pos
-        self.resolved = self.method.resolve(kv_len, self.train_length,
+        seq = kv_len if self.pieces is None else self.pieces.seq_len   # a piece: the whole prompt
+        self.resolved = self.method.resolve(seq, self.train_length,
                                             prefill_length=self.prefill_length or kv_len)
-        self._tell_past_train_length(kv_len)
+        self._tell_past_train_length(seq)
         if not self.kernel:
             return None
-        self.tables = kernels.RopeTables(self.rope(), self.resolved)   # private to this forward
+        self.tables = kernels.RopeTables(self.rope(), self.resolved, self.memo)  # this forward's
         cos, sin = output
         return torch.ones_like(cos), torch.zeros_like(sin)
 
@@ -154,6 +186,51 @@ class Applied:
         m = self.resolved
         log.info("%s past train_length=%d (%d tokens): %s; parameters %s", m.name,
                  self.train_length, kv_len, m.past_train_length or "its own layout", m.params())
+
+    def on_model(self, module, args, kwargs):
+        """Forward pre-hook on the model: the final rows its caller keeps."""
+        keep = kwargs.get("logits_to_keep", 0)
+        self.keep_rows = keep if isinstance(keep, int) and keep > 0 else None
+
+    def on_decoder(self, module, args, kwargs):
+        """Forward pre-hook on the decoder stack: a prefill the resolved method
+        splits (:meth:`Method.prefill_pieces`) runs every piece but the last
+        here, each one forward of the stack over all layers on the same cache;
+        the stack's own forward then runs the last piece (:func:`_run_pieces`)."""
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        self.memo = self._memo_for(cache)
+        if self.pieces is not None and self.pieces.last:      # a last piece that raised
+            self.pieces = None
+        if self.pieces is not None or not self.kernel:
+            return None
+        key, x = _input_of(args, kwargs)
+        if x is None or (cache is not None and cache.get_seq_length() > 0):
+            return None                                       # not a prefill
+        n = x.shape[1]
+        m = self.method.resolve(n, self.train_length, prefill_length=n)
+        pieces = m.prefill_pieces(n, self.piece_tokens or max(1, self.train_length // 2))
+        if len(pieces) == 1:
+            return None
+        if args:
+            kwargs = {**kwargs, key: x}
+        return (), _run_pieces(self, module, kwargs, key, pieces)
+
+    def _memo_for(self, cache) -> "kernels.DecodeMemo | None":
+        """The decode memo of ``cache`` (one per cache object, new at its prefill)."""
+        if cache is None:
+            return None
+        if cache.get_seq_length() == 0 or cache not in self.memos:
+            self.memos[cache] = kernels.DecodeMemo()
+        return self.memos[cache]
+
+    def after_decoder(self, module, args, kwargs, output):
+        """Forward hook on the decoder stack: after the last piece, the pieces'
+        outputs joined where the caller asked for every position."""
+        p = self.pieces
+        if p is None or not p.last:
+            return None
+        self.pieces = None
+        return p.joined(output, self.keep_rows)
 
     def rope(self) -> kernels.Rope:
         return kernels.Rope(self.rotary.inv_freq,
@@ -172,6 +249,7 @@ class Applied:
                              f"the cache length {key.shape[2]}: custom position_ids are "
                              "not supported under mesa_viz methods")
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        self.tables.layer = module.layer_idx
         c, layer = self.capture, module.layer_idx
         captured = c is not None and layer in c.layers
         if captured and c.qk:
@@ -199,17 +277,131 @@ class Applied:
         v = value.repeat_interleave(rep, 1).to(torch.float32)
         out = out.clone()
         out[:, :, local] = torch.matmul(probs, v).to(out.dtype)
-        _keep(c.attention, layer, probs[0][c.heads])
-        if c.logits:
-            _keep(c.scores, layer, logits[0][c.heads])
+        c.add(layer, rows, probs[0][c.heads].detach().cpu(),
+              logits[0][c.heads].detach().cpu() if c.logits else None)
         return out
 
 
-def _keep(store: dict, layer: int, rows) -> None:
-    """Append captured rows ``[head, row, k_pos]`` to ``store[layer]``."""
-    rows = rows.detach().cpu()
-    prev = store.get(layer)
-    store[layer] = rows if prev is None else torch.cat((prev, rows), dim=1)
+@dataclass
+class _Pieces:
+    """A prefill in pieces under way: the prompt length, what the caller asked
+    for, the kept outputs of the pieces run so far, and whether the stack's
+    own forward (the last piece) is running."""
+
+    seq_len: int
+    keep_cache: bool
+    hidden_states: bool
+    outputs: list = field(default_factory=list)
+    last: bool = False
+
+    def keep(self, out, rows_needed: bool) -> None:
+        """Keep what the joined output will need of one piece's output."""
+        self.outputs.append((out.last_hidden_state if rows_needed else None,
+                             out.hidden_states if self.hidden_states else None))
+
+    def joined(self, output, keep_rows: int | None):
+        """The last piece's ``output`` with every position where asked for."""
+        if self.outputs and self.outputs[0][0] is not None and (
+                keep_rows is None or keep_rows > output.last_hidden_state.shape[1]):
+            output.last_hidden_state = torch.cat(
+                [h for h, _ in self.outputs] + [output.last_hidden_state], dim=1)
+        if self.hidden_states:
+            output.hidden_states = tuple(
+                torch.cat(parts, dim=1)
+                for parts in zip(*[hs for _, hs in self.outputs], output.hidden_states))
+        if not self.keep_cache:
+            output.cache = None
+        return output
+
+
+def _presize(cache, seq_len: int) -> None:
+    """Give the empty ``DynamicLayer`` s of ``cache`` room for ``seq_len``
+    tokens (:func:`_prefill_layer`), so the pieces of a prefill append in place
+    instead of copying the whole layer at every piece."""
+    from transformers.cache_utils import DynamicLayer
+    layers = getattr(cache, "layers", [])
+    for x, layer in enumerate(layers):
+        if type(layer) is DynamicLayer and not layer.is_initialized:
+            layers[x] = _prefill_layer(seq_len)
+
+
+def _prefill_layer(capacity: int):
+    """A transformers ``DynamicLayer`` whose first ``capacity`` tokens go into
+    one buffer allocated at the first update (``keys``/``values`` are views of
+    it); past that, or once its tensors were replaced (``crop``, beam
+    reordering), it updates as a ``DynamicLayer`` does."""
+    from transformers.cache_utils import DynamicLayer
+
+    class PrefillLayer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                shape = key_states.shape[:2] + (capacity,)
+                self.buf = (key_states.new_empty(shape + key_states.shape[3:]),
+                            value_states.new_empty(shape + value_states.shape[3:]))
+                self.keys, self.values = self.buf[0][:, :, :0], self.buf[1][:, :, :0]
+            have, add = self.keys.shape[-2], key_states.shape[-2]
+            buf = getattr(self, "buf", None)
+            if buf is None or have + add > capacity or self.keys.data_ptr() != buf[0].data_ptr() \
+                    or self.keys.shape[:2] != key_states.shape[:2]:
+                self.buf = None
+                return super().update(key_states, value_states, *args, **kwargs)
+            buf[0][:, :, have:have + add] = key_states
+            buf[1][:, :, have:have + add] = value_states
+            self.keys, self.values = buf[0][:, :, :have + add], buf[1][:, :, :have + add]
+            return self.keys, self.values
+
+    return PrefillLayer()
+
+
+def _input_of(args, kwargs):
+    """``(name, tensor)`` of a decoder stack's input: ``input_ids`` or ``inputs_embeds``."""
+    x = kwargs.get("input_ids", args[0] if args else None)
+    return ("input_ids", x) if x is not None else ("inputs_embeds", kwargs.get("inputs_embeds"))
+
+
+def _piece_kwargs(kwargs: dict, key: str, a: int, b: int, cache) -> dict:
+    """The decoder stack's arguments for tokens ``a..b-1`` on ``cache``."""
+    x = kwargs[key]
+    pos = kwargs.get("position_ids")
+    pos = pos[:, a:b] if pos is not None else torch.arange(a, b, device=x.device)[None]
+    mask = kwargs.get("attention_mask")
+    out = {k: v for k, v in kwargs.items() if k != "past_key_values"}
+    out.update({key: x[:, a:b], "position_ids": pos, "cache": cache, "use_cache": True,
+                "attention_mask": mask[:, :b] if mask is not None and mask.dim() == 2 else None})
+    return out
+
+
+def _run_pieces(state: Applied, module, kwargs: dict, key: str, pieces) -> dict:
+    """Run every piece but the last through ``module`` (the decoder stack) on
+    one cache (the caller's, or a new ``DynamicCache``); return the stack's
+    arguments for the last piece.  Refuses ``output_attentions`` (the kernels
+    return no weights: use ``mesa_viz.trace``)."""
+    from transformers import DynamicCache
+    cfg = module.config
+    if kwargs.get("output_attentions", getattr(cfg, "output_attentions", False)):
+        raise ValueError("output_attentions=True is not supported under mesa_viz methods "
+                         f"({state.method.name}'s prefill runs in pieces): capture attention "
+                         "rows with mesa_viz.trace(..., query_rows=...)")
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    use_cache = kwargs.get("use_cache")
+    p = _Pieces(seq_len=pieces[-1][1],
+                keep_cache=cache is not None or (cfg.use_cache if use_cache is None else use_cache),
+                hidden_states=bool(kwargs.get("output_hidden_states",
+                                              getattr(cfg, "output_hidden_states", False))))
+    cache = cache if cache is not None else DynamicCache(config=cfg)
+    _presize(cache, p.seq_len)
+    state.prefill_length = p.seq_len
+    rows_needed = state.keep_rows is None or state.keep_rows > pieces[-1][1] - pieces[-1][0]
+    state.pieces = p
+    try:
+        for a, b in pieces[:-1]:
+            p.keep(module(**_piece_kwargs(kwargs, key, a, b, cache)), rows_needed)
+    except BaseException:
+        state.pieces = None
+        raise
+    p.last = True
+    return _piece_kwargs(kwargs, key, *pieces[-1], cache)
 
 
 class _DropLengthReminder(logging.Filter):
@@ -328,7 +520,7 @@ def _checked(model, method, train_length, capture, params):
 
 @contextmanager
 def apply(model, method: "str | Method" = "origin", *, train_length: int | None = None,
-          capture: Capture | None = None, **params):
+          capture: Capture | None = None, piece_tokens: int | None = None, **params):
     """Run ``model`` under ``method`` inside the block; restore it on exit.
 
     ``params`` are the method's parameters (see ``mesa_viz.methods``);
@@ -341,8 +533,12 @@ def apply(model, method: "str | Method" = "origin", *, train_length: int | None 
     a model that already carries a method.
     """
     m, rotary, path, T, backend = _checked(model, method, train_length, capture, params)
+    if piece_tokens is not None and (isinstance(piece_tokens, bool) or
+                                     not isinstance(piece_tokens, int) or piece_tokens < 1):
+        raise ValueError(f"piece_tokens={piece_tokens!r} must be an integer >= 1 (or None)")
     state = Applied(method=m, train_length=T, rotary=rotary, backend=backend,
-                    kernel=capture is not None or not m.native, capture=capture)
+                    kernel=capture is not None or not m.native, capture=capture,
+                    piece_tokens=piece_tokens)
     with ExitStack() as undo:
         _install(undo, model, state, path)
         log.debug("applied %s to %s", m.name, type(model).__name__)
@@ -366,6 +562,11 @@ def _install(undo: ExitStack, model, state: Applied, path: str) -> None:
     handle = state.rotary.register_forward_hook(state.on_rotary, with_kwargs=True)
     undo.callback(handle.remove)
     if state.kernel:
+        decoder = _parent(model, path)[0]
+        for handle in (model.register_forward_pre_hook(state.on_model, with_kwargs=True),
+                       decoder.register_forward_pre_hook(state.on_decoder, with_kwargs=True),
+                       decoder.register_forward_hook(state.after_decoder, with_kwargs=True)):
+            undo.callback(handle.remove)
         name = f"mesa_viz_{uuid.uuid4().hex[:12]}"
         _register(name, state)
         undo.callback(_unregister, name)

@@ -25,13 +25,21 @@ multiple of ``kv_h``), masks ``[rows, keys]`` bool (True = visible) or None.
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import torch
 from torch.nn.functional import pad, scaled_dot_product_attention
 
 __all__ = ["SCORE_BUDGET", "CPU_BLOCK", "sdpa", "causal_sdpa", "attn_lse", "lse_parts",
-           "merge", "attend_sets", "pv", "block_size", "uses_cpu_paths", "few_rows",
-           "causal_rows_cpu"]
+           "merge", "merge_lse", "attend_lse", "causal_lower_right_sdpa", "attend_sets", "pv", "block_size", "uses_cpu_paths",
+           "few_rows", "causal_rows_cpu", "flash_attn_module", "FUSED_BACKENDS"]
 
+log = logging.getLogger(__name__)
+
+#: Backends whose attention is a fused kernel (SDPA's; flash-attn's for
+#: ``flash_attention_2`` models, through :func:`flash_attn_module`).
+FUSED_BACKENDS = ("sdpa", "flash_attention_2")
 #: Bytes of fp32 scores one SDPA call may hold (blocks are sized to fit it).
 SCORE_BUDGET = 256 * 2**20
 #: Query rows per block on CPU: only a block-wide edge of each key set needs a mask
@@ -42,6 +50,36 @@ CPU_BLOCK = 256
 def uses_cpu_paths(q: torch.Tensor, backend: str) -> bool:
     """True where the CPU code paths serve: tensors on CPU, or the eager backend."""
     return backend == "eager" or q.device.type == "cpu"
+
+
+def flash_attn_module(backend: str):
+    """The ``flash_attn`` package serving a ``flash_attention_2`` model's
+    kernels (its ``flash_attn_func`` returns the log-sum-exp the merges
+    need), or None: another backend, or flash-attn not importable (then SDPA
+    serves, said once in the log).  The only decision for flash-attn (tests
+    replace it)."""
+    return _flash_attn() if backend == "flash_attention_2" else None
+
+
+@functools.cache
+def _flash_attn():
+    try:
+        import flash_attn
+    except ImportError:
+        log.info("flash-attn is not importable: mesa_viz kernels of flash_attention_2 models "
+                 "use SDPA's fused kernels")
+        return None
+    log.info("flash-attn %s: mesa_viz kernels use flash_attn_func (with its log-sum-exp)",
+             getattr(flash_attn, "__version__", "?"))
+    return flash_attn
+
+
+def _flash(fa, q, k, v, scale, causal=False):
+    """``(out, lse)`` of flash-attn's ``flash_attn_func`` on ``[b, h, L, d]``
+    tensors (GQA and, for ``causal``, bottom-right alignment built in)."""
+    out, lse, _ = fa.flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                     softmax_scale=scale, causal=causal, return_attn_probs=True)
+    return out.transpose(1, 2), lse
 
 
 def few_rows(q: torch.Tensor, n_keys: int) -> bool:
@@ -57,7 +95,7 @@ def block_size(q: torch.Tensor, n_keys: int, backend: str) -> int:
     ``SCORE_BUDGET`` bytes."""
     b, h = q.shape[0], q.shape[1]
     per_row = 4 * n_keys * b * (h if backend == "eager" else 1)
-    cap = CPU_BLOCK if backend == "sdpa" and uses_cpu_paths(q, backend) else 8192
+    cap = CPU_BLOCK if backend in FUSED_BACKENDS and uses_cpu_paths(q, backend) else 8192
     return max(1, min(cap, SCORE_BUDGET // max(1, per_row)))
 
 
@@ -74,6 +112,9 @@ def sdpa(q, k, v, mask, scale, backend="sdpa"):
             w = w.masked_fill(~mask, float("-inf"))
         w = torch.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
         return torch.matmul(w, v)
+    fa = None if mask is not None or uses_cpu_paths(q, backend) else flash_attn_module(backend)
+    if fa is not None:
+        return _flash(fa, q, k, v, scale)[0]
     return scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
                                         enable_gqa=q.shape[1] != k.shape[1])
 
@@ -85,6 +126,22 @@ def causal_sdpa(q, k, v, scale):
                                         enable_gqa=q.shape[1] != k.shape[1])
 
 
+def causal_lower_right_sdpa(q, k, v, scale, backend="sdpa"):
+    """Causal attention aligned at the bottom right through a fused kernel
+    (GPU): query ``x`` of ``q [b, h, R, d]`` sees keys ``0..L-R+x`` of ``k, v
+    [b, kv_h, L, d]`` (flash-attn's causal where it serves, else torch's
+    ``causal_lower_right`` bias with key heads repeated for GQA)."""
+    from torch.nn.attention.bias import causal_lower_right
+    fa = flash_attn_module(backend)
+    if fa is not None:
+        return _flash(fa, q, k, v, scale, causal=True)[0]
+    rep = q.shape[1] // k.shape[1]
+    if rep > 1:
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    return scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(
+        q.shape[2], k.shape[2]), scale=scale)
+
+
 def attn_lse(q, k, v, mask, scale, backend, causal=False):
     """Attention and its log-sum-exp ``[b, h, Lq]`` (for merging key sets).
 
@@ -92,9 +149,13 @@ def attn_lse(q, k, v, mask, scale, backend, causal=False):
     """
     b, h, L, _ = q.shape
     rep = h // k.shape[1]
-    if causal:
+    cpu_flash = backend in FUSED_BACKENDS and uses_cpu_paths(q, backend)
+    fa = None if cpu_flash or mask is not None else flash_attn_module(backend)
+    if fa is not None:
+        return _flash(fa, q, k, v, scale, causal)
+    if causal and not cpu_flash:
         mask = torch.ones(L, k.shape[2], dtype=torch.bool, device=q.device).tril()
-    if backend == "sdpa" and q.device.type == "cpu":
+    if cpu_flash:
         if causal:
             k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
@@ -108,15 +169,23 @@ def attn_lse(q, k, v, mask, scale, backend, causal=False):
             qf, k, v, 0.0, False, attn_mask=None if bias is None else bias.repeat(rep, 1),
             scale=scale)
         out, lse = out.reshape(b, h, L, -1), lse.reshape(b, h, L)
-        return out, lse if mask is None else lse.masked_fill(~mask.any(-1), float("-inf"))
+        return (out, lse) if mask is None else _unseen_rows(out, lse, mask.any(-1))
     # scores by matmul, GQA folded (the query heads of one KV head are rows)
     qf = q.reshape(b, k.shape[1], rep * L, q.shape[-1])
     w = torch.matmul(qf, k.transpose(-1, -2)).float() * scale          # [b, kvh, rep*L, Lk]
     if mask is not None:
         w = w.view(b, k.shape[1], rep, L, -1).masked_fill(~mask, float("-inf")).view(w.shape)
     lse = torch.logsumexp(w, dim=-1)
-    out = pv(torch.exp(w - lse[..., None]).to(v.dtype), v, split=q.device.type != "cpu")
+    safe = torch.where(torch.isfinite(lse), lse, 0.0)           # rows that see no key: p = 0
+    out = pv(torch.exp(w - safe[..., None]).to(v.dtype), v, split=q.device.type != "cpu")
     return out.reshape(b, h, L, -1), lse.reshape(b, h, L)
+
+
+def _unseen_rows(out, lse, seen):
+    """Rows that see no key (``seen [L]`` False): ``lse = -inf``, output 0."""
+    if bool(seen.all()):
+        return out, lse
+    return out.masked_fill(~seen[:, None], 0.0), lse.masked_fill(~seen, float("-inf"))
 
 
 def pv(p, v, split: bool, block: int = 4096):
@@ -160,15 +229,41 @@ def lse_parts(q, k, v, mask, scale, backend):
             if b > a]
 
 
-def merge(parts):
-    """Combine ``(out, lse)`` of disjoint key sets into one softmax; a set a
-    row cannot see has ``lse = -inf`` and weight 0."""
+def merge_lse(parts):
+    """Combine ``(out, lse)`` of disjoint key sets into one softmax: its
+    ``(out, lse)``.  A set a row cannot see has ``lse = -inf`` and weight 0
+    (its ``out`` rows must be finite: :func:`attn_lse` gives zeros); a row that
+    sees no set gets ``lse = -inf`` and zeros."""
+    if len(parts) == 1:
+        return parts[0]
     lse = torch.stack([p[1] for p in parts]).float()
-    w = torch.exp(lse - lse.max(0).values)                  # [parts, b, h, Lq]
-    out = 0
-    for (o, _), wi in zip(parts, w):
-        out = out + torch.where(wi[..., None] > 0, o.float() * wi[..., None], 0.0)
-    return (out / w.sum(0)[..., None]).to(parts[0][0].dtype)
+    top = lse.max(0).values
+    top = torch.where(torch.isfinite(top), top, 0.0)
+    w = torch.exp(lse - top)                                # [parts, b, h, Lq]
+    total = w.sum(0)
+    w = (w / torch.where(total > 0, total, 1.0))[..., None]
+    out = parts[0][0].float() * w[0]
+    for (o, _), wi in zip(parts[1:], w[1:]):
+        out.addcmul_(o.float(), wi)
+    return out.to(parts[0][0].dtype), top + torch.log(total)
+
+
+def merge(parts):
+    """:func:`merge_lse`'s output alone."""
+    return merge_lse(parts)[0]
+
+
+def attend_lse(q, k, v, mask, scale, backend):
+    """One key set's ``(out [b, h, R, d_v], lse [b, h, R])``: on CPU through
+    :func:`lse_parts` (the CPU flash kernel, unmasked where every row of the
+    block sees the keys); elsewhere scores by matmul in row chunks within
+    ``SCORE_BUDGET``.  ``mask [R, L]`` as for :func:`lse_parts` (or None)."""
+    if backend in FUSED_BACKENDS and uses_cpu_paths(q, backend):
+        return merge_lse(lse_parts(q, k, v, mask, scale, backend))
+    step = max(1, SCORE_BUDGET // (4 * q.shape[0] * q.shape[1] * max(1, k.shape[2])))
+    parts = [attn_lse(q[:, :, a:a + step], k, v, None if mask is None else mask[a:a + step],
+                      scale, backend) for a in range(0, q.shape[2], step)]
+    return tuple(torch.cat(x, dim=2) for x in zip(*parts)) if len(parts) > 1 else parts[0]
 
 
 # -- several key sets -----------------------------------------------------------------
@@ -186,7 +281,7 @@ def attend_sets(sets, scale, backend):
     """
     sets = [x for x in sets if x[1] is not None and x[1].shape[2]]
     q0 = sets[0][0]
-    if backend == "sdpa" and uses_cpu_paths(q0, backend):
+    if backend in FUSED_BACKENDS and uses_cpu_paths(q0, backend):
         return merge([p for x in sets for p in lse_parts(*x, scale, backend)])
     if len(sets) == 1:
         return sdpa(*sets[0], scale, backend)
@@ -206,17 +301,20 @@ def attend_sets(sets, scale, backend):
 
 
 def causal_rows_cpu(q, k, v, start, scale, sub=256):
-    """Causal attention of rows ``start..`` of ``q [B, h, L, d]`` over ``k, v``
-    (query ``x`` aligned with key ``x``) in sub-blocks of ``sub`` rows: all
-    earlier keys without a mask, the diagonal block causally, merged by
-    log-sum-exp.  The CPU flash kernel works in 512-key blocks, so one causal
-    call over ``L`` keys would compute about a third more than needed; this
-    computes at most ``sub / 2`` extra keys per row.  Returns ``[B, h, L - start, d_v]``."""
+    """Causal attention of the queries ``q [B, h, R, d]`` at key rows
+    ``start..start+R-1`` of ``k, v [B, kv_h, start + R, d]`` (query ``x`` sees
+    keys ``0..start+x``) in sub-blocks of ``sub`` rows: all earlier keys without
+    a mask, the diagonal block causally, merged by log-sum-exp.  The CPU flash
+    kernel works in 512-key blocks, so one causal call over ``R`` keys would
+    compute about a third more than needed; this computes at most ``sub / 2``
+    extra keys per row.  Returns ``[B, h, R, d_v]``."""
     out = []
-    for a in range(start, q.shape[2], sub):
+    for a in range(0, q.shape[2], sub):
         e = min(q.shape[2], a + sub)
         qa = q[:, :, a:e].contiguous()
-        out.append(merge([attn_lse(qa, k[:, :, :a], v[:, :, :a], None, scale, "sdpa"),
-                          attn_lse(qa, k[:, :, a:e], v[:, :, a:e], None, scale, "sdpa",
-                                   causal=True)]))
+        ka, ke = start + a, start + e
+        parts = [attn_lse(qa, k[:, :, ka:ke], v[:, :, ka:ke], None, scale, "sdpa", causal=True)]
+        if ka:
+            parts.insert(0, attn_lse(qa, k[:, :, :ka], v[:, :, :ka], None, scale, "sdpa"))
+        out.append(merge(parts))
     return torch.cat(out, dim=2)

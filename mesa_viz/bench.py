@@ -4,8 +4,10 @@
 command line: ``mesa-viz bench --methods origin,mesa --lengths 2048,4096``)
 writes JSON lines as it goes (:func:`mesa_viz.results.append_jsonl`):
 
-* once per run ``{"kind": "machine", "matmul_gflops": ..., "device": ...,
-  "threads": ...}``: the machine's dense square matmul rate (best of a few);
+* once per run ``{"kind": "machine", "matmul_gflops": ..., "matmul_rates": ...,
+  "device": ..., "threads": ...}``: the machine's dense matmul rate, the best
+  over square products of several sizes and the model's own linear-layer shapes
+  (:func:`matmul_rates`);
 * one ``{"kind": "point", "method", "length", ...}`` per (method, length):
   ``prefill_s`` (median of ``repeats`` prefills ``model(ids, use_cache=True,
   logits_to_keep=1)``), ``peak_mem_bytes`` (peak activation memory net of
@@ -35,11 +37,13 @@ from pathlib import Path
 
 from .checks import check_lengths, check_methods
 from .memory import GiB, PeakMemory, available_bytes, estimate_peak_bytes, model_dims
-from .methods import Method, resolve
+from .methods import METHODS, Method, resolve
 from .models import model_device, model_dtype
 from .results import append_jsonl, read_jsonl
 
-__all__ = ["visible_pairs", "prefill_flops", "matmul_gflops", "measure_point", "run",
+__all__ = ["visible_pairs", "prefill_flops", "matmul_gflops", "matmul_rates", "model_gemms",
+           "memory_gbps", "decode_bytes", "floors",
+           "CALIBRATION_SIZES", "measure_point", "run",
            "Settings", "machine_row", "check_grid", "rows_for", "summary_table",
            "sdpa_choices", "ALL_METHODS", "DEFAULT_LENGTHS"]
 
@@ -103,26 +107,99 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def matmul_gflops(device="cpu", dtype="float32", size: int | None = None,
-                  repeats: int = 5) -> float:
-    """Best-of-``repeats`` GFLOP/s of a square ``size x size`` matmul
-    (default 2048 on CPU, 8192 on CUDA)."""
+#: Square matmul sizes the calibration tries (CPU, CUDA): the best rate counts.
+CALIBRATION_SIZES = {"cpu": (1024, 2048, 4096), "cuda": (4096, 8192, 16384)}
+
+
+def matmul_rates(device="cpu", dtype="float32", size: int | None = None, repeats: int = 3,
+                 shapes=(), min_seconds: float = 0.2) -> dict:
+    """GFLOP/s of dense matmuls ``[m, k] x [k, n]``: square ``size`` (default
+    :data:`CALIBRATION_SIZES`) and each ``(m, k, n)`` of ``shapes`` (a model's
+    linear layers), each the best of at least ``repeats`` timed products after
+    a warm-up, repeated for at least ``min_seconds``.  Keys ``"m x k x n"``."""
     import torch
     dt = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    size = size or (8192 if str(device).startswith("cuda") else 2048)
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    squares = (size,) if size else CALIBRATION_SIZES[kind]
     g = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(size, size, generator=g).to(device=device, dtype=dt)
-    b = torch.randn(size, size, generator=g).to(device=device, dtype=dt)
+    rates = {}
     with torch.no_grad():
-        torch.matmul(a, b)
-        _sync(device)
-        best = math.inf
-        for _ in range(repeats):
-            t0 = time.perf_counter()
+        for m, k, n in [(x, x, x) for x in squares] + [tuple(int(v) for v in s) for s in shapes]:
+            a = torch.randn(m, k, generator=g).to(device=device, dtype=dt)
+            b = torch.randn(k, n, generator=g).to(device=device, dtype=dt)
             torch.matmul(a, b)
             _sync(device)
-            best = min(best, time.perf_counter() - t0)
-    return 2 * size ** 3 / best / 1e9
+            best, spent, runs = math.inf, 0.0, 0
+            while runs < repeats or spent < min_seconds:
+                t0 = time.perf_counter()
+                torch.matmul(a, b)
+                _sync(device)
+                dt_run = time.perf_counter() - t0
+                best, spent, runs = min(best, dt_run), spent + dt_run, runs + 1
+            rates[f"{m} x {k} x {n}"] = 2 * m * k * n / best / 1e9
+    return rates
+
+
+def matmul_gflops(device="cpu", dtype="float32", size: int | None = None,
+                  repeats: int = 3, shapes=()) -> float:
+    """The machine's dense matmul rate: the best GFLOP/s of :func:`matmul_rates`
+    (squares of several sizes and the given shapes).  A single size under-
+    measures where another size or shape runs faster (CPU: a 2048 product
+    alone measured below what the model's own products reached, so useful
+    rates read above 100 %)."""
+    return max(matmul_rates(device, dtype, size, repeats, shapes).values())
+
+
+def memory_gbps(device="cpu", dtype="float32", mib: int | None = None,
+                repeats: int = 5) -> float:
+    """The machine's memory bandwidth: best GB/s of copying a ``mib`` MiB tensor
+    (read and write counted; default 256 MiB on CPU, 2 GiB on CUDA)."""
+    import torch
+    dt = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    mib = mib or (2048 if str(device).startswith("cuda") else 256)
+    src = torch.ones(mib * 2**20 // torch.empty(0, dtype=dt).element_size(), dtype=dt,
+                     device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    _sync(device)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * src.element_size() / best / 1e9
+
+
+def decode_bytes(config, length: int, *, dtype_bytes: int, n_params: int,
+                 rotated_keys: bool = False) -> int:
+    """Bytes one decode step must read at ``length`` cached tokens: every
+    weight once and the KV cache (plus one rotated copy of the keys where a
+    method keeps one, ``rotated_keys``: Mesa's decode memo)."""
+    d = model_dims(config)
+    kv = (3 if rotated_keys else 2) * d.layers * d.kv_heads * d.head_dim * length
+    return int(dtype_bytes * (n_params + kv))
+
+
+def floors(row: dict, machine: dict, config, n_params: int) -> dict:
+    """The limits of a point row on the machine of ``machine`` (a ``kind:
+    machine`` row): ``prefill_floor_s`` (useful FLOPs at the matmul rate) and,
+    with a memory bandwidth, ``decode_floor_ms`` (:func:`decode_bytes` at it)."""
+    out = {"prefill_floor_s": row["useful_flops"] / (machine["matmul_gflops"] * 1e9)}
+    if machine.get("memory_gbps"):
+        b = decode_bytes(config, row["length"], dtype_bytes=2 if row["dtype"] in (
+            "bfloat16", "float16") else 4, n_params=n_params,
+            rotated_keys=not METHODS[row["method"]].native)
+        out["decode_floor_ms"] = 1e3 * b / (machine["memory_gbps"] * 1e9)
+    return out
+
+
+def model_gemms(config, rows: int = 4096) -> list[tuple[int, int, int]]:
+    """``(m, k, n)`` of a model's linear layers for ``rows`` tokens: q/o, k/v
+    and the MLP's up and down products."""
+    d = model_dims(config)
+    return [(rows, d.hidden, d.heads * d.head_dim), (rows, d.hidden, d.kv_heads * d.head_dim),
+            (rows, d.hidden, d.intermediate), (rows, d.intermediate, d.hidden)]
 
 
 # -- which SDPA kernel ran --------------------------------------------------------------------
@@ -376,10 +453,14 @@ def _todo(out: Path, common: dict, methods, lengths) -> list[tuple[str, int]]:
 
 
 def machine_row(device: str, dtype: str, matmul_size: int | None = None,
-                extra: dict | None = None) -> dict:
-    """The ``kind: machine`` row: dense matmul rate, threads, device name."""
+                extra: dict | None = None, shapes=()) -> dict:
+    """The ``kind: machine`` row: dense matmul rate (the best of
+    :func:`matmul_rates`, each in ``matmul_rates``), memory bandwidth
+    (:func:`memory_gbps`), threads, device name."""
     import torch
-    row = {"kind": "machine", "matmul_gflops": matmul_gflops(device, dtype, matmul_size),
+    rates = matmul_rates(device, dtype, matmul_size, shapes=shapes)
+    row = {"kind": "machine", "matmul_gflops": max(rates.values()), "matmul_rates": rates,
+           "memory_gbps": memory_gbps(device, dtype, 16 if matmul_size else None),
            "device": device, "dtype": dtype, "threads": torch.get_num_threads(),
            "torch": torch.__version__,
            "device_name": (torch.cuda.get_device_name(device) if device.startswith("cuda")
@@ -512,7 +593,8 @@ def run(model, methods, lengths, out, *, model_name: str = "model",
     todo = _todo(out, grid.common, methods, lengths)
     if not todo:
         return []
-    rows = [machine_row(grid.device, grid.common["dtype"], matmul_size, extra)] if machine else []
+    rows = [machine_row(grid.device, grid.common["dtype"], matmul_size, extra,
+                        () if matmul_size else model_gemms(model.config))] if machine else []
     for row in rows:
         append_jsonl(out, row)
     _warm_up(model, settings.seed)

@@ -30,8 +30,15 @@ and returns ``[batch, head, q_len, v_dim]``.  It must hold no ``[n, n]``
 matrix: query blocks sized by ``attention_sets.block_size``.  ``blocked_rows(
 method, seq_len) -> int`` (default: every row) tells the memory estimate how
 many query rows of a prefill the kernel scores in blocks against (up to) all
-keys, 0 where SDPA's fused causal kernel serves.  GPU-only variants (Triton,
-...) dispatch inside an entry on ``q.device``, beside the CPU path.
+keys, 0 where SDPA's fused causal kernel serves; ``kv_copies`` how many O(n)
+key or value copies of one layer it holds.  ``fused(method, i0) -> Rules |
+None`` gives the position rules of the one-launch kernel (``mesa_viz.fused``;
+:func:`attend` runs ``mesa_viz.triton_stair`` with them on CUDA where
+``triton`` imports, :func:`use_fused`), so a new method whose positions are an
+affine-floor rule per key set gets the fused launch by declaring them.
+
+A decode step reuses the keys rotated at the steps before it through the
+application's :class:`DecodeMemo` (on the forward's :class:`RopeTables`).
 
 Stair PE (Mesa's last chunk, the ``stair`` method) is one piece of code,
 :func:`_stair_rows`, over a :class:`StairGeometry`, whose docstring holds the
@@ -40,20 +47,26 @@ residue-class factorisation.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import numpy as np
 import torch
 
 from . import attention_sets as sets
+from .fused import Rules
 from .methods import (DynamicNTK, LeakyReRoPE, LMInfinite, Mesa, Method, Origin, ReRoPE,
                       Stair, StreamingLLM)
 
 __all__ = ["Rope", "RopeTables", "rotate", "attend", "kernel", "kernel_for", "Kernel",
-           "KERNELS", "StairGeometry", "dense_rows", "dense_logits"]
+           "KERNELS", "StairGeometry", "dense_rows", "dense_logits", "DecodeMemo", "use_fused",
+           "fused_rules"]
+
+log = logging.getLogger(__name__)
 
 
 # -- RoPE -------------------------------------------------------------------------------
@@ -86,12 +99,23 @@ class RopeTables:
     :func:`attend` refuses tables made for another method value, and a kernel's
     ``key`` names positions within one forward of one method (e.g.
     ``("lin", a, b)`` for ``a..b-1``).
+
+    ``memo`` (a :class:`DecodeMemo`, set by the application) and ``layer``
+    (the layer being computed) let a decode step reuse the rotated keys of the
+    steps before it; None when ``attend`` is called alone.
     """
 
-    __slots__ = ("rope", "method", "_tables")
+    __slots__ = ("rope", "method", "_tables", "memo", "layer")
 
-    def __init__(self, rope: Rope, method: Method):
+    def __init__(self, rope: Rope, method: Method, memo: "DecodeMemo | None" = None):
         self.rope, self.method, self._tables = rope, method, {}
+        self.memo, self.layer = memo, None
+
+    def table(self, key, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """A table of this forward shared by its layers: ``make()`` once per ``key``."""
+        if key not in self._tables:
+            self._tables[key] = make()
+        return self._tables[key]
 
     def cos_sin(self, pos: torch.Tensor, dtype: torch.dtype, key=None):
         """:meth:`Rope.cos_sin`, kept under ``(key, dtype)`` when ``key`` is given."""
@@ -110,14 +134,91 @@ def rotate(x: torch.Tensor, rope: "Rope | RopeTables", pos: torch.Tensor,
     C, S = rope.cos_sin(pos, x.dtype) if key is None else rope.cos_sin(pos, x.dtype, key)
     half = C.shape[-1]
     xr = x[..., :2 * half].unflatten(-1, (2, half))                 # [..., L, 2, half]
-    out = torch.addcmul(xr * C, xr.flip(-2), S).flatten(-2)
+    if torch.is_grad_enabled() and x.requires_grad:                 # autograd: no out= ops
+        out = torch.addcmul(xr * C, xr.flip(-2), S).flatten(-2)
+        return torch.cat((out, x[..., 2 * half:]), dim=-1) if 2 * half < x.shape[-1] else out
+    shape = x.shape[:-2] + (C.shape[0], x.shape[-1])          # x has len(pos) rows, or 1
+    out = torch.empty(shape, dtype=x.dtype, device=x.device)   # written in place: no temporaries
+    o = out[..., :2 * half].unflatten(-1, (2, half))
+    torch.mul(xr, C, out=o)
+    o[..., 0, :].addcmul_(xr[..., 1, :], S[..., 0, :])
+    o[..., 1, :].addcmul_(xr[..., 0, :], S[..., 1, :])
     if 2 * half < x.shape[-1]:
-        out = torch.cat((out, x[..., 2 * half:]), dim=-1)
+        out[..., 2 * half:] = x[..., 2 * half:]
     return out
+
+
+class DecodeMemo:
+    """Keys rotated during earlier decode steps of one sequence, per layer and
+    rotation rule, so a step rotates only the keys new to it (a generated token
+    adds one key a step).  Made by the application at every prefill; an entry
+    whose source keys changed (another cache, a beam reordering, a cropped
+    cache) is dropped and rebuilt, so a stale rotation is never used.  Holds at
+    most one rotated copy of a layer's keys per rule (decode only)."""
+
+    def __init__(self):
+        self._entries: dict = {}
+
+    def rotated(self, layer: int, rule, k: torch.Tensor, j0: int, j1: int,
+                position: Callable[[torch.Tensor], torch.Tensor], rope) -> torch.Tensor:
+        """``k[:, :, j0:j1]`` rotated to ``position(j)`` (``rule`` names the
+        position function; it must not change within a sequence)."""
+        e = self._entries.get((layer, rule))
+        if e is None or not e.serves(k, j0, j1):
+            e = self._entries[layer, rule] = _MemoEntry(j0, k)
+        e.extend(k, j1, position, rope, rule)
+        return e.buf[:, :, j0 - e.start:j1 - e.start]
+
+
+class _MemoEntry:
+    """Rotated keys ``start..hi-1`` of one layer and rule in a growing buffer,
+    with probes of their source keys (first, last) to check it still applies."""
+
+    def __init__(self, start: int, k: torch.Tensor):
+        self.start, self.hi = start, start
+        self.buf = k.new_empty(k.shape[:2] + (0, k.shape[-1]))
+        self.probe = None
+
+    def serves(self, k, j0: int, j1: int) -> bool:
+        if j0 < self.start or j1 < self.hi or k.shape[:2] != self.buf.shape[:2]:
+            return False
+        if self.probe is None:
+            return True
+        first, last = self.probe
+        return torch.equal(k[:, :, self.start], first) and torch.equal(k[:, :, self.hi - 1], last)
+
+    def extend(self, k, j1: int, position, rope, rule) -> None:
+        if j1 <= self.hi:
+            return
+        need = j1 - self.start
+        if need > self.buf.shape[2]:
+            grown = k.new_empty(k.shape[:2] + (need + max(256, need // 8), k.shape[-1]))
+            grown[:, :, :self.hi - self.start] = self.buf[:, :, :self.hi - self.start]
+            self.buf = grown
+        j = _arange(self.hi, j1, k.device)
+        self.buf[:, :, self.hi - self.start:need] = rotate(
+            k[:, :, self.hi:j1], rope, position(j),
+            ("memo", rule, self.hi, j1) if isinstance(rope, RopeTables) else None)
+        self.hi = j1
+        self.probe = (k[:, :, self.start].clone(), k[:, :, j1 - 1].clone())
+
+
+def _memo_keys(rope, k, j0: int, j1: int, rule, position) -> torch.Tensor:
+    """``k[:, :, j0:j1]`` rotated to ``position(j)``: from the decode memo
+    where the application keeps one, rotated here otherwise."""
+    memo, layer = getattr(rope, "memo", None), getattr(rope, "layer", None)
+    if memo is None or layer is None:
+        return rotate(k[:, :, j0:j1], rope, position(_arange(j0, j1, k.device)))
+    return memo.rotated(layer, rule, k, j0, j1, position, rope)
 
 
 def _arange(a, b, device):
     return torch.arange(a, b, device=device)
+
+
+def _same(j: torch.Tensor) -> torch.Tensor:
+    """Linear key positions: ``j``."""
+    return j
 
 
 # -- the registry -----------------------------------------------------------------------
@@ -132,10 +233,16 @@ def _every_row(method: Method, seq_len: int) -> int:
 @dataclass(frozen=True)
 class Kernel:
     """A registry entry: ``run(method, q, k, v, i0, rope, scale, backend)``
-    (module doc) and ``blocked_rows(method, seq_len)`` for memory estimates."""
+    (module doc), and for memory estimates ``blocked_rows(method, seq_len)``
+    and ``kv_copies`` (O(n) copies of one layer's keys and values the kernel
+    holds at once, in KV widths; None: ``mesa_viz.memory``'s default), and
+    ``fused(method, i0) -> Rules | None``: the position rules of queries from
+    ``i0`` for the one-launch kernel (``mesa_viz.fused``; None: not served)."""
 
     run: KernelFn
     blocked_rows: Callable[[Method, int], int] = _every_row
+    kv_copies: float | None = None
+    fused: "Callable[[Method, int], Rules | None] | None" = None
 
 
 #: Method class -> Kernel; written only at import, by :func:`kernel`.
@@ -144,15 +251,17 @@ _REGISTRY: dict[type[Method], Kernel] = {}
 KERNELS = MappingProxyType(_REGISTRY)
 
 
-def kernel(*classes: type[Method], blocked_rows: Callable[[Method, int], int] = _every_row):
+def kernel(*classes: type[Method], blocked_rows: Callable[[Method, int], int] = _every_row,
+           kv_copies: float | None = None, fused=None):
     """Decorator registering a kernel for each of ``classes`` (exact classes:
-    a subclass needs its own entry)."""
+    a subclass needs its own entry); ``blocked_rows``, ``kv_copies``,
+    ``fused``: see :class:`Kernel`."""
     def register(fn: KernelFn) -> KernelFn:
         for cls in classes:
             if cls in _REGISTRY:
                 raise ValueError(f"method class {cls.__name__} already has a kernel "
                                  f"({_REGISTRY[cls].run.__name__})")
-            _REGISTRY[cls] = Kernel(fn, blocked_rows)
+            _REGISTRY[cls] = Kernel(fn, blocked_rows, kv_copies, fused)
         return fn
     return register
 
@@ -176,12 +285,46 @@ def attend(method: Method, q, k, v, i0: int, rope: "Rope | RopeTables", scale: f
     a :class:`Rope` (tables made for this call) or this forward's
     :class:`RopeTables`.  Returns ``[b, h, q_len, d_v]``.
     """
-    run = kernel_for(method).run
+    entry = kernel_for(method)
     tables = rope if isinstance(rope, RopeTables) else RopeTables(rope, method)
     if tables.method != method:
         raise ValueError(f"RopeTables made for {tables.method!r} cannot serve {method!r}: "
                          "make one per forward and method")
-    return run(method, q, k, v, i0, tables, scale, backend)
+    rules = fused_rules(method, i0) if q.shape[2] > 1 and use_fused(q, tables) else None
+    if rules is not None:
+        from .triton_stair import fused_attention
+        return fused_attention(q, k, v, i0, tables.rope.inv_freq, scale, rules)[0]
+    return entry.run(method, q, k, v, i0, tables, scale, backend)
+
+
+def fused_rules(method: Method, i0: int) -> "Rules | None":
+    """The one-launch kernel's position rules for the method's queries from
+    ``i0`` (its registry entry's ``fused``), or None where it does not serve."""
+    fn = kernel_for(method).fused
+    return None if fn is None else fn(method, i0)
+
+
+def use_fused(q: torch.Tensor, rope: RopeTables) -> bool:
+    """Whether the Triton kernel (``mesa_viz.triton_stair``) serves: CUDA
+    tensors, ``triton`` importable, full rotary with a power-of-two head size,
+    no cos/sin scaling.  The only decision for it (tests replace it)."""
+    half, d = rope.rope.inv_freq.shape[0], q.shape[-1]
+    return (q.is_cuda and d == 2 * half and d & (d - 1) == 0 and rope.rope.scaling == 1.0
+            and _triton_importable())
+
+
+@functools.cache
+def _triton_importable() -> bool:
+    """Whether ``triton`` imports (checked, and said in the log, once)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        log.info("triton is not importable: Mesa's last chunk and the near/far methods run "
+                 "their torch kernels (one launch per key set) on CUDA")
+        return False
+    log.info("triton %s: Mesa's last chunk and the near/far methods run one fused launch "
+             "per layer on CUDA (mesa_viz.triton_stair)", triton.__version__)
+    return True
 
 
 # -- origin -----------------------------------------------------------------------------
@@ -191,10 +334,11 @@ def origin(method, q, k, v, i0, rope, scale, backend):
     """Linear positions: query ``i`` and key ``j`` rotated to ``i`` and ``j``."""
     Lq, Lk, dev = q.shape[2], k.shape[2], q.device
     qr = rotate(q, rope, _arange(i0, i0 + Lq, dev), ("lin", i0, i0 + Lq))
+    if Lq == 1:                                           # decode: keys rotated once
+        kr = _memo_keys(rope, k, 0, Lk, "lin", _same)
+        return _softmax_pv([_row_scores(qr, kr)], v, scale, q, backend)
     kr = rotate(k, rope, _arange(0, Lk, dev), ("lin", 0, Lk))
-    if Lq == 1:
-        return sets.sdpa(qr, kr, v, None, scale, backend)
-    if backend == "sdpa" and i0 == 0 and Lq == Lk:        # flash/efficient causal kernel
+    if backend in sets.FUSED_BACKENDS and i0 == 0 and Lq == Lk:  # flash/efficient causal kernel
         return sets.causal_sdpa(qr, kr, v, scale)
     out = []
     B = sets.block_size(q, Lk, backend)
@@ -252,14 +396,21 @@ def _at_window(window):
     return (lambda i: torch.full_like(i, window)), (lambda j: torch.zeros_like(j))
 
 
-@kernel(ReRoPE)
+def _window_rules(window: int, leak: float = math.inf) -> Rules:
+    """Far keys at ``window + (i - j - window) / leak`` (ReRoPE: ``leak = inf``)."""
+    if math.isinf(leak):
+        return Rules(near=window, qb=float(window))
+    return Rules(near=window, qa=1 / leak, qb=window * (1 - 1 / leak), ka=1 / leak)
+
+
+@kernel(ReRoPE, fused=lambda m, i0: _window_rules(m.window))
 def rerope(method, q, k, v, i0, rope, scale, backend):
     """Far keys at ``window``: query rotated to ``window``, keys to 0."""
     w = method.window
     return _beyond_window(q, k, v, i0, rope, scale, backend, w, *_at_window(w))
 
 
-@kernel(LeakyReRoPE)
+@kernel(LeakyReRoPE, fused=lambda m, i0: _window_rules(m.window, m.leak))
 def leaky_rerope(method, q, k, v, i0, rope, scale, backend):
     """Far keys at ``w + (i - j - w) / leak``: query at ``i / leak + w (1 - 1/leak)``,
     key at ``j / leak`` (an infinite ``leak`` is ReRoPE)."""
@@ -280,7 +431,9 @@ def _sinks(method, q, k, v, i0, rope, scale, backend, q_pos, k_pos):
                      far_visible=lambda i, j: (i - j >= W) & (j < S))
 
 
-@kernel(StreamingLLM)
+@kernel(StreamingLLM, fused=lambda m, i0: Rules(
+    near=m.window, far_limit=m.sink_tokens, qa=1.0, qmax=float(m.sink_tokens + m.window - 1),
+    ka=1.0))
 def streaming_llm(method, q, k, v, i0, rope, scale, backend):
     """Sinks at their cache slots: query at ``min(i, sink_tokens + window - 1)``."""
     last_slot = method.sink_tokens + method.window - 1
@@ -288,7 +441,8 @@ def streaming_llm(method, q, k, v, i0, rope, scale, backend):
                   lambda i: torch.clamp(i, max=last_slot), lambda j: j)
 
 
-@kernel(LMInfinite)
+@kernel(LMInfinite, fused=lambda m, i0: Rules(near=m.window, far_limit=m.sink_tokens,
+                                             qb=float(m.window)))
 def lm_infinite(method, q, k, v, i0, rope, scale, backend):
     """Sinks at distance ``window``."""
     return _sinks(method, q, k, v, i0, rope, scale, backend, *_at_window(method.window))
@@ -357,52 +511,68 @@ class StairGeometry:
                                rounding_mode="floor"))
 
 
-class _StairKeys(NamedTuple):
-    """The keys of one :func:`_stair_rows` call, prepared once for every class."""
-
-    k: torch.Tensor                  # [b, kv_h, kv_len, d] un-rotated
-    v: torch.Tensor
-    near: torch.Tensor               # keys D.. at their own positions
-    deep: tuple | None               # (k_deep, v_deep, bounds) of _deep_keys, or None
-
-
-class _ClassRows(NamedTuple):
-    """The queries of one residue class ``r``, rotated for each key set."""
-
-    r: int
-    pos: torch.Tensor                # [R] absolute positions i
-    near: torch.Tensor               # [b, h, R, d] at i
-    step: torch.Tensor               # at m
-    step1: torch.Tensor | None       # at m + 1 (for the deep keys), or None
-
-
 def _stair_rows(q, k, v, i0, rope, scale, backend, last_start, stair_start, stair_width):
     """Queries ``i0..`` (all ``>= last_start``) over keys ``0..i`` with per-query
     Stair PE (:class:`StairGeometry`).  ``q [b, h, q_len, d]``, ``k, v [b,
-    kv_h, i0 + q_len, d]``; returns ``[b, h, q_len, d_v]``."""
+    kv_h, i0 + q_len, d]``; returns ``[b, h, q_len, d_v]``.
+
+    Near keys (``i - j < N``) are scored for all rows at once at their own
+    positions (:func:`_stair_near`), far keys by residue class
+    (:func:`_stair_far`); the two merge by log-sum-exp."""
     if q.shape[2] == 1:                                   # a generated token
-        return _stair_one(q, k, v, i0, rope, scale, backend, stair_start, stair_width)
+        return _stair_one(q, k, v, i0, rope, scale, backend, last_start, stair_start,
+                          stair_width)
     geo = StairGeometry.for_queries(i0, last_start, stair_start, stair_width)
-    D, E, dev = geo.deep, stair_width, q.device
-    Lk, Lq = k.shape[2], q.shape[2]
-    k_near = rotate(k[:, :, D:], rope, _arange(D, Lk, dev), ("lin", D, Lk))
-    keys = _StairKeys(k, v, k_near, _deep_keys(k, v, rope, geo) if D else None)
-    out = torch.empty(q.shape[:3] + (v.shape[-1],), dtype=q.dtype, device=dev)
+    pos = _arange(i0, k.shape[2], q.device)
+    parts = [_stair_near(q, k, v, pos, rope, scale, backend, geo)] if stair_start else []
+    if k.shape[2] - 1 >= stair_start:                     # some row has far keys
+        parts.append(_stair_far(q, k, v, pos, rope, scale, backend, geo))
+    return sets.merge_lse(parts)[0]
+
+
+def _stair_near(q, k, v, pos, rope, scale, backend, geo: StairGeometry):
+    """``(out, lse)`` of queries at ``pos`` over their near keys ``0 <= i - j
+    < N`` at linear positions, in blocks of rows (keys past the deep ones)."""
+    N, D, dev = geo.stair_start, geo.deep, q.device
+    i0, Lk = int(pos[0]), k.shape[2]
+    kn = rotate(k[:, :, D:], rope, _arange(D, Lk, dev), ("lin", D, Lk))
+    qn = rotate(q, rope, pos, ("lin", i0, Lk))
+    B = sets.block_size(q, 2 * N, backend)
+    out = []
+    for a in range(0, len(pos), B):
+        ib = pos[a:a + B]
+        n0, n1 = max(D, int(ib[0]) - N + 1), int(ib[-1]) + 1
+        jn = _arange(n0, n1, dev)
+        mask = (jn[None, :] <= ib[:, None]) & (ib[:, None] - jn[None, :] < N)
+        out.append(sets.attend_lse(qn[:, :, a:a + B], kn[:, :, n0 - D:n1 - D], v[:, :, n0:n1],
+                                   mask, scale, backend))
+    return _cat_lse(out)
+
+
+def _cat_lse(parts):
+    """``(out, lse)`` pieces of consecutive rows joined along the rows."""
+    return tuple(torch.cat(x, dim=2) for x in zip(*parts)) if len(parts) > 1 else parts[0]
+
+
+def _no_keys(q, v):
+    """``(out, lse)`` of rows that see no key of a set (weight 0 in a merge)."""
+    shape = q.shape[:3]
+    return (q.new_zeros(shape + (v.shape[-1],)),
+            torch.full(shape, -math.inf, dtype=torch.float32, device=q.device))
+
+
+def _stair_far(q, k, v, pos, rope, scale, backend, geo: StairGeometry):
+    """``(out, lse)`` of queries at ``pos`` over their far keys (``i - j >=
+    N``), one residue class at a time (:class:`StairGeometry`); ``lse =
+    -inf`` for rows without far keys."""
+    E, Lq = geo.stair_width, q.shape[2]
+    deep = _deep_keys(k, v, rope, geo) if geo.deep else None
+    out, lse = _no_keys(q, v)
     for x in range(min(E, Lq)):                           # one residue class each
-        idx = torch.arange(x, Lq, E, device=dev)
-        rows = _class_rows(geo, q[:, :, idx], i0 + idx, rope, (i0, Lq, x))
-        out[:, :, idx] = _stair_class(geo, rows, keys, rope, scale, backend)
-    return out
-
-
-def _class_rows(geo: StairGeometry, q, i, rope, name) -> _ClassRows:
-    """The queries ``q [b, h, R, d]`` at positions ``i`` of one residue class,
-    rotated at ``i``, at their step ``m`` and (with deep keys) at ``m + 1``;
-    ``name`` keys their tables."""
-    step = geo.step(i)
-    return _ClassRows(geo.residue(int(i[0])), i, rotate(q, rope, i, ("lin-class", *name)),
-                      rotate(q, rope, step, ("stair-q", *name)),
-                      rotate(q, rope, step + 1, ("stair-q1", *name)) if geo.deep else None)
+        idx = torch.arange(x, Lq, E, device=q.device)
+        out[:, :, idx], lse[:, :, idx] = _stair_class(geo, q[:, :, idx], pos[idx], k, v, deep,
+                                                      rope, scale, backend)
+    return out, lse
 
 
 def _deep_keys(k, v, rope, geo: StairGeometry):
@@ -420,41 +590,97 @@ def _deep_keys(k, v, rope, geo: StairGeometry):
     return kd, v.index_select(2, order), bounds
 
 
-def _stair_class(geo: StairGeometry, rows: _ClassRows, keys: _StairKeys, rope, scale, backend):
-    """The queries of one residue class over near keys, far keys past the deep
-    ones (rotated here to :meth:`StairGeometry.key_position`) and the deep keys
-    (:func:`_deep_keys`), in query blocks."""
-    N, E, D, r = geo.stair_start, geo.stair_width, geo.deep, rows.r
-    dev = rows.near.device
-    f_all = max(D, int(rows.pos[-1]) - N + 1)             # far keys of the last query
+def _stair_class(geo: StairGeometry, q, i, k, v, deep, rope, scale, backend):
+    """``(out, lse)`` of the queries ``q [b, h, R, d]`` at positions ``i`` of
+    one residue class ``r`` over their far keys: the deep keys (:func:`_deep_keys`,
+    query at ``m`` for groups ``b_j < E - r``, at ``m + 1`` for the rest; no
+    mask) and the far keys past them, rotated here to
+    :meth:`StairGeometry.key_position` (masked ``i - j >= N``), in row blocks."""
+    N, D, dev = geo.stair_start, geo.deep, q.device
+    r, name = geo.residue(int(i[0])), (int(i[0]), int(i[-1]), len(i))
+    step = geo.step(i)
+    q_step = rotate(q, rope, step, ("stair-q", *name))
+    f_all = max(D, int(i[-1]) - N + 1)                    # far keys of the last query
     je = _arange(D, f_all, dev)
-    k_edge = rotate(keys.k[:, :, D:f_all], rope, geo.key_position(je, r), ("stair-k", r, D, f_all))
+    k_edge = rotate(k[:, :, D:f_all], rope, geo.key_position(je, r), ("stair-k", r, D, f_all))
     deep_sets = []
-    if keys.deep is not None:
-        kd, vd, bounds = keys.deep
-        cut = bounds[E - r]
-        deep_sets = [(kd[:, :, :cut], vd[:, :, :cut], None),
-                     (kd[:, :, cut:], vd[:, :, cut:], rows.step1)]
+    if deep is not None:
+        kd, vd, bounds = deep
+        cut = bounds[geo.stair_width - r]
+        deep_sets = [(q_step, kd[:, :, :cut], vd[:, :, :cut]),
+                     (rotate(q, rope, step + 1, ("stair-q1", *name)), kd[:, :, cut:],
+                      vd[:, :, cut:])]
+    B = sets.block_size(q, k.shape[2], backend)
     out = []
-    B = sets.block_size(rows.near, keys.k.shape[2] + N, backend)
-    for a in range(0, rows.near.shape[2], B):
-        ib = rows.pos[a:a + B]
-        lo, hi = int(ib[0]), int(ib[-1])
-        n0, f1 = max(0, lo - N + 1), max(D, hi - N + 1)
-        jn = _arange(n0, hi + 1, dev)
-        near_mask = (jn[None, :] <= ib[:, None]) & (ib[:, None] - jn[None, :] < N)
-        far_mask = ib[:, None] - je[None, :f1 - D] >= N
-        q_step = rows.step[:, :, a:a + B]
-        key_sets = [(rows.near[:, :, a:a + B], keys.near[:, :, n0 - D:hi + 1 - D],
-                     keys.v[:, :, n0:hi + 1], near_mask),
-                    (q_step, k_edge[:, :, :f1 - D], keys.v[:, :, D:f1], far_mask)]
-        key_sets += [(q_step if q_deep is None else q_deep[:, :, a:a + B], kx, vx, None)
-                     for kx, vx, q_deep in deep_sets]
-        out.append(sets.attend_sets(key_sets, scale, backend))
-    return torch.cat(out, dim=2)
+    for a in range(0, len(i), B):
+        ib = i[a:a + B]
+        parts = [sets.attend_lse(qx[:, :, a:a + B], kx, vx, None, scale, backend)
+                 for qx, kx, vx in deep_sets if kx.shape[2]]
+        f1 = max(D, int(ib[-1]) - N + 1)
+        if f1 > D:
+            mask = ib[:, None] - je[None, :f1 - D] >= N
+            parts.append(sets.attend_lse(q_step[:, :, a:a + B], k_edge[:, :, :f1 - D],
+                                         v[:, :, D:f1], mask, scale, backend))
+        out.append(sets.merge_lse(parts) if parts else _no_keys(q[:, :, a:a + B], v))
+    return _cat_lse(out)
 
 
-def _stair_one(q, k, v, i, rope, scale, backend, stair_start, stair_width):
+def _stair_one(q, k, v, i, rope, scale, backend, last_start, stair_start, stair_width):
+    """One query at ``i`` over keys ``0..i`` with per-query Stair PE: with the
+    application's decode memo, :func:`_stair_one_memo`; alone, without
+    rotating the far keys (:func:`_stair_runs`)."""
+    if getattr(rope, "memo", None) is not None and getattr(rope, "layer", None) is not None:
+        return _stair_one_memo(q, k, v, i, rope, scale, backend,
+                               StairGeometry(last_start, stair_start, stair_width))
+    return _stair_runs(q, k, v, i, rope, scale, backend, stair_start, stair_width)
+
+
+def _stair_one_memo(q, k, v, i, rope, scale, backend, geo: StairGeometry):
+    """One query at ``i`` (class ``r``, step ``m``) with the far keys kept
+    rotated between steps at ``-(N + a_j)`` (:class:`StairGeometry`, in cache
+    order) and the near keys at ``j``: each step rotates only its new keys.
+    Far key ``j`` scores with the query at ``m`` where ``b_j < E - r``, at
+    ``m + 1`` elsewhere: one product for both, then a per-key choice.
+    ``q [b, h, 1, d]``, ``k, v [b, kv_h, i+1, d]``; returns ``[b, h, 1, d_v]``."""
+    N, E, s = geo.stair_start, geo.stair_width, geo.last_start
+    bsz, h, _, d = q.shape
+    kvh, dev = k.shape[1], q.device
+    rep, n_far = h // kvh, max(0, i - N + 1)
+    k_near = _memo_keys(rope, k, n_far, i + 1, "lin", _same)
+    scores = [_row_scores(rotate(q, rope, _arange(i, i + 1, dev), ("lin", i, i + 1)), k_near)]
+    if n_far:
+        k_far = _memo_keys(rope, k, 0, n_far, ("stair-far", s, N, E),
+                           lambda j: geo.key_position(j, 0))
+        m = geo.step(_arange(i, i + 1, dev))
+        q_ab = rotate(q.expand(bsz, h, 2, d), rope, torch.cat((m, m + 1)), ("stair-q-ab", i))
+        s_ab = torch.matmul(q_ab.reshape(bsz, kvh, rep * 2, d), k_far.transpose(-1, -2))
+        s_ab = s_ab.view(bsz, kvh, rep, 2, n_far)
+        r = geo.residue(i)
+        at_m = rope.table(("stair-at-m", s, N, E, r, n_far), lambda: torch.remainder(
+            s - N - _arange(0, n_far, dev), E) < E - r)
+        scores.insert(0, torch.where(at_m, s_ab[:, :, :, 0], s_ab[:, :, :, 1]))
+    return _softmax_pv(scores, v, scale, q, backend)
+
+
+def _row_scores(q_rot, k_rot):
+    """Scores ``[b, kv_h, rep, L]`` of one rotated query ``[b, h, 1, d]``
+    against rotated keys ``[b, kv_h, L, d]`` (GQA folded: no key copies)."""
+    b, h, _, d = q_rot.shape
+    return torch.matmul(q_rot.reshape(b, k_rot.shape[1], h // k_rot.shape[1], d),
+                        k_rot.transpose(-1, -2))
+
+
+def _softmax_pv(scores, v, scale, q, backend):
+    """One query's output ``[b, h, 1, d_v]`` from its scores ``[b, kv_h, rep,
+    L_s]`` over consecutive key ranges covering ``v [b, kv_h, sum L_s, d_v]``."""
+    logits = torch.cat(scores, dim=-1).float() * scale if len(scores) > 1 else \
+        scores[0].float() * scale
+    p = torch.softmax(logits, dim=-1).to(v.dtype)
+    out = sets.pv(p, v, split=not sets.uses_cpu_paths(q, backend))
+    return out.reshape(q.shape[0], q.shape[1], 1, -1)
+
+
+def _stair_runs(q, k, v, i, rope, scale, backend, stair_start, stair_width):
     """One query at ``i`` over keys ``0..i`` with per-query Stair PE, without
     rotating the far keys.  Far keys with the same step ``P(i - j) = N + g``
     form runs of ``E`` (a shorter run first), so the query is rotated to each
@@ -481,12 +707,11 @@ def _stair_one(q, k, v, i, rope, scale, backend, stair_start, stair_width):
             scores.insert(0, s_runs.transpose(2, 3).reshape(bsz, kvh, rep, runs * E))
         if short:
             scores.insert(0, torch.matmul(qs[:, :, :, 0], k[:, :, :short].transpose(-1, -2)))
-    logits = torch.cat(scores, dim=-1).float() * scale                  # [b, kvh, rep, i+1]
-    p = torch.softmax(logits, dim=-1).to(v.dtype)
-    return sets.pv(p, v, split=not sets.uses_cpu_paths(q, backend)).reshape(bsz, h, 1, -1)
+    return _softmax_pv(scores, v, scale, q, backend)
 
 
-@kernel(Stair)
+@kernel(Stair, fused=lambda m, i0: Rules(near=m.stair_start,
+                                         stair=(0, m.stair_start, m.stair_width)))
 def stair(method, q, k, v, i0, rope, scale, backend):
     """Stair PE over the whole causal matrix: Mesa's last-chunk rows with the
     last chunk starting at 0."""
@@ -497,32 +722,65 @@ def stair(method, q, k, v, i0, rope, scale, backend):
 # -- Mesa -------------------------------------------------------------------------------
 
 def _mesa_blocked_rows(method: Mesa, seq_len: int) -> int:
+    """No rows against masked blocks of every key: the middle chunks see
+    ``first + C`` keys, the last chunk's near masks span ``stair_start`` plus a
+    block and its deep far keys go unmasked (GPU: matmul scores within
+    ``attention_sets.SCORE_BUDGET``, counted by the memory estimate)."""
+    return 0
+
+
+#: The last piece's O(n) copies of one layer: the deep keys and their values
+#: (:func:`_deep_keys`) and transients (the cache is presized by ``apply``).
+MESA_KV_COPIES = 3
+
+
+def _mesa_fused(method: Mesa, i0: int) -> "Rules | None":
+    """Rules of a forward of last-chunk rows (a prefill's last piece):
+    per-query Stair PE from the last chunk's start (no log scaling)."""
     plan = method.plan()
-    return 0 if len(plan.chunks) == 1 else int(seq_len) - plan.last_start
+    if len(plan.chunks) == 1 or i0 < plan.last_start or method.stair != "per-query" \
+            or method.log_scaling:
+        return None
+    return Rules(near=method.stair_start,
+                 stair=(plan.last_start, method.stair_start, method.stair_width))
 
 
-@kernel(Mesa, blocked_rows=_mesa_blocked_rows)
+@kernel(Mesa, blocked_rows=_mesa_blocked_rows, kv_copies=MESA_KV_COPIES, fused=_mesa_fused)
 def mesa(method, q, k, v, i0, rope, scale, backend):
-    """Origin up to ``train_length``; past it the first chunk causally, the
-    middle chunks as one batch, the last chunk (and every generated token) with
-    Stair PE."""
+    """Origin up to ``train_length``; past it, a forward's queries (the whole
+    prompt, one piece of :meth:`Mesa.prefill_pieces`, or generated tokens)
+    split into the first chunk (causal), whole middle chunks (one batch) and
+    last-chunk rows (Stair PE)."""
     plan = method.plan()
     if len(plan.chunks) == 1:
         return origin(method, q, k, v, i0, rope, scale, backend)
-    if i0 >= method.prefill_length:                           # generated tokens
-        return _mesa_last(method, q, k, v, i0, rope, scale, backend)
-    if i0 != 0 or q.shape[2] != method.prefill_length:
-        raise ValueError(
-            f"Mesa prefill must be one forward of the whole prompt "
-            f"({method.prefill_length} tokens) from position 0, got {q.shape[2]} "
-            f"tokens from position {i0}")
-    first, s = method.first_chunk, plan.last_start
-    parts = [origin(method, q[:, :, :first], k[:, :, :first], v[:, :, :first], 0, rope,
-                    scale, backend)]
-    if plan.middle:
-        parts.append(_mesa_middle(method, q, k, v, rope, scale, backend))
-    parts.append(_mesa_last(method, q[:, :, s:], k, v, s, rope, scale, backend))
-    return torch.cat(parts, dim=2)
+    end, s, F = i0 + q.shape[2], plan.last_start, method.first_chunk
+    _check_piece(plan, i0, end)
+    parts = []
+    if i0 == 0:
+        parts.append(origin(method, q[:, :, :F], k[:, :, :F], v[:, :, :F], 0, rope, scale,
+                            backend))
+    middle = [c for c in plan.middle if i0 <= c[0] and c[1] <= end]
+    if middle:
+        parts.append(_mesa_middle(method, q, k, v, i0, middle, rope, scale, backend))
+    if end > s:
+        a = max(i0, s)
+        parts.append(_mesa_last(method, q[:, :, a - i0:], k, v, a, rope, scale, backend))
+    return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+
+
+def _check_piece(plan, i0: int, end: int) -> None:
+    """A forward of tokens ``i0..end-1`` must start and end at chunk boundaries
+    of the plan (anywhere from the last chunk on): the chunks' layout is fixed
+    by the whole prompt (``decode == "prefill-plan"``)."""
+    s = plan.last_start
+    starts = {a for a, _ in plan.chunks}
+    if (i0 in starts or i0 > s) and (end in starts or end > s):
+        return
+    raise ValueError(
+        f"a Mesa forward of tokens {i0}..{end - 1} does not start and end at chunk "
+        f"boundaries of its prefill plan {[list(c) for c in plan.chunks]}: run the prompt in "
+        "one forward from position 0 (or in the pieces of Mesa.prefill_pieces)")
 
 
 def _log_scale(q, method: Mesa, i):
@@ -532,45 +790,44 @@ def _log_scale(q, method: Mesa, i):
     return q * f.to(q.dtype)[:, None]
 
 
-def _mesa_middle(method: Mesa, q, k, v, rope, scale, backend):
-    """All middle chunks as one batch: chunk queries see the first chunk at
-    ``0..first-1`` and themselves causally at ``first..first+C-1``.
+def _mesa_middle(method: Mesa, q, k, v, i0, middle, rope, scale, backend):
+    """Whole middle chunks ``middle`` (consecutive ``(start, stop)`` pairs) of
+    the queries from ``i0``, as one batch ``[b * chunks, h, C, d]``: each
+    chunk's queries see the first chunk at ``0..first-1`` and themselves
+    causally at ``first..first+C-1``.  Every chunk's keys are put behind the
+    first chunk's (``[b * chunks, kv_h, first + C, d]``), so each chunk is one
+    causal attention aligned at the bottom right: CPU in 256-row sub-blocks
+    (:func:`attention_sets.causal_rows_cpu`), GPU SDPA with a lower-right
+    causal bias, eager a ``[C, first + C]`` mask.  No query of the first chunk
+    is recomputed.  Returns ``[b, h, chunks * C, d_v]``."""
+    F, C, nc = method.first_chunk, method.chunk_size, len(middle)
+    a, b = middle[0][0], middle[-1][1]
+    bs, dev = q.shape[0], q.device
 
-    Each chunk is put behind a copy of the first chunk, so the whole batch is
-    one plain causal attention over ``first + C`` tokens (SDPA's fused causal
-    kernel, no mask); the first chunk's own rows are recomputed and dropped
-    (``first^2/2`` extra pairs per chunk).
-    """
-    plan = method.plan()
-    first, C = method.first_chunk, method.chunk_size
-    nc, (a, b) = len(plan.middle), (plan.middle[0][0], plan.middle[-1][1])
-    bs, h, _, d = q.shape
-    dev = q.device
-
-    def chunks(x):  # [b, H, nc*C, d] -> [b*nc, H, C, d]
-        return x[:, :, a:b].reshape(bs, x.shape[1], nc, C, x.shape[-1]).transpose(1, 2) \
+    def chunks(x, lo):  # rows a..b of x (which starts at position lo) -> [bs*nc, H, C, d]
+        x = x[:, :, a - lo:b - lo]
+        return x.reshape(bs, x.shape[1], nc, C, x.shape[-1]).transpose(1, 2) \
             .reshape(bs * nc, x.shape[1], C, x.shape[-1])
 
-    def behind_first(head, x, key):  # [b, H, first, d], [b, H, L, d] -> [b*nc, H, first+C, d]
-        head = head if key is None else rotate(head, rope, _arange(0, first, dev), key)
-        x = chunks(x) if key is None else rotate(chunks(x), rope, _arange(first, first + C, dev),
-                                                 ("lin", first, first + C))
+    def behind_first(head, x):  # [bs, H, F, d], [bs*nc, H, C, d] -> [bs*nc, H, F+C, d]
         return torch.cat((head.repeat_interleave(nc, dim=0), x), dim=2)
 
-    key = ("lin", 0, first)
-    qq, kk, vv = (behind_first(q[:, :, :first], q, key), behind_first(k[:, :, :first], k, key),
-                  behind_first(v[:, :, :first], v, None))
-    if backend == "sdpa" and sets.uses_cpu_paths(q, backend):
-        o = sets.causal_rows_cpu(qq, kk, vv, first, scale)
-    elif backend == "sdpa":
-        o = sets.causal_sdpa(qq, kk, vv, scale)[:, :, first:]
+    own = ("lin", F, F + C)
+    qc = rotate(chunks(q, i0), rope, _arange(F, F + C, dev), own)
+    kk = behind_first(rotate(k[:, :, :F], rope, _arange(0, F, dev), ("lin", 0, F)),
+                      rotate(chunks(k, 0), rope, _arange(F, F + C, dev), own))
+    vv = behind_first(v[:, :, :F], chunks(v, 0))
+    if backend in sets.FUSED_BACKENDS and sets.uses_cpu_paths(q, backend):
+        o = sets.causal_rows_cpu(qc, kk, vv, F, scale)
+    elif backend in sets.FUSED_BACKENDS:
+        o = sets.causal_lower_right_sdpa(qc, kk, vv, scale, backend)
     else:
-        mask = torch.ones(first + C, first + C, dtype=torch.bool, device=dev).tril()[first:]
-        g = max(1, sets.block_size(q, first + C, backend) // C)
-        o = torch.cat([sets.sdpa(qq[c:c + g, :, first:], kk[c:c + g], vv[c:c + g], mask, scale,
-                                 backend) for c in range(0, bs * nc, g)], dim=0)
-    o = o.reshape(bs, nc, h, C, -1).transpose(1, 2)
-    return o.reshape(bs, h, nc * C, -1)
+        mask = torch.ones(F + C, F + C, dtype=torch.bool, device=dev).tril()[F:]
+        g = max(1, sets.block_size(q, F + C, backend) // C)
+        o = torch.cat([sets.sdpa(qc[c:c + g], kk[c:c + g], vv[c:c + g], mask, scale, backend)
+                       for c in range(0, bs * nc, g)], dim=0)
+    o = o.reshape(bs, nc, o.shape[1], C, -1).transpose(1, 2)
+    return o.reshape(bs, o.shape[1], nc * C, -1)
 
 
 def _mesa_last(method: Mesa, q, k, v, i0, rope, scale, backend):

@@ -22,7 +22,10 @@ origin, rerope and chunked Mesa with ``eager``.  Measured inside
 native attention 0.82-1.00); ``tests/test_memory.py`` measures the same layer shape (two
 random layers) against the estimate on every run.  The kernels' terms follow
 ``mesa_viz/kernels.py`` as measured (2026-11-26): re-check after kernel changes (bench rows
-carry ``predicted_mem_bytes`` beside ``peak_mem_bytes``).
+carry ``predicted_mem_bytes`` beside ``peak_mem_bytes``).  Mesa past ``T`` runs its prefill
+in pieces (``apply``): the estimate holds the longest piece's activations and the last
+piece's key copies (``kernels.MESA_KV_COPIES``): 0.90-1.09 of the measured peak on a
+2-layer model of SmolLM2's layer shape at 8k tokens (``tests/test_memory.py`` checks 4096).
 
 Under glibc's default adaptive malloc policy the RSS depends on what ran
 before: freed tensors stay in a fragmented heap (the same 2k prefill measured
@@ -206,6 +209,14 @@ def _native(m: Method, capture: bool = False) -> bool:
     return m.native and not capture
 
 
+def _kv_copies(m: Method) -> float:
+    """O(n) KV-width copies the method's kernel holds (its registry entry, or
+    ``KERNEL_KV_COPIES``)."""
+    from .kernels import kernel_for
+    copies = kernel_for(m).kv_copies
+    return KERNEL_KV_COPIES if copies is None else copies
+
+
 def _kernel_area(m: Method, n: int) -> int:
     """Bytes of one 4-byte ``[query rows, keys]`` plane over the queries the
     method's kernel scores in blocks (0 where it calls the fused causal kernel)."""
@@ -217,7 +228,8 @@ def estimate_peak_bytes(config, method_name, seq_len: int, *, dtype_bytes: int =
                         backend: str = "sdpa", batch: int = 1, decode_tokens: int = 0,
                         device: str = "cpu", train_length: int | None = None,
                         logits_kept: int | None = 1, params: dict | None = None,
-                        fragmentation: float | None = None) -> int:
+                        fragmentation: float | None = None,
+                        piece_tokens: int | None = None) -> int:
     """Estimated peak activation bytes (net of weights) of one prefill of
     ``seq_len`` tokens under ``method_name`` (a name or a Method), followed by
     ``decode_tokens`` greedy steps on its cache.  ``config``: a transformers
@@ -225,27 +237,33 @@ def estimate_peak_bytes(config, method_name, seq_len: int, *, dtype_bytes: int =
 
     Terms (``b = dtype_bytes``, ``n = seq_len``, per batch row); one decoder
     layer is live at a time, and within it the MLP and the attention run one
-    after the other, so the peak is the cache plus the larger of two phases:
+    after the other, so the peak is the cache plus the larger of two phases.
+    A prefill the method runs in pieces (:meth:`Method.prefill_pieces`, at
+    most ``piece_tokens`` tokens a forward, default ``train_length // 2`` as
+    ``apply`` does: Mesa past ``T``) holds the activations of its longest
+    piece, ``p`` tokens, in place of ``n`` (``p = n`` otherwise):
 
     * KV cache ``2 * layers * kv_heads * head_dim * (n + decode_tokens) * b``
       (times ``1 + fragmentation``);
-    * MLP phase ``n * b * (4 * intermediate + 2 * hidden)`` (gate, up,
+    * MLP phase ``p * b * (4 * intermediate + 2 * hidden)`` (gate, up,
       act(gate), product; residual, norm output; 3 for ungated MLPs);
-    * attention phase ``n * b * (2 * hidden + 2 * heads * head_dim + 2 *
+    * attention phase ``p * b * (2 * hidden + 2 * heads * head_dim + 2 *
       kv_heads * head_dim)`` plus the attention working set.  Native ``sdpa``
       (origin, dynamic-ntk; Mesa up to ``T``): the fused causal kernel (CPU
       flash, CUDA flash), measured O(n), nothing more.  Native ``eager``: the
       ``[heads, n, n]`` scores twice (scores + mask, softmax output) plus the
       ``[n, n]`` float and bool masks.  Blocked kernels (``mesa_viz.kernels``:
       Mesa beyond ``T``, rerope, leaky-rerope, streaming-llm, lm-infinite):
-      O(n) copies (``KERNEL_Q_COPIES`` attention widths, ``KERNEL_KV_COPIES``
-      KV widths) plus one query block's masks, ``KERNEL_BLOCK_FACTOR`` times
+      O(p) query copies (``KERNEL_Q_COPIES`` attention widths) and O(n) key
+      copies (the kernel's ``kv_copies``, default ``KERNEL_KV_COPIES`` KV
+      widths) plus one query block's masks, ``KERNEL_BLOCK_FACTOR`` times
       its 4-byte ``rows x keys`` area, capped by ``attention_sets.SCORE_BUDGET / 2``
       (``/ (2 * heads)`` on CUDA and with eager, where blocks hold every head;
       on CPU with ``sdpa`` by ``attention_sets.CPU_BLOCK`` rows);
       ``eager`` adds the block's ``[heads, rows, keys]`` scores
       (``EAGER_SCORE_COPIES`` of them);
-    * logits ``logits_kept * vocab * b`` (all ``n`` rows if ``logits_kept`` is None);
+    * logits ``logits_kept * vocab * b`` (all ``n`` rows if ``logits_kept`` is
+      None; in pieces, the ``n * hidden * b`` final states joined as well);
     * ``fragmentation``: extra RSS per byte of KV cache from glibc's heap
       (None: ``CPU_FRAGMENTATION`` on CPU, 0 on CUDA; pass 0 to predict a
       measurement made inside :func:`exact_rss`).
@@ -268,22 +286,27 @@ def estimate_peak_bytes(config, method_name, seq_len: int, *, dtype_bytes: int =
     L, H, I = dims.layers, dims.hidden, dims.intermediate
     h, kvh, d = dims.heads, dims.kv_heads, dims.head_dim
 
+    p = _longest_piece(m, n, piece_tokens, capture=False)
+
     def phase(w):
-        return n * b * (w[0] * I * (1 if dims.gated_mlp or w[0] == 0 else 0.75)
+        return p * b * (w[0] * I * (1 if dims.gated_mlp or w[0] == 0 else 0.75)
                         + w[1] * H + w[2] * h * d + w[3] * kvh * d)
 
     kv = 2 * L * kvh * d * (n + int(decode_tokens)) * b
     kv = int(kv * (1 + fragmentation))
     rows = n if logits_kept is None else min(n, int(logits_kept))
-    logits = rows * dims.vocab * b
+    logits = rows * dims.vocab * b + (n * H * b if p < n and logits_kept is None else 0)
     attn = phase(ATTN_PHASE)
     if _native(m):
         if backend == "eager":                      # scores x2, float mask, bool mask
             attn += 2 * h * n * n * b + n * n * b + n * n
     else:
         area = _kernel_area(m, n)                   # 4-byte rows x keys of the kernel's blocks
+        if area or p < n:
+            attn += b * (p * KERNEL_Q_COPIES * h * d + n * _kv_copies(m) * kvh * d)
+        if p < n and not cpu:                       # GPU scores of few rows, by matmul
+            attn += SCORE_BUDGET
         if area:
-            attn += n * b * (KERNEL_Q_COPIES * h * d + KERNEL_KV_COPIES * kvh * d)
             # blocks hold every head on CUDA and with eager (the CPU flash path folds heads)
             per_head = backend == "eager" or not cpu
             cap = SCORE_BUDGET // (2 * h) if per_head else SCORE_BUDGET // 2
@@ -294,6 +317,15 @@ def estimate_peak_bytes(config, method_name, seq_len: int, *, dtype_bytes: int =
                 attn += int(EAGER_SCORE_COPIES * h * min(cap, area) * b / 4)
     peak = kv + max(phase(MLP_PHASE), attn)
     return int(batch) * int(peak) + int(batch) * logits
+
+
+def _longest_piece(m: Method, n: int, piece_tokens: int | None, capture: bool) -> int:
+    """Tokens of the longest forward of a prefill of ``n`` tokens under the
+    resolved ``m`` (``apply``'s pieces; ``n`` for native attention)."""
+    if _native(m, capture):
+        return n
+    budget = piece_tokens or max(1, m.train_length // 2)
+    return max(b - a for a, b in m.prefill_pieces(n, budget))
 
 
 # -- the check ------------------------------------------------------------------------

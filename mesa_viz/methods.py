@@ -53,6 +53,10 @@ memory estimates and the bench read these and never test names or classes:
     form (the bench's useful FLOPs).
 :meth:`Method.query_scale` -> ``[len(rows)]``
     A per-query multiplier on ``q`` (Mesa's ``log_scaling``), 1 elsewhere.
+:meth:`Method.prefill_pieces` -> ``((start, stop), ...)``
+    The forwards a prefill may run as, each over every layer on the same KV
+    cache, so that activations stay within ``max_tokens`` tokens (Mesa: its
+    middle chunks see only the first chunk and themselves); one by default.
 
 Adding a method: one frozen dataclass here (parameters with ``None`` defaults
 filled by ``_fill`` from ``train_length``, ``relative``, the capabilities that
@@ -169,6 +173,14 @@ class Method:
         """Per-query multiplier on ``q`` for absolute positions ``rows``
         (``[len(rows)]`` float64): 1 unless the method scales queries."""
         return np.ones(np.shape(rows), dtype=np.float64)
+
+    def prefill_pieces(self, seq_len: int, max_tokens: int) -> tuple[tuple[int, int], ...]:
+        """The consecutive ``(start, stop)`` token ranges a prefill of
+        ``seq_len`` tokens runs as, one forward each (over every layer, on the
+        same cache), none longer than ``max_tokens`` where the layout allows:
+        one forward unless a method says otherwise."""
+        _check_int("max_tokens", max_tokens, 1)
+        return ((0, int(seq_len)),)
 
     # -- RoPE frequencies -------------------------------------------------------
     def rope_parameters(self) -> dict | None:
@@ -544,6 +556,26 @@ class Mesa(Method):
         F = plan.first[1]
         middle = sum((b - a) * F + _triangle(b - a) for a, b in plan.middle)
         return _triangle(F) + middle + _triangle(n) - _triangle(plan.last_start)
+
+    def prefill_pieces(self, seq_len: int, max_tokens: int) -> tuple[tuple[int, int], ...]:
+        """Past ``train_length``: the first chunk and then consecutive middle
+        chunks, grouped into pieces of at most ``max_tokens`` tokens (at least
+        one chunk each: a middle chunk sees only the first chunk and itself),
+        then the last chunk (which sees every key) in pieces of at most
+        ``max_tokens`` rows; the prompt in one forward otherwise."""
+        _check_int("max_tokens", max_tokens, 1)
+        plan, n = self.plan(), int(seq_len)
+        if len(plan.chunks) == 1 or n != self.prefill_length:
+            return ((0, n),)
+        pieces, start = [], 0
+        for a, b in plan.chunks[:-1]:
+            if b - start > max_tokens and a > start:
+                pieces.append((start, a))
+                start = a
+        s = plan.last_start
+        pieces.append((start, s))
+        pieces += [(x, min(n, x + max_tokens)) for x in range(s, n, max_tokens)]
+        return tuple(pieces)
 
     def query_scale(self, rows) -> np.ndarray:
         """``max(1, log(i + 1) / log(train_length))`` for rows from the last

@@ -61,7 +61,8 @@ def _as_ids(input_ids) -> torch.Tensor:
 
 
 class _HiddenRecorder:
-    """Forward hooks keeping hidden-state values at ``dims`` and norms."""
+    """Forward hooks keeping hidden-state values at ``dims`` and norms (of
+    every forward: a prefill in pieces passes its positions piece by piece)."""
 
     def __init__(self, model, hidden_layers, dims):
         self.hidden_layers, self.dims = hidden_layers, torch.as_tensor(dims)
@@ -73,8 +74,8 @@ class _HiddenRecorder:
     def _hook(self, layer):
         def hook(module, args, output):
             h = (output[0] if isinstance(output, tuple) else output)[0].detach()
-            self.values[layer] = h[:, self.dims.to(h.device)].float().cpu()
-            self.norms[layer] = h.float().norm(dim=-1).cpu()
+            self.values.setdefault(layer, []).append(h[:, self.dims.to(h.device)].float().cpu())
+            self.norms.setdefault(layer, []).append(h.float().norm(dim=-1).cpu())
         return hook
 
     def remove(self):
@@ -84,8 +85,8 @@ class _HiddenRecorder:
     def arrays(self, n):
         if not self.hidden_layers:
             return np.zeros((0, n, len(self.dims)), np.float32), np.zeros((0, n), np.float32)
-        return (np.stack([self.values[l].numpy() for l in self.hidden_layers]),
-                np.stack([self.norms[l].numpy() for l in self.hidden_layers]))
+        return (np.stack([torch.cat(self.values[l]).numpy() for l in self.hidden_layers]),
+                np.stack([torch.cat(self.norms[l]).numpy() for l in self.hidden_layers]))
 
 
 def trace(model, input_ids, method="origin", *, layers=None, heads=None, query_rows=None,

@@ -1,17 +1,27 @@
 #!/usr/bin/env python3
-"""GPU benchmark: Origin vs Mesa prefill/decode time and peak memory from 8k to 192k+
-tokens on a random-weight ~1.1B Llama (bf16, SDPA), one command, well under 8 minutes.
+"""GPU benchmark: Origin vs Mesa prefill/decode time and peak memory from 8k to 256k
+tokens, then a 1,048,576-token Mesa prefill with 16 decoded tokens, on a random-weight
+~1.1B Llama (bf16, SDPA), one command, each row beside its floor.
 
 What it does
   * builds ``LlamaConfig(hidden 2048, MLP 5632, 22 layers, 32 heads / 4 KV heads,
     vocab 32000, max_position_embeddings 8192)`` (TinyLlama-1.1B's shape; T = 8192)
     with random weights straight on the GPU (no hub, no download);
   * runs ``mesa_viz.bench.run`` for origin and mesa at 8k, 16k, 32k, 64k, 128k,
-    192k, 256k: median prefill of ``--repeats`` after ``--warmup``, peak CUDA memory
+    256k: median prefill of ``--repeats`` after ``--warmup``, peak CUDA memory
     net of the weights (``max_memory_allocated``), decode ms/token, useful GFLOP/s,
     and which SDPA backend each attention call got (``sdpa_backends`` per row);
-  * first, a kernel check: every method's prefill and one decode step on the device
-    against the CPU (fp32, random q/k/v, 1500 tokens past T = 256), since the CUDA
+  * then ``--long-length`` (default 1,048,576; any length up to it works through
+    ``--lengths`` too): one Mesa prefill and ``--long-decode`` (16) decoded tokens,
+    time and peak memory; origin's row there comes from the memory estimate
+    (``oom: true`` when it would not fit the card, else run if its predicted time fits);
+  * prints every row beside its floor (``bench.floors``): the useful FLOPs at the
+    measured matmul rate (the best of several square sizes and the model's own
+    linear shapes), and for decode the bytes a step must read (weights, KV cache,
+    Mesa's rotated keys) at the measured memory bandwidth (``$OUT/floors.txt``);
+  * first, a kernel check: every method's prefill (Mesa's last chunk as its own
+    forward, the fused Triton path where triton imports) and one decode step on the
+    device against the CPU (fp32, random q/k/v, 1500 tokens past T = 256), since the CUDA
     branches (near and far key sets concatenated along the head dimension, matmul
     scores for calls with few query rows, Mesa's middle chunks through the fused causal
     kernel, the decode output split by stair run) are otherwise only reached by forcing
@@ -67,8 +77,9 @@ GPU_CONFIG = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632,
 TINY_CONFIG = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                    rope_theta=10000.0)
-GPU_LENGTHS = "8192,16384,32768,65536,131072,196608,262144"
+GPU_LENGTHS = "8192,16384,32768,65536,131072,262144"
 TINY_LENGTHS = "128,256,512,1024"
+MAX_LENGTH = 1_048_576
 
 
 def parse(argv=None):
@@ -84,6 +95,9 @@ def parse(argv=None):
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--decode-tokens", type=int, default=8)
+    p.add_argument("--long-length", type=int, default=None,
+                   help=f"the Mesa-only long row (default {MAX_LENGTH}; tiny 4096; 0: none)")
+    p.add_argument("--long-decode", type=int, default=16, help="decoded tokens of the long row")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds for the whole script (default 400; tiny 120)")
     p.add_argument("--point-limit", type=float, default=None,
@@ -123,9 +137,15 @@ def check_env(tiny: bool):
     return torch, transformers
 
 
-CHECK_METHODS = {"origin": {}, "mesa": {}, "mesa-anchored": {"stair": "anchored"},
-                 "rerope": {"window": 96}, "leaky-rerope": {"window": 96},
-                 "streaming-llm": {"sink_tokens": 4}, "lm-infinite": {"sink_tokens": 4}}
+def check_methods() -> dict:
+    """Every method of ``mesa_viz.methods.METHODS`` (with small windows) and Mesa's
+    anchored stair: name -> (method, parameters)."""
+    from mesa_viz.methods import METHODS
+    small = {"rerope": {"window": 96}, "leaky-rerope": {"window": 96},
+             "streaming-llm": {"sink_tokens": 4}, "lm-infinite": {"sink_tokens": 4}}
+    out = {name: (name, small.get(name, {})) for name in METHODS}
+    out["mesa-anchored"] = ("mesa", {"stair": "anchored"})
+    return out
 
 
 def check_kernels(torch, device: str, n: int = 1500, T: int = 256) -> list[dict]:
@@ -142,11 +162,14 @@ def check_kernels(torch, device: str, n: int = 1500, T: int = 256) -> list[dict]
     v = torch.randn(1, kvh, n + 1, d, generator=g)
     inv = 1.0 / (10000 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
     rows = []
-    for name, params in CHECK_METHODS.items():
-        base = name.split("-")[0] if name.startswith("mesa") else name
+    for name, (base, params) in check_methods().items():
         diffs = {}
-        for step, (lq, i0) in {"prefill": (n, 0), "decode": (1, n)}.items():
-            m = get_method(base, train_length=T, **params).resolve(i0 + lq, prefill_length=n)
+        for step in ("prefill", "last-piece", "decode"):
+            m = get_method(base, train_length=T, **params).resolve(n + (step == "decode"),
+                                                                   prefill_length=n)
+            i0 = {"prefill": 0, "decode": n,
+                  "last-piece": m.plan().last_start if m.chunked else n - 300}[step]
+            lq = 1 if step == "decode" else n - i0
             args = (q[:, :, i0:i0 + lq], k[:, :, :i0 + lq], v[:, :, :i0 + lq])
             cpu = kernels.attend(m, *args, i0, kernels.Rope(inv), d ** -0.5)
             dev = kernels.attend(m, *(x.to(device) for x in args), i0,
@@ -224,6 +247,65 @@ def sdpa_policy(torch, flash_only: bool, device: str):
         yield name
 
 
+def long_rows(torch, model, name: str, out: Path, length: int, args, device: str,
+              cfg: dict) -> list:
+    """The long row: one Mesa prefill of ``length`` tokens and ``--long-decode``
+    tokens; origin's row at that length from the memory estimate (``oom``) unless
+    it fits and its predicted time passes the point limit (then ``skipped``)."""
+    from mesa_viz import bench
+    if not 1 <= length <= MAX_LENGTH:
+        sys.exit(f"gpu_bench: --long-length {length}: allowed 1..{MAX_LENGTH}")
+    settings = bench.Settings(repeats=1, warmup=0, decode_tokens=args.long_decode)
+    extra = {"script": "gpu_bench", "config": cfg, "stage": "long"}
+    got = bench.run(model, ["mesa"], [length], out, model_name=name, settings=settings,
+                    progress=False, machine=False, extra=extra)
+    return got + bench.run(model, ["origin"], [length], out, model_name=name, settings=settings,
+                           progress=False, machine=False, extra=extra,
+                           deadline=origin_deadline(model, out, name, length, device,
+                                                    30.0 if args.tiny else 120.0))
+
+
+def origin_deadline(model, out: Path, name: str, length: int, device: str, limit: float):
+    """None (run it, or let ``bench.run`` write it as out of memory) where the
+    memory estimate says origin does not fit or its time predicted from its grid
+    rows is within ``limit`` seconds; a deadline already past otherwise, so its
+    row is written as skipped with its estimate."""
+    from mesa_viz import bench, memory
+    est = memory.estimate_peak_bytes(model.config, "origin", length, dtype_bytes=2,
+                                     device=device, decode_tokens=16)
+    if est > 0.9 * memory.available_bytes(device):
+        return None
+    history = [(r["length"], r["prefill_s"]) for r in bench.rows_for(out, model, name)
+               if r.get("method") == "origin" and r.get("prefill_s")]
+    guess = bench._predict_seconds(history, length)
+    return None if guess is not None and guess <= limit else time.monotonic() - 1
+
+
+def floors_table(rows, config, n_params: int) -> str:
+    """Every measured row beside its floor (``bench.floors``)."""
+    from mesa_viz import bench
+    machine = next((r for r in rows if r.get("kind") == "machine"), None)
+    if machine is None:
+        return "(no machine row: floors not computed)"
+    lines = [f"{'method':<8}{'length':>9}{'prefill s':>11}{'floor s':>9}{'x floor':>8}"
+             f"{'decode ms':>11}{'floor ms':>10}{'x floor':>8}  note"]
+    for r in rows:
+        if r.get("kind") != "point":
+            continue
+        f = bench.floors(r, machine, config, n_params)
+        pre, dec = r.get("prefill_s"), r.get("decode_ms_per_token")
+        note = "OOM" if r.get("oom") else (r.get("skipped") or "")
+        lines.append(
+            f"{r['method']:<8}{r['length']:>9}{bench._fmt(pre, '.3f'):>11}"
+            f"{f['prefill_floor_s']:>9.3f}{bench._fmt(pre and pre / f['prefill_floor_s'], '.1f'):>8}"
+            f"{bench._fmt(dec, '.1f'):>11}{bench._fmt(f.get('decode_floor_ms'), '.2f'):>10}"
+            f"{bench._fmt(dec and f.get('decode_floor_ms') and dec / f['decode_floor_ms'], '.1f'):>8}"
+            f"  {note}")
+    lines.append(f"(floors: useful FLOPs at {machine['matmul_gflops']:.0f} GFLOP/s, decode bytes "
+                 f"at {machine.get('memory_gbps', 0):.0f} GB/s)")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -237,6 +319,8 @@ def main(argv=None) -> int:
         cfg["num_key_value_heads"] = args.kv_heads
     lengths = [int(x) for x in (args.lengths or (TINY_LENGTHS if args.tiny else GPU_LENGTHS))
                .split(",")]
+    if any(not 1 <= n <= MAX_LENGTH for n in lengths):
+        sys.exit(f"gpu_bench: --lengths {lengths}: allowed 1..{MAX_LENGTH}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     budget = args.budget if args.budget is not None else (120.0 if args.tiny else 400.0)
     point_limit = args.point_limit if args.point_limit is not None else (
@@ -271,6 +355,10 @@ def main(argv=None) -> int:
             matmul_size=256 if args.tiny else None,
             extra={"script": "gpu_bench", "sdpa_policy": policy, "config": cfg,
                    "n_params": n_params})
+    long_n = args.long_length if args.long_length is not None else (
+        4096 if args.tiny else MAX_LENGTH)
+    if long_n:
+        rows += long_rows(torch, model, name, out, long_n, args, device, cfg)
     for r in rows:
         if r.get("kind") == "point":
             print(json.dumps({k: r.get(k) for k in (
@@ -283,6 +371,9 @@ def main(argv=None) -> int:
     table = bench.summary_table(rows)
     (out_dir / "gpu_bench_summary.txt").write_text(table + "\n")
     print(table)
+    limits = floors_table(rows, model.config, n_params)
+    (out_dir / "floors.txt").write_text(limits + "\n")
+    print(limits)
     print(f"gpu_bench: done in {time.monotonic() - START:.0f}s; rows in {out}", flush=True)
     return 0
 

@@ -338,3 +338,91 @@ def test_transformers_range_is_checked():
     check_transformers("5.24.0")
     with pytest.raises(RuntimeError, match="4.31.0 is outside"):
         check_transformers("4.31.0")
+
+
+# -- Mesa's prefill in pieces, decode memo ---------------------------------------------------
+
+MESA_PIECES = dict(train_length=T, first_chunk=8, chunk_size=16, last_chunk=16)
+
+
+def _decoder_calls(model):
+    """A list filled with the token count of every forward of the decoder stack."""
+    calls = []
+    stack = model.get_decoder()
+
+    def count(module, args, kwargs):
+        x = kwargs.get("input_ids", args[0] if args else None)
+        calls.append(x.shape[1])
+    return calls, stack.register_forward_pre_hook(count, with_kwargs=True)
+
+
+def test_mesa_prefill_runs_in_pieces_and_equals_one_forward(tiny):
+    """Past T, ``model(ids)`` runs the prompt as pieces of at most
+    ``piece_tokens`` tokens through every layer (first chunk with middle
+    chunks, more middle chunks, the last chunk), and gives the logits of every
+    position, the hidden states of every position and the cache of one forward."""
+    ids = _ids(150, seed=14)
+    calls, hook = _decoder_calls(tiny)
+    try:
+        with mv.apply(tiny, "mesa", **MESA_PIECES) as st, torch.no_grad():
+            pieces = tiny(ids, output_hidden_states=True)
+            assert st.resolved.prefill_pieces(150, 32) == ((0, 24), (24, 56), (56, 88),
+                                                           (88, 120), (120, 150))
+        assert calls == [150, 24, 32, 32, 32]          # the caller's forward runs the last piece
+        calls.clear()
+        with mv.apply(tiny, "mesa", piece_tokens=10**6, **MESA_PIECES), torch.no_grad():
+            one = tiny(ids, output_hidden_states=True)
+            last = tiny(ids, use_cache=False, logits_to_keep=1)
+        assert calls == [150, 120, 150, 120]
+    finally:
+        hook.remove()
+    assert pieces.logits.shape == one.logits.shape == (1, 150, tiny.config.vocab_size)
+    assert (pieces.logits - one.logits).abs().max().item() <= 1e-5
+    assert len(pieces.hidden_states) == len(one.hidden_states)
+    for a, b in zip(pieces.hidden_states, one.hidden_states):
+        assert a.shape == b.shape and (a - b).abs().max().item() <= 1e-5
+    assert pieces.cache.get_seq_length() == 150 and last.cache is None
+    assert (last.logits[0, -1] - one.logits[0, -1]).abs().max().item() <= 1e-5
+    ref = _reference(tiny, ids, "mesa", **{k: v for k, v in MESA_PIECES.items()})
+    assert (pieces.logits[0].double() - ref).abs().max().item() <= 1e-4
+
+
+def test_mesa_pieces_refuse_what_they_cannot_give(tiny_llama):
+    ids = _ids(150, seed=15)
+    with mv.apply(tiny_llama, "mesa", **MESA_PIECES), torch.no_grad():
+        with pytest.raises(ValueError, match="output_attentions=True is not supported"):
+            tiny_llama(ids, output_attentions=True)
+        tiny_llama(ids[:, :100])                     # the application still works after it
+    with pytest.raises(ValueError, match="piece_tokens=0 must be an integer >= 1"):
+        with mv.apply(tiny_llama, "mesa", piece_tokens=0):
+            pass
+
+
+def test_decode_memo_is_per_cache(tiny_llama):
+    """Two prompts prefilled one after the other, then decoded alternately on
+    their own caches: every step equals decoding each alone (the rotated keys
+    a step reuses belong to its own cache)."""
+    a, b = _ids(150, seed=16), _ids(150, seed=17)
+    params = _fixed_params("mesa", 160, 150)
+
+    def greedy(model, ids, steps, cache=None):
+        out = model(ids, use_cache=True, cache=cache) if cache is not None else \
+            model(ids, use_cache=True)
+        return out.logits[:, -1:].argmax(-1), out.cache, out.logits[0, -1]
+
+    with mv.apply(tiny_llama, "mesa", **params), torch.no_grad():
+        alone = []
+        for ids in (a, b):
+            tok, cache, _ = greedy(tiny_llama, ids, 0)
+            seq = []
+            for _ in range(3):
+                tok, cache, logit = greedy(tiny_llama, tok, 0, cache)
+                seq.append(logit)
+            alone.append(seq)
+        tok_a, cache_a, _ = greedy(tiny_llama, a, 0)
+        tok_b, cache_b, _ = greedy(tiny_llama, b, 0)
+        for step in range(3):
+            tok_a, cache_a, la = greedy(tiny_llama, tok_a, 0, cache_a)
+            tok_b, cache_b, lb = greedy(tiny_llama, tok_b, 0, cache_b)
+            assert (la - alone[0][step]).abs().max().item() <= 1e-5
+            assert (lb - alone[1][step]).abs().max().item() <= 1e-5

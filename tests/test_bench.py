@@ -201,3 +201,41 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert fig.exists() and fig.stat().st_size > 1000
     text = capsys.readouterr().out
     assert "origin" in text and "mesa" in text
+
+
+@pytest.mark.parametrize("method,params", [
+    ("origin", {}), ("mesa", dict(first_chunk=8, chunk_size=16, last_chunk=16))])
+def test_prefill_flops_against_torch_flop_counter(method, params):
+    """torch's FlopCounterMode on a real prefill (tiny model, eager attention):
+    every matmul of the linear layers and the LM head is counted exactly as
+    :func:`bench.prefill_flops` counts it; the attention products it counts
+    (every score the kernels compute, masked ones included) are at least the
+    useful ones (visible pairs) and, for origin, exactly the full square of
+    which the causal half is useful."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import mesa_viz as mv
+    from mesa_viz.models import tiny_model
+    model = tiny_model("llama", attn_implementation="eager")[0]
+    n, T = 200, 64
+    ids = torch.randint(0, 500, (1, n), generator=torch.Generator().manual_seed(0))
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), mv.apply(model, method, train_length=T, **params), counter:
+        model(ids, use_cache=True, logits_to_keep=1)
+    counted = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
+    want = bench.prefill_flops(model.config, method, n, train_length=T, params=params,
+                               detail=True)
+    assert counted["aten.mm"] == want["linear"] + want["lm_head"]
+    cfg = model.config
+    square = 4 * cfg.head_dim * cfg.num_attention_heads * n * n * cfg.num_hidden_layers
+    assert want["attention"] <= counted["aten.bmm"] <= square
+    if method == "origin":
+        assert counted["aten.bmm"] == square
+        assert want["attention"] == square * (n + 1) // (2 * n)
+
+
+def test_matmul_calibration_takes_the_best_shape():
+    rates = bench.matmul_rates("cpu", "float32", 128, shapes=[(64, 32, 48)], min_seconds=0.0)
+    assert set(rates) == {"128 x 128 x 128", "64 x 32 x 48"} and min(rates.values()) > 0
+    assert bench.model_gemms(DIMS, 10) == [(10, 8, 8), (10, 8, 4), (10, 8, 16), (10, 16, 8)]

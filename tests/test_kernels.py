@@ -34,8 +34,9 @@ def _qkv(lq, lk, seed):
     return q, k, v
 
 
-def _dense(m, q, k, v, i0, scale):
-    """``[1, H, Lq, D]`` attention from ``m.relative`` with complex-number RoPE."""
+def _dense(m, q, k, v, i0, scale, inv_freq=None):
+    """``[1, H, Lq, D]`` attention from ``m.relative`` with complex-number RoPE
+    (``inv_freq``: default the partial rotary of ``ROT`` channels)."""
     lq, lk = q.shape[2], k.shape[2]
     rel, vis = m.relative(np.arange(i0, i0 + lq)[:, None], np.arange(lk)[None, :])
     rel = torch.as_tensor(np.where(vis, rel, 0), dtype=torch.float64)
@@ -43,7 +44,8 @@ def _dense(m, q, k, v, i0, scale):
     rep = H // KVH
     kk = k[0].repeat_interleave(rep, 0).double()
     vv = v[0].repeat_interleave(rep, 0).double()
-    s = dense_scores(q[0].double() * fac[:, None], kk, rel, _inv_freq()) * scale
+    inv = _inv_freq() if inv_freq is None else inv_freq
+    s = dense_scores(q[0].double() * fac[:, None], kk, rel, inv) * scale
     s = s.masked_fill(~torch.as_tensor(vis), -math.inf)
     return (torch.softmax(s, -1) @ vv)[None]
 
@@ -229,3 +231,124 @@ def test_stair_factorisation(s, N, E):
     want = torch.as_tensor(np.asarray(METHODS["stair"](stair_start=N, stair_width=E)
                                       .relative(i.numpy()[:, None], j.numpy()[None, :])[0]))
     assert torch.equal(got[far], want[far])
+
+
+# -- decode steps with the application's memo of rotated keys ----------------------------------
+
+def _decode_with_memo(m_for, q, k, v, steps, memo, layer=0):
+    """Decode steps ``steps`` (absolute positions) sharing one ``DecodeMemo``."""
+    rope = kernels.Rope(_inv_freq().float())
+    outs = []
+    for i in steps:
+        tables = kernels.RopeTables(rope, m_for(i), memo)
+        tables.layer = layer
+        outs.append(kernels.attend(m_for(i), q[:, :, i:i + 1], k[:, :, :i + 1], v[:, :, :i + 1],
+                                   i, tables, D ** -0.5))
+    return outs
+
+
+@pytest.mark.parametrize("method,p", [("mesa", MESA_CASES[1]), ("mesa", MESA_CASES[3]),
+                                      ("mesa", MESA_CASES[4]), ("stair", STAIR_CASES[0]),
+                                      ("stair", STAIR_CASES[1]), ("origin", {})])
+def test_decode_steps_reuse_rotated_keys_exactly(method, p):
+    """Consecutive decode steps with one memo (far keys kept at ``-(N + a_j)``,
+    near keys at ``j``; origin's keys at ``j``): every step equals the dense
+    reference, and the memo rotated each key once."""
+    prefill, steps = 150, list(range(150, 162))
+    q, k, v = _qkv(170, 170, seed=21)
+    memo = kernels.DecodeMemo()
+
+    def m_for(i):
+        return get_method(method, train_length=64, **p).resolve(i + 1, prefill_length=prefill)
+    for i, got in zip(steps, _decode_with_memo(m_for, q, k, v, steps, memo)):
+        want = _dense(m_for(i), q[:, :, i:i + 1], k[:, :, :i + 1], v[:, :, :i + 1], i, D ** -0.5)
+        assert (got.double() - want).abs().max().item() <= 1e-5, (method, i)
+    last, N = steps[-1], m_for(steps[-1]).params().get("stair_start")
+    want_hi = {last + 1} if N is None else {last + 1, last - N + 1}     # near (linear), far keys
+    assert {e.hi for e in memo._entries.values()} == want_hi
+
+
+def test_decode_memo_drops_rotations_of_other_keys():
+    """A memo entry whose source keys changed (a beam reordering changes the
+    last keys; a cropped cache is shorter) is rebuilt: the step stays exact.
+    (The application keeps one memo per cache object.)"""
+    m = get_method("mesa", train_length=64, **MESA_CASES[1]).resolve(160, prefill_length=150)
+    q, k, v = _qkv(170, 170, seed=22)
+    memo = kernels.DecodeMemo()
+    _decode_with_memo(lambda i: m, q, k, v, [155, 156], memo)
+    k2 = k.clone()
+    k2[:, :, 150:] += 1.0                                   # another beam's generated keys
+    for kk, i in [(k2, 157), (k, 152)]:                     # changed keys; a cropped cache
+        got = _decode_with_memo(lambda i: m, q, kk, v, [i], memo)[0]
+        want = _dense(m, q[:, :, i:i + 1], kk[:, :, :i + 1], v[:, :, :i + 1], i, D ** -0.5)
+        assert (got.double() - want).abs().max().item() <= 1e-5
+
+
+# -- flash-attn for flash_attention_2 models ---------------------------------------------------
+
+def _fake_flash_attn(calls):
+    """A stand-in for the ``flash_attn`` package: ``flash_attn_func`` with its
+    layout ``[b, L, h, d]``, GQA, bottom-right causal alignment and
+    ``return_attn_probs`` giving ``(out, softmax_lse, None)``, computed densely."""
+    def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
+                        return_attn_probs=False):
+        calls.append(causal)
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        s = (q @ k.transpose(-1, -2)).float() * softmax_scale
+        if causal:
+            L, S = q.shape[2], k.shape[2]
+            s = s.masked_fill(~torch.ones(L, S, dtype=torch.bool).tril(S - L), -math.inf)
+        lse = torch.logsumexp(s, -1)
+        out = (torch.exp(s - lse[..., None]) @ v.float()).to(q.dtype).transpose(1, 2)
+        return (out, lse, None) if return_attn_probs else out
+    fake = type(math)("flash_attn")
+    fake.flash_attn_func = flash_attn_func
+    return fake
+
+
+@pytest.mark.parametrize("case", ["mesa", "stair", "rerope", "streaming-llm"])
+def test_flash_attn_serves_flash_attention_2_models(case, monkeypatch):
+    """With flash-attn importable (a stand-in here), the GPU paths of a
+    ``flash_attention_2`` model's kernels call its ``flash_attn_func`` (Mesa's
+    middle chunks causally, unmasked key sets with their log-sum-exp) and stay
+    exact; without it they use SDPA, said once in the log."""
+    method = _method_of(case)
+    m = get_method(method, train_length=64, **PREFILL_CASES[case]).resolve(150,
+                                                                            prefill_length=150)
+    q, k, v = _qkv(150, 150, seed=40)
+    want = _dense(m, q, k, v, 0, D ** -0.5)
+    calls = []
+    _force_gpu_paths(monkeypatch, few_rows=True)
+    monkeypatch.setattr(attention_sets, "flash_attn_module",
+                        lambda backend: _fake_flash_attn(calls) if backend ==
+                        "flash_attention_2" else None)
+    got = _attend(m, q, k, v, 0, backend="flash_attention_2")
+    assert (got.double() - want).abs().max().item() <= 1e-5
+    if method == "mesa":              # middle chunks causally; last chunk's unmasked far keys
+        assert True in calls and False in calls
+    calls.clear()
+    sdpa = _attend(m, q, k, v, 0, backend="sdpa")
+    assert not calls and (sdpa.double() - want).abs().max().item() <= 1e-5
+
+
+def test_without_flash_attn_sdpa_serves_and_says_so(caplog, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_flash(name, *args, **kwargs):
+        if name == "flash_attn":
+            raise ImportError("no flash_attn here")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_flash)
+    attention_sets._flash_attn.cache_clear()
+    try:
+        with caplog.at_level("INFO", logger="mesa_viz.attention_sets"):
+            assert attention_sets.flash_attn_module("flash_attention_2") is None
+            assert attention_sets.flash_attn_module("flash_attention_2") is None
+        assert attention_sets.flash_attn_module("sdpa") is None
+        said = [r.message for r in caplog.records if "flash-attn is not importable" in r.message]
+        assert len(said) == 1 and "SDPA" in said[0]
+    finally:
+        attention_sets._flash_attn.cache_clear()

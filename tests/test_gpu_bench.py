@@ -1,0 +1,42 @@
+"""scripts/gpu_bench.py in its --tiny mode (the plumbing of the GPU run, on CPU):
+the grid, the long Mesa-only row with its decoded tokens, origin's row there,
+every row beside its floor."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mesa_viz.results import read_jsonl
+
+pytestmark = pytest.mark.tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_bench_tiny_runs_the_grid_the_long_row_and_the_floors(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu_bench.py"), "--tiny", "--no-check",
+         "--lengths", "64,160", "--long-length", "320", "--long-decode", "2",
+         "--decode-tokens", "1", "--repeats", "1", "--warmup", "0", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = read_jsonl(tmp_path / "gpu_bench.jsonl")
+    machine = [r for r in rows if r["kind"] == "machine"]
+    assert len(machine) == 1 and machine[0]["memory_gbps"] > 0
+    points = {(r["method"], r["length"]): r for r in rows if r["kind"] == "point"}
+    assert set(points) == {(m, n) for m in ("origin", "mesa") for n in (64, 160, 320)}
+    long_mesa = points["mesa", 320]
+    assert long_mesa["prefill_s"] > 0 and len(long_mesa["decode_ms_all"]) == 2
+    assert long_mesa["plan"]["chunks"] > 2
+    floors = (tmp_path / "floors.txt").read_text()
+    assert "x floor" in floors and len(floors.splitlines()) == 2 + len(points)
+
+
+def test_gpu_bench_refuses_lengths_past_a_million(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu_bench.py"), "--tiny", "--no-check",
+         "--lengths", "2000000", "--out", str(tmp_path)], capture_output=True, text=True,
+        timeout=300)
+    assert out.returncode != 0 and "allowed 1..1048576" in out.stderr
