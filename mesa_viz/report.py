@@ -280,15 +280,21 @@ def why_it_fails_section(ctx: Context) -> list:
         return _missing("the drill-down and the whole attention map (they re-run the model, "
                         "and none was given)", "pass model= and tokenizer= to report.build")
     items, exp = [], None
-    failed = sorted((r for r in plots.load_rows(ctx.results["passkey"]) if not r["correct"]),
-                    key=lambda r: (r["length"], r["depth"], r.get("seed", 0))) \
-        if "passkey" in ctx.results else []
+    rows = plots.load_rows(ctx.results["passkey"]) if "passkey" in ctx.results else []
+    failed = sorted((r for r in rows if not r["correct"]),
+                    key=lambda r: (r["length"], r["depth"], r.get("seed", 0)))
+    if failed and not any("seed" in r or "input_ids" in r for r in failed):
+        items += _missing("the drill-down of a failed passkey sample: its rows record no "
+                          "seed (written before per-sample keys), so the sample cannot be "
+                          "rebuilt", "rerun mesa-viz passkey into a new --out")
+        failed = []
+    failed = [r for r in failed if "seed" in r or "input_ids" in r]
     if failed:
         exp = explain(failed[0], ctx.model, ctx.tokenizer, train_length=ctx.train_length)
         exp.save(ctx.data / file_name(failed[0], exp.methods[1]))
         items += [f"<pre>{html.escape(exp.summary())}</pre>",
                   *plots.explanation_figures(exp).values()]
-    else:
+    elif not items:
         items.append(_p("No failed passkey sample to explain (give passkey results with one)."))
     layer, head = _needle_head(ctx, exp)
     maps = [attention_map(ctx.model, ctx.prompt()["input_ids"], m, layer=layer, head=head,

@@ -138,6 +138,7 @@ def test_report_renders_offline(driver, tmp_path):
     assert not errors, f"console errors: {errors}"
     text = driver.find_element(By.TAG_NAME, "body").text
     assert "Figure 1" in text and "Not included: no bench results" in text
+    assert "Not included: the drill-down of a failed passkey sample" in text   # rows without seed
     screenshot(driver, "report", publish=True)
     driver.execute_script("window.scrollTo(0, document.body.scrollHeight / 2)")
     screenshot(driver, "report_middle")

@@ -135,12 +135,13 @@ def test_rows_with_and_without_the_sample_fields(lm, explained, rows):
     (dict(needle_span=[3, 9]), r"has needle_span \[3, 9\] but its rebuilt sample has"),
     (dict(input_ids=[1, 2, 3], needle_span=[2, 5]), r"needle span \[2, 5\] is outside the "
                                                     r"3-token input"),
-    (dict(input_ids=[1, 2, 3]), "has input_ids but no needle_span"),
+    (dict(input_ids=[1, 2, 3], needle_span=None), "has input_ids but no needle_span"),
     (dict(method="nope"), r"unknown method 'nope'"),
 ])
 def test_bad_rows(lm, rows, change, match):
     with pytest.raises(ValueError, match=match):
-        mv.explain(dict(rows[0], **change), *lm, max_new_tokens=0)
+        row = {k: v for k, v in dict(rows[0], **change).items() if v is not None}
+        mv.explain(row, *lm, max_new_tokens=0)
 
 
 def test_bad_calls(lm, rows):

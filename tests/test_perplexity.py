@@ -136,8 +136,31 @@ def test_by_bucket_positions_and_means():
 
 # -- the run --------------------------------------------------------------------------
 
+class _DecoderCalls:
+    """Counts the outermost forwards of the decoder stack (a prefill in pieces
+    runs the stack again from inside its own pre-hook: one call)."""
+
+    def __init__(self, model, calls):
+        self.calls, self.depth = calls, 0
+        decoder = model.get_decoder()
+        self.handles = [decoder.register_forward_pre_hook(self.enter),
+                        decoder.register_forward_hook(self.leave)]
+
+    def enter(self, *_):
+        self.depth += 1
+        if self.depth == 1:
+            self.calls.append(1)
+
+    def leave(self, *_):
+        self.depth -= 1
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
 def _decoder_calls(model, calls):
-    return model.get_decoder().register_forward_hook(lambda m, a, o: calls.append(1))
+    return _DecoderCalls(model, calls)
 
 
 def test_rows_stream_save_and_resume(llama, tmp_path):
