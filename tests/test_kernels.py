@@ -119,11 +119,20 @@ PREFILL_CASES = {
     "lm-infinite": dict(sink_tokens=4),
     "origin": {},
     "dynamic-ntk": {},
+    "self-extend": dict(group_size=3, window=20),
+    "self-extend-uneven": dict(group_size=4, window=10),       # G does not divide W
+    "dual-chunk": dict(chunk_size=40, local_window=16),
+    "dual-chunk-full-window": dict(chunk_size=24, local_window=24),
+    "string": dict(shifted_offset=30, local_window=8),
+    "string-no-window": dict(shifted_offset=45, local_window=0),
+    "pi": {}, "ntk": {}, "yarn": {},
 }
 
 
 def _method_of(case):
-    return case if case in METHODS else case.split("-")[0]
+    """The method of a case name: the longest name in METHODS it starts with."""
+    return next(m for m in sorted(METHODS, key=len, reverse=True)
+                if case == m or case.startswith(m + "-"))
 
 
 def _starts(method):
@@ -175,6 +184,28 @@ def test_forced_gpu_origin_blocks_run(monkeypatch):
     got = _attend(m, q, k, v, 90)
     assert calls == [(40, True), (20, True)]
     assert (got.double() - _dense(m, q, k, v, 90, D ** -0.5)).abs().max().item() <= 1e-5
+
+
+#: (method, parameters) of the single-query tests of the near/far and chunk kernels.
+ROW_DECODE_CASES = [("self-extend", PREFILL_CASES["self-extend"]),
+                    ("self-extend", PREFILL_CASES["self-extend-uneven"]),
+                    ("dual-chunk", PREFILL_CASES["dual-chunk"]),
+                    ("string", PREFILL_CASES["string"])]
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+@pytest.mark.parametrize("case", range(len(ROW_DECODE_CASES)))
+def test_single_query_of_new_methods_matches_dense(case, gpu, monkeypatch):
+    """Decode steps at lengths on either side of each boundary of the layout
+    (window, group, chunk and local-window edges)."""
+    if gpu:
+        _force_gpu_paths(monkeypatch)
+    method, p = ROW_DECODE_CASES[case]
+    for i in [150, 151, 159, 160, 161, 175, 199, 200, 217]:
+        m = get_method(method, train_length=64, **p).resolve(i + 1, prefill_length=150)
+        q, k, v = _qkv(1, i + 1, seed=i)
+        got = _attend(m, q, k, v, i)
+        assert (got.double() - _dense(m, q, k, v, i, D ** -0.5)).abs().max().item() <= 1e-5, i
 
 
 @pytest.mark.parametrize("lk", [10, 64, 100])
