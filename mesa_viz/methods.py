@@ -721,8 +721,8 @@ class DualChunk(Method):
         s + w - 1 - (j mod s) otherwise
 
     ``chunk_size`` (``s``) defaults to ``3T/4`` (§4.1), ``local_window``
-    (``w``) to ``T - s`` (§3.3), the largest keeping positions below ``T``;
-    then it is Origin up to ``T``.  The authors' code runs ``s = 3T/4 - T/8``,
+    (``w``) to ``T - s`` (§3.3; at most ``s``), the largest keeping positions
+    below ``T``; then it is Origin up to ``T``.  The authors' code runs ``s = 3T/4 - T/8``,
     ``w = T/8 + 1``.
     """
 
@@ -737,7 +737,7 @@ class DualChunk(Method):
         T = self.train_length
         s = max(1, T * 3 // 4) if self.chunk_size is None else self.chunk_size
         _check_int("chunk_size", s, 1, T - 1, f"below train_length={T}")
-        w = T - s if self.local_window is None else self.local_window
+        w = min(s, T - s) if self.local_window is None else self.local_window
         _check_int("local_window", w, 1, min(s, T - s),
                    f"local_window <= chunk_size and chunk_size + local_window <= "
                    f"train_length={T}")
@@ -882,9 +882,9 @@ class YaRN(_FrequencyRule):
     def rope_rule(self) -> str:
         a = self.attention_factor
         a = 0.1 * math.log(self.factor) + 1 if a is None else a
-        return (f"NTK-by-parts: inv_freq / factor below {self.beta_slow:g} rotations in T, "
-                f"kept above {self.beta_fast:g}, ramp between; cos/sin × {a:.4g}; "
-                f"factor={self.factor:g}")
+        return (f"NTK-by-parts: inv_freq / factor where fewer than beta_slow="
+                f"{self.beta_slow:g} rotations fit in T, kept where more than beta_fast="
+                f"{self.beta_fast:g}, a ramp between; cos/sin × {a:.4g}; factor={self.factor:g}")
 
 
 METHODS: dict[str, type[Method]] = {

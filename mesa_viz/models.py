@@ -167,6 +167,9 @@ _TINY = {
                    max_position_embeddings=4096),
     "gemma2": dict(_TINY_SHAPE, head_dim=16),
     "gptj": dict(n_embd=64, n_head=4, n_layer=2, rotary_dim=8, n_positions=4096),
+    "gemma3_text": dict(_TINY_SHAPE, head_dim=16),
+    "olmo3": dict(_TINY_SHAPE, eos_token_id=1, pad_token_id=0),
+    "cohere2": dict(_TINY_SHAPE, eos_token_id=1, pad_token_id=0),
 }
 
 

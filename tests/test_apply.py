@@ -228,6 +228,25 @@ def test_frequency_rule_on_scaled_rope_is_refused(method):
         pass
 
 
+@pytest.mark.parametrize("case", ["self-extend", "dual-chunk", "string", "pi", "ntk", "yarn"])
+def test_probes_capture_the_new_methods(tiny_llama, case):
+    """A probe captures rows under every new method (they sum to one; the
+    logits with rows captured, recomputed from the captured probabilities,
+    equal apply()'s), the frequency rules included (their capture runs the
+    kernels with the rule's rotary)."""
+    ids, rows = _ids(150, seed=23), [3, 60, 149]
+    params = SMALL_T[case]
+    tr = mv.trace(tiny_llama, ids, case, train_length=T, query_rows=rows, **params)
+    assert np.allclose(tr.attention.sum(-1), 1.0, atol=1e-5)
+    got, _ = _logits(tiny_llama, ids, case, train_length=T, **params)
+    with mv.apply(tiny_llama, case, train_length=T, **params,
+                  capture=mv.application.Capture(layers=[0, 1], heads=[0], rows=rows)) as st, \
+            torch.no_grad():
+        captured = tiny_llama(ids).logits[0]
+    assert (captured - got).abs().max().item() <= 1e-4
+    assert st.capture.attention[0].shape == (1, 3, 150)            # [head, row, key]
+
+
 def test_methods_and_parameters_one_after_another(tiny_llama):
     """No state survives from one application (or forward) to the next: two
     methods and two parameter sets each, in turn on one model, each equal to

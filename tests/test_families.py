@@ -33,6 +33,9 @@ REFUSED = {
     "gptj": ({}, "'gptj' is not supported: its RoPE is a fixed sin/cos table"),
     "gpt2": ({}, "(gpt2) has no rotary position embedding"),
     "mistral": (dict(sliding_window=32), "'mistral' uses sliding-window attention of 32 tokens"),
+    "gemma3_text": ({}, "'gemma3_text' is not supported: per-layer-type RoPE"),
+    "olmo3": ({}, "'olmo3' is not supported: per-layer-type RoPE"),
+    "cohere2": ({}, "'cohere2' is not supported: sliding-window layers"),
 }
 #: Methods run past T on every supported family: each kernel shape (stair
 #: residue classes, chunks, near/far sets, frequency rules through the family's

@@ -258,3 +258,28 @@ def test_preset_values_can_be_overridden_and_are_reported():
     below = resolve("mesa", 8000, train_length=8192, preset="authors-code")
     assert below.plan().chunks == ((0, 8000),)            # Origin up to T, as the code
     assert math.isclose(below.query_scale(np.array([7999]))[0], 1.0)
+
+
+# -- the layout explorer (notebook 01) offers every new parameter ---------------------------
+
+@pytest.mark.parametrize("name,param,value", [("self-extend", "group_size", 4),
+                                              ("self-extend", "window", 3),
+                                              ("dual-chunk", "chunk_size", 6),
+                                              ("dual-chunk", "local_window", 2),
+                                              ("string", "shifted_offset", 6),
+                                              ("string", "local_window", 2),
+                                              ("yarn", "factor", 3.0)])
+def test_layout_explorer_drives_the_new_parameters(name, param, value):
+    """Each new method in the explorer: its parameters have sliders, set off
+    auto they redraw the layout exactly as ``layout(...)`` draws it."""
+    from mesa_viz import widgets
+    ex = widgets.layout_explorer(method=name, seq_len=40, train_length=16)
+    assert "invalid" not in ex.message
+    ex.controls[param + "_auto"].value = False
+    ex.controls[param].value = value
+    assert "invalid" not in ex.message, ex.message
+    z = ex.figures["layout"].data[0].z
+    z = np.array([[np.nan if v is None else v for v in row] for row in z], dtype=float)
+    want = mv.layout(name, 40, train_length=16, **{param: value})
+    assert (np.nan_to_num(z, nan=-1) == want.relative_positions).all()
+    assert ex.controls[param].value == value
