@@ -35,7 +35,7 @@ from pathlib import Path
 
 from .checks import check_lengths, check_methods
 from .memory import GiB, PeakMemory, available_bytes, estimate_peak_bytes, model_dims
-from .methods import Method, resolve
+from .methods import METHODS, Method, resolve
 from .models import model_device, model_dtype
 from .results import append_jsonl, read_jsonl
 
@@ -45,8 +45,8 @@ __all__ = ["visible_pairs", "prefill_flops", "matmul_gflops", "measure_point", "
 
 log = logging.getLogger(__name__)
 
-ALL_METHODS = ("origin", "mesa", "rerope", "leaky-rerope", "dynamic-ntk", "streaming-llm",
-               "lm-infinite")
+#: Every method of :data:`mesa_viz.methods.METHODS` (the bench's default).
+ALL_METHODS = tuple(METHODS)
 DEFAULT_LENGTHS = (2048, 4096, 8192, 16384, 32768)
 
 
