@@ -532,7 +532,7 @@ def guard(model, state: Applied, path: str) -> None:
     ids = _guard_ids(model)
     probe = Applied(method=Origin(), train_length=state.train_length, rotary=state.rotary,
                     backend=state.backend, channels=state.channels,
-                    model_rope=state.model_rope)
+                    model_rope=state.model_rope, told_past_train_length=True)
     training = model.training
     model.eval()
     try:
@@ -574,7 +574,7 @@ def _judge_guard(model, calls: int, own: torch.Tensor, got: torch.Tensor) -> Non
 def _guard_rule(model, state: Applied) -> None:
     """A frequency rule at factor 1 must rebuild the model's own rotary exactly."""
     T = state.train_length
-    neutral = get_method(state.method.name).resolve(GUARD_TOKENS, T)
+    neutral = type(state.method)().resolve(GUARD_TOKENS, T)        # its defaults: factor 1
     rule = neutral.rope_parameters(state.model_rope)
     if rule is None:
         return

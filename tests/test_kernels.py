@@ -260,3 +260,15 @@ def test_stair_factorisation(s, N, E):
     want = torch.as_tensor(np.asarray(METHODS["stair"](stair_start=N, stair_width=E)
                                       .relative(i.numpy()[:, None], j.numpy()[None, :])[0]))
     assert torch.equal(got[far], want[far])
+
+
+def test_blocked_rows_of_the_new_kernels():
+    """Where a layout is Origin's the kernel hands it to SDPA's fused causal
+    kernel (no blocked rows for the memory estimate); elsewhere every row."""
+    def rows(name, n, **p):
+        m = get_method(name, train_length=64, **p).resolve(n)
+        return kernels.kernel_for(m).blocked_rows(m, n)
+    assert rows("self-extend", 60) == 0 and rows("self-extend", 150) == 150
+    assert rows("string", 21) == 0 and rows("string", 22) == 22
+    assert rows("dual-chunk", 64) == 0 and rows("dual-chunk", 65) == 65
+    assert rows("pi", 150) == rows("ntk", 150) == rows("yarn", 150) == 0
