@@ -40,7 +40,7 @@ thresholds: setup
 	    --out runs/thresholds/thresholds.jsonl
 
 bench: setup
-	$(VENV)/bin/mesa-viz bench --methods origin,mesa,rerope,leaky-rerope,dynamic-ntk,streaming-llm,lm-infinite \
+	$(VENV)/bin/mesa-viz bench \
 	    --lengths 2048,4096,8192,16384,32768 --repeats 1 --decode-tokens 4 --out runs/bench.jsonl --figure runs/bench.html
 
 report: setup

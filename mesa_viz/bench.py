@@ -49,8 +49,8 @@ __all__ = ["visible_pairs", "prefill_flops", "matmul_gflops", "matmul_rates", "m
 
 log = logging.getLogger(__name__)
 
-ALL_METHODS = ("origin", "mesa", "rerope", "leaky-rerope", "dynamic-ntk", "streaming-llm",
-               "lm-infinite")
+#: Every method of :data:`mesa_viz.methods.METHODS` (the bench's default).
+ALL_METHODS = tuple(METHODS)
 DEFAULT_LENGTHS = (2048, 4096, 8192, 16384, 32768)
 
 

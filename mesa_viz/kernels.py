@@ -59,8 +59,9 @@ import torch
 
 from . import attention_sets as sets
 from .fused import Rules
-from .methods import (DynamicNTK, LeakyReRoPE, LMInfinite, Mesa, Method, Origin, ReRoPE,
-                      Stair, StreamingLLM)
+from .methods import (DualChunk, DynamicNTK, LeakyReRoPE, LMInfinite, Mesa, Method, NTKAware,
+                      Origin, PositionInterpolation, ReRoPE, SelfExtend, Stair, StreamingLLM,
+                      String, YaRN)
 
 __all__ = ["Rope", "RopeTables", "rotate", "attend", "kernel", "kernel_for", "Kernel",
            "KERNELS", "StairGeometry", "dense_rows", "dense_logits", "DecodeMemo", "use_fused",
@@ -153,7 +154,9 @@ class DecodeMemo:
     rotation rule, so a step rotates only the keys new to it (a generated token
     adds one key a step).  Made by the application at every prefill; an entry
     whose source keys changed (another cache, a beam reordering, a cropped
-    cache) is dropped and rebuilt, so a stale rotation is never used.  Holds at
+    cache) or whose frequencies differ from this step's (Dynamic NTK's change
+    with the length) is dropped and rebuilt, so a stale rotation is never
+    used.  Holds at
     most one rotated copy of a layer's keys per rule (decode only)."""
 
     def __init__(self):
@@ -163,24 +166,30 @@ class DecodeMemo:
                 position: Callable[[torch.Tensor], torch.Tensor], rope) -> torch.Tensor:
         """``k[:, :, j0:j1]`` rotated to ``position(j)`` (``rule`` names the
         position function; it must not change within a sequence)."""
+        base = rope.rope if isinstance(rope, RopeTables) else rope
         e = self._entries.get((layer, rule))
-        if e is None or not e.serves(k, j0, j1):
-            e = self._entries[layer, rule] = _MemoEntry(j0, k)
+        if e is None or not e.serves(k, j0, j1, base):
+            e = self._entries[layer, rule] = _MemoEntry(j0, k, base)
         e.extend(k, j1, position, rope, rule)
         return e.buf[:, :, j0 - e.start:j1 - e.start]
 
 
 class _MemoEntry:
     """Rotated keys ``start..hi-1`` of one layer and rule in a growing buffer,
-    with probes of their source keys (first, last) to check it still applies."""
+    with probes of their source keys (first, last) and the frequencies they
+    were rotated with, to check it still applies."""
 
-    def __init__(self, start: int, k: torch.Tensor):
+    def __init__(self, start: int, k: torch.Tensor, rope: Rope):
         self.start, self.hi = start, start
         self.buf = k.new_empty(k.shape[:2] + (0, k.shape[-1]))
         self.probe = None
+        self.rope = rope
 
-    def serves(self, k, j0: int, j1: int) -> bool:
+    def serves(self, k, j0: int, j1: int, rope: Rope) -> bool:
         if j0 < self.start or j1 < self.hi or k.shape[:2] != self.buf.shape[:2]:
+            return False
+        if rope is not self.rope and not (rope.scaling == self.rope.scaling and torch.equal(
+                rope.inv_freq, self.rope.inv_freq)):
             return False
         if self.probe is None:
             return True
@@ -446,6 +455,96 @@ def streaming_llm(method, q, k, v, i0, rope, scale, backend):
 def lm_infinite(method, q, k, v, i0, rope, scale, backend):
     """Sinks at distance ``window``."""
     return _sinks(method, q, k, v, i0, rope, scale, backend, *_at_window(method.window))
+
+
+# -- Self-Extend, STRING, Dual Chunk Attention; frequency rules ----------------------------
+
+def _rows_unless(is_origin: Callable[[Method, int], bool]):
+    """``blocked_rows`` of a kernel that hands the layouts where ``is_origin(
+    method, kv_len)`` (linear and causal) to :func:`origin`."""
+    return lambda method, seq_len: 0 if is_origin(method, seq_len) else int(seq_len)
+
+
+def _self_extend_is_origin(method: SelfExtend, kv_len: int) -> bool:
+    return method.group_size == 1
+
+
+def _string_is_origin(method: String, kv_len: int) -> bool:
+    return kv_len <= method.shifted_offset
+
+
+def _dual_chunk_is_origin(method: DualChunk, kv_len: int) -> bool:
+    return kv_len <= method.chunk_size + method.local_window
+
+
+@kernel(SelfExtend, blocked_rows=_rows_unless(_self_extend_is_origin))
+def self_extend(method, q, k, v, i0, rope, scale, backend):
+    """Neighbour keys (``t < W``) at true positions; grouped keys with the
+    query at ``i // G + W - W // G`` and the key at ``j // G`` (Self-Extend
+    Eq. 3, ``//`` as the authors' fixed code)."""
+    if _self_extend_is_origin(method, k.shape[2]):
+        return origin(method, q, k, v, i0, rope, scale, backend)
+    G, W = method.group_size, method.window
+    return _beyond_window(q, k, v, i0, rope, scale, backend, W,
+                          lambda i: torch.div(i, G, rounding_mode="floor") + W - W // G,
+                          lambda j: torch.div(j, G, rounding_mode="floor"))
+
+
+@kernel(String, blocked_rows=_rows_unless(_string_is_origin))
+def string(method, q, k, v, i0, rope, scale, backend):
+    """STRING: keys ``S`` or more behind the query (``S = shifted_offset``) at
+    ``t - S + W`` (``W = local_window``): query at ``i - S + W``, key at ``j``."""
+    if _string_is_origin(method, k.shape[2]):
+        return origin(method, q, k, v, i0, rope, scale, backend)
+    S, W = method.shifted_offset, method.local_window
+    return _beyond_window(q, k, v, i0, rope, scale, backend, S,
+                          lambda i: i - S + W, lambda j: j)
+
+
+@kernel(DualChunk, blocked_rows=_rows_unless(_dual_chunk_is_origin))
+def dual_chunk(method, q, k, v, i0, rope, scale, backend):
+    """Dual Chunk Attention in two key sets.  Chunk size ``s``, local window
+    ``w``; a query ``i`` in chunk ``c = i // s`` sees keys from ``floor(i) =
+    (c - 1) s`` (if ``i mod s < w``: intra- and successive-chunk) or ``c s``
+    (intra-chunk) at true positions, and every key before ``floor(i)`` with
+    the query at ``s + w - 1`` and the key at ``j mod s`` (the paper's
+    inter-chunk ``P_q = c - 1`` and ``P_k = j mod s``).  Query rows go in
+    blocks that share ``floor(i)``."""
+    Lk = k.shape[2]
+    if _dual_chunk_is_origin(method, Lk):
+        return origin(method, q, k, v, i0, rope, scale, backend)
+    s, w, Lq, dev = method.chunk_size, method.local_window, q.shape[2], q.device
+    j = _arange(0, Lk, dev)
+    k_lin = rotate(k, rope, j, ("lin", 0, Lk))
+    k_far = rotate(k, rope, torch.remainder(j, s), ("chunk-k", Lk))
+    q_far = rotate(q, rope, torch.full((Lq,), s + w - 1, device=dev), ("chunk-q", i0, i0 + Lq))
+    out = []
+    for a, b, floor in _chunk_blocks(i0, Lq, s, w, sets.block_size(q, Lk, backend)):
+        i = _arange(i0 + a, i0 + b, dev)
+        q_lin = rotate(q[:, :, a:b], rope, i, ("lin", i0 + a, i0 + b))
+        mask = j[None, floor:i0 + b] <= i[:, None]
+        key_sets = [(q_lin, k_lin[:, :, floor:i0 + b], v[:, :, floor:i0 + b], mask),
+                    (q_far[:, :, a:b], k_far[:, :, :floor], v[:, :, :floor], None)]
+        out.append(sets.attend_sets(key_sets, scale, backend))
+    return torch.cat(out, dim=2)
+
+
+def _chunk_blocks(i0: int, q_len: int, s: int, w: int, block: int):
+    """``(a, b, floor)``: query rows ``i0 + a .. i0 + b - 1`` (at most ``block``)
+    sharing the first key they see at a true position, ``floor``."""
+    a = 0
+    while a < q_len:
+        i = i0 + a
+        c, r = divmod(i, s)
+        edge = c * s + w if r < w else (c + 1) * s           # where floor(i) changes
+        b = min(q_len, a + block, edge - i0)
+        yield a, b, max(0, (c - 1) * s if r < w else c * s)
+        a = b
+
+
+#: Frequency rules run the model's own attention; this entry serves probes
+#: capturing rows (the application swaps in the rule's rotary module).
+kernel(PositionInterpolation, NTKAware, YaRN, blocked_rows=lambda method, seq_len: 0)(origin)
 
 
 # -- Stair PE ---------------------------------------------------------------------------

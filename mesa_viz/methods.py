@@ -44,9 +44,11 @@ memory estimates and the bench read these and never test names or classes:
     A RoPE frequency rule as transformers ``rope_parameters`` entries (merged
     over the model's; the application builds the model's rotary class from
     them with ``max_position_embeddings = train_length``), e.g. Dynamic-NTK
-    ``{"rope_type": "dynamic", "factor": 2.0}``; linear PI ``{"rope_type":
-    "linear", "factor": f}`` and YaRN ``{"rope_type": "yarn", "factor": f,
-    "original_max_position_embeddings": T}`` fit the same hook.
+    ``{"rope_type": "dynamic", "factor": 2.0}``, linear PI ``{"rope_type":
+    "linear", "factor": f}``, YaRN ``{"rope_type": "yarn", "factor": f,
+    "original_max_position_embeddings": T}``, static NTK ``{"rope_type":
+    "default", "rope_theta": base'}``.  ``model`` gives the model's own
+    ``{"rope_theta": base, "rotary_dim": d}`` (static NTK scales them).
     :meth:`Method.rope_rule` says it in words (reported by layouts).
 :meth:`Method.visible_pairs` -> int
     Query/key pairs the layout makes visible in ``seq_len`` tokens, in closed
@@ -76,8 +78,10 @@ import numpy as np
 
 __all__ = [
     "Method", "Origin", "Stair", "ReRoPE", "LeakyReRoPE", "DynamicNTK",
-    "StreamingLLM", "LMInfinite", "Mesa", "ChunkPlan", "METHODS",
-    "get_method", "resolve", "stair_position", "DECODE_MODES",
+    "StreamingLLM", "LMInfinite", "Mesa", "ChunkPlan", "SelfExtend", "DualChunk",
+    "String", "PositionInterpolation", "NTKAware", "YaRN", "METHODS",
+    "get_method", "resolve", "stair_position", "dynamic_split", "DECODE_MODES",
+    "MESA_PRESETS",
 ]
 
 #: The values of :attr:`Method.decode`.
@@ -100,6 +104,13 @@ def stair_position(t, stair_start: int, stair_width: int):
     t = np.asarray(t)
     far = stair_start + np.floor_divide(t - stair_start, stair_width)
     return np.where(t < stair_start, t, far)
+
+
+def _check_factor(value, name: str = "factor") -> None:
+    """Raise ValueError naming ``name`` unless ``value`` is a number >= 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+            or not value >= 1:
+        raise ValueError(f"{name}={value!r} must be a number >= 1")
 
 
 def _triangle(n: int) -> int:
@@ -183,9 +194,10 @@ class Method:
         return ((0, int(seq_len)),)
 
     # -- RoPE frequencies -------------------------------------------------------
-    def rope_parameters(self) -> dict | None:
+    def rope_parameters(self, model: dict | None = None) -> dict | None:
         """transformers ``rope_parameters`` entries this method runs RoPE with
-        (merged over the model's), or None for the model's own frequencies."""
+        (merged over the model's), or None for the model's own frequencies;
+        ``model``: the model's ``{"rope_theta": base, "rotary_dim": d}``."""
         return None
 
     def rope_rule(self) -> str | None:
@@ -314,11 +326,10 @@ class DynamicNTK(Method):
     factor: float = 1.0
 
     def _fill(self, seq_len, prefill_length):
-        if not (isinstance(self.factor, (int, float)) and self.factor >= 1):
-            raise ValueError(f"factor={self.factor!r} must be a number >= 1")
+        _check_factor(self.factor)
         return self
 
-    def rope_parameters(self) -> dict:
+    def rope_parameters(self, model: dict | None = None) -> dict:
         return {"rope_type": "dynamic", "factor": float(self.factor)}
 
     def rope_rule(self) -> str:
@@ -437,10 +448,18 @@ class Mesa(Method):
     smallest keeping every relative position below ``stair_limit``
     (``train_length // 2``): inside the hidden-state thresholds of the paper's
     theory (see README, Measurements).
-    ``stair="per-query"`` is the paper's exact ``P(i - j)``; ``"anchored"`` is
-    the authors' code: keys before the last chunk placed at ``P(start - j)``
-    plus the query's offset.  ``log_scaling`` multiplies queries by
-    ``max(1, log(i + 1) / log(train_length))``.
+    ``stair="per-query"`` (default) is the paper's exact ``P(i - j)``;
+    ``"anchored"`` is the authors' code: keys before the last chunk placed at
+    ``P(start - j)`` plus the query's offset.  ``log_scaling`` (default off)
+    multiplies queries by ``max(1, log(i + 1) / log(train_length))``.
+
+    ``preset`` (:data:`MESA_PRESETS`) resolves into explicit parameters (a
+    parameter given explicitly overrides the preset's): ``"paper"`` is
+    Appendix B.2 (Algorithm 2's DynamicSplit with ``F = 100``, ``L = 512``,
+    ``M_max = 200``; Stair PE ``N = 512``, ``E = 50``, per query, floor form;
+    no log-n scaling); ``"authors-code"`` is what the released code runs
+    (its DynamicSplit variant, the stair anchored where the code anchors it
+    with ``E = 50``, log-n query scaling).  Both need ``train_length > 512``.
 
     Defaults derived from ``T = train_length``: ``first_chunk = last_chunk =
     T // 16``, ``chunk_size <= T // 8``; at small ``T`` (below 32) never less
@@ -462,21 +481,54 @@ class Mesa(Method):
     stair_start: int | None = None
     stair_width: int | None = None
     stair_limit: int | None = None
-    stair: str = "per-query"
-    log_scaling: bool = False
+    stair: str | None = None
+    log_scaling: bool | None = None
     prefill_length: int | None = None
+    preset: str | None = None
 
     def _fill(self, seq_len, prefill_length):
+        P = prefill_length if prefill_length is not None else self.prefill_length
+        P = seq_len if P is None else P
+        _check_int("prefill_length", P, 1, seq_len)
+        me = self._preset_filled(P) if self.preset is not None else self
+        return me._fill_switches()._fill_fields(seq_len, P)
+
+    def _fill_switches(self) -> "Mesa":
+        """``stair`` (default per-query) and ``log_scaling`` (default off)."""
+        stair = "per-query" if self.stair is None else self.stair
+        if stair not in ("per-query", "anchored"):
+            raise ValueError(f"stair={stair!r}: allowed 'per-query' or 'anchored'")
+        if self.log_scaling not in (None, True, False):
+            raise ValueError(f"log_scaling={self.log_scaling!r}: allowed True or False")
+        return dataclasses.replace(self, stair=stair, log_scaling=bool(self.log_scaling))
+
+    def _preset_filled(self, prefill_length: int) -> "Mesa":
+        """The preset's values for every parameter left ``None``."""
+        if self.preset not in MESA_PRESETS:
+            raise ValueError(f"preset={self.preset!r}: allowed {list(MESA_PRESETS)}")
+        T = self.train_length
+        if T <= _PAPER["last_chunk"]:
+            raise ValueError(f"preset={self.preset!r} needs train_length > "
+                             f"{_PAPER['last_chunk']} (its last chunk of {_PAPER['last_chunk']} "
+                             f"tokens): got train_length={T}, allowed >= "
+                             f"{_PAPER['last_chunk'] + 1}")
+        F = _PAPER["first_chunk"] if self.first_chunk is None else self.first_chunk
+        L = _PAPER["last_chunk"] if self.last_chunk is None else self.last_chunk
+        if self.preset == "paper":
+            values = dict(_PAPER, chunk_size=dynamic_split(prefill_length, T, F, L))
+        else:                        # the code's L only sizes its split: the last chunk follows
+            values = _authors_code_values(prefill_length, T, F, L)
+        given = {k: v for k, v in values.items() if getattr(self, k) is None}
+        if self.preset == "authors-code":
+            given["last_chunk"] = values["last_chunk"]
+        return dataclasses.replace(self, **given)
+
+    def _fill_fields(self, seq_len: int, P: int) -> "Mesa":
         T = self.train_length
         F = min(T - 1, max(2, T // 16)) if self.first_chunk is None else self.first_chunk
         _check_int("first_chunk", F, 1, T - 1, f"train_length={T}")
         L = max(2, T // 16) if self.last_chunk is None else self.last_chunk
         _check_int("last_chunk", L, 1, T)
-        if self.stair not in ("per-query", "anchored"):
-            raise ValueError(f"stair={self.stair!r}: allowed 'per-query' or 'anchored'")
-        P = prefill_length if prefill_length is not None else self.prefill_length
-        P = seq_len if P is None else P
-        _check_int("prefill_length", P, 1, seq_len)
         C = self.chunk_size
         if C is None:                # DynamicSplit: equal chunks, last one close to last_chunk
             C, rest = min(T - F, max(4, T // 8)), P - F - L
@@ -588,9 +640,289 @@ class Mesa(Method):
         return np.where(rows >= plan.last_start, f, 1.0)
 
 
+# -- Mesa presets ------------------------------------------------------------------------
+
+#: The values of :attr:`Mesa.preset`.
+MESA_PRESETS = ("paper", "authors-code")
+#: Appendix B.2 of the paper: F, L, M_max of Algorithm 2, Stair PE N and E (floor form).
+_PAPER = dict(first_chunk=100, last_chunk=512, stair="per-query", stair_start=512,
+              stair_width=50, log_scaling=False)
+_PAPER_M_MAX = 200
+#: The released code's constants (``PositionSet``): tokens reserved for generation and
+#: the margin under ``train_length`` its middle chunks keep (``T - F - 100``).
+_CODE_RESERVE, _CODE_MARGIN = 50, 100
+
+
+def dynamic_split(prompt_length: int, train_length: int, first_chunk: int = 100,
+                  last_chunk: int = 512, max_remainder: int = _PAPER_M_MAX) -> int:
+    """Algorithm 2 (DynamicSplit) of the paper: the middle-chunk length ``C``.
+
+    With ``R = I - L - F``, ``N, M = divmod(R, T - F)``: ``C = T - F`` if
+    ``M < M_max`` (the remainder joins the last chunk), else ``R // (N + 1)``
+    (equal chunks).  ``I``: prompt length, ``T``: training length.
+    """
+    rest, room = prompt_length - last_chunk - first_chunk, train_length - first_chunk
+    if rest <= 0:
+        return room
+    n, m = divmod(rest, room)
+    return room if m < max_remainder else rest // (n + 1)
+
+
+def _authors_code_values(prompt_length: int, train_length: int, first_chunk: int,
+                         last_context: int) -> dict:
+    """What the authors' code (``PositionSet.set_align_position`` and its chunk
+    loop) runs for a prompt of ``I`` tokens, in this project's parameters.
+
+    Its split: ``R = I + 50 - L - F``, ``D = T - F - 100``, ``N, M = divmod(R,
+    D)``, ``C = D`` if ``M < 200`` else ``R // (N + 1)``; chunks of ``C`` follow
+    the first while they end before ``I``, the rest is the last chunk.  Its
+    stair is anchored at ``a = 1 + C * floor((I - 1) / C)``: keys from ``a``
+    on keep their positions, so ``stair_start = s - a + 1`` (``s``: the last
+    chunk's start).
+    """
+    I, T, F, L = prompt_length, train_length, first_chunk, last_context
+    C = dynamic_split(I + _CODE_RESERVE, T - _CODE_MARGIN, F, L)
+    n_middle = max(0, -(-(I - F) // C) - 1)
+    s = F + n_middle * C
+    anchor = 1 + C * ((I - 1) // C)
+    if I > T and s - anchor + 1 < 0:
+        raise ValueError(f"preset='authors-code' at {I} tokens (train_length={T}): the "
+                         f"authors' code anchors its stair at {anchor}, inside the last chunk "
+                         f"(from {s}), which this project cannot express")
+    return dict(_PAPER, first_chunk=F, chunk_size=C, last_chunk=max(1, I - s), stair="anchored",
+                stair_start=max(0, s - anchor + 1), log_scaling=True)
+
+
+# -- Self-Extend, Dual Chunk Attention, STRING ---------------------------------------------
+
+@dataclass(frozen=True)
+class SelfExtend(Method):
+    """Self-Extend (Jin et al. 2024, "LLM Maybe LongLM"): neighbour attention
+    inside ``window`` (``W``), grouped attention beyond it::
+
+        t = i - j                           if t < W
+        i // G - j // G + W - W // G        if t >= W      (G = group_size)
+
+    ``window`` defaults to ``T // 4`` (the authors' example: 1024 at 4096);
+    ``group_size`` to the smallest ``G`` keeping every position of the
+    prompt below ``T`` (``G = 1``, Origin, up to ``T``), fixed for the
+    generation that follows, as the authors do.
+    """
+
+    name: ClassVar[str] = "self-extend"
+    decode: ClassVar[str] = "prefill-plan"
+    past_train_length: ClassVar[str] = (
+        "keys beyond the neighbour window at grouped positions: query i//G + W - W//G, "
+        "key j//G")
+    group_size: int | None = None
+    window: int | None = None
+
+    def _fill(self, seq_len, prefill_length):
+        T = self.train_length
+        W = max(1, T // 4) if self.window is None else self.window
+        _check_int("window", W, 1, T - 1, f"below train_length={T}")
+        G = self.group_size
+        if G is None:
+            G = _smallest_group(seq_len if prefill_length is None else prefill_length, W, T)
+        _check_int("group_size", G, 1)
+        return dataclasses.replace(self, group_size=G, window=W)
+
+    def relative(self, i, j):
+        t, vis = Method.relative(self, i, j)
+        G, W = self.group_size, self.window
+        grouped = np.asarray(i) // G - np.asarray(j) // G + W - W // G
+        return np.where(t < W, t, grouped), vis
+
+
+def _smallest_group(n: int, window: int, train_length: int) -> int:
+    """Smallest ``G`` with ``(n - 1) // G + W - W // G <= T - 1``."""
+    G = max(1, (n - 1) // train_length)
+    while (n - 1) // G + window - window // G > train_length - 1:
+        G += 1
+    return G
+
+
+@dataclass(frozen=True)
+class DualChunk(Method):
+    """Dual Chunk Attention (An et al. 2024, ChunkLlama), Eq. 2-8: keys at
+    ``j mod s``; a query sees its own chunk at ``i mod s`` (intra-chunk), the
+    previous chunk at ``s + (i mod s)`` while ``i mod s < w`` (successive),
+    everything else at ``s + w - 1`` (inter-chunk; ``c - 1`` in the paper)::
+
+        t                     if i//s == j//s, or i//s - j//s == 1 and i mod s < w
+        s + w - 1 - (j mod s) otherwise
+
+    ``chunk_size`` (``s``) defaults to ``3T/4`` (§4.1), ``local_window``
+    (``w``) to ``T - s`` (§3.3; at most ``s``), the largest keeping positions
+    below ``T``; then it is Origin up to ``T``.  The authors' code runs ``s = 3T/4 - T/8``,
+    ``w = T/8 + 1``.
+    """
+
+    name: ClassVar[str] = "dual-chunk"
+    past_train_length: ClassVar[str] = (
+        "keys in the own and the previous chunk at true distance, older keys at "
+        "chunk_size + local_window - 1 - (j mod chunk_size)")
+    chunk_size: int | None = None
+    local_window: int | None = None
+
+    def _fill(self, seq_len, prefill_length):
+        T = self.train_length
+        s = max(1, T * 3 // 4) if self.chunk_size is None else self.chunk_size
+        _check_int("chunk_size", s, 1, T - 1, f"below train_length={T}")
+        w = min(s, T - s) if self.local_window is None else self.local_window
+        _check_int("local_window", w, 1, min(s, T - s),
+                   f"local_window <= chunk_size and chunk_size + local_window <= "
+                   f"train_length={T}")
+        return dataclasses.replace(self, chunk_size=s, local_window=w)
+
+    def relative(self, i, j):
+        t, vis = Method.relative(self, i, j)
+        s, w = self.chunk_size, self.local_window
+        gap = np.asarray(i) // s - np.asarray(j) // s
+        near = (gap == 0) | ((gap == 1) & (np.asarray(i) % s < w))
+        return np.where(near, t, s + w - 1 - np.asarray(j) % s), vis
+
+
+@dataclass(frozen=True)
+class String(Method):
+    """STRING (An et al. 2024, "Why Does the Effective Context Length of LLMs
+    Fall Short?"): positions from the shifted offset ``S`` on are dropped and
+    the well-trained ones shifted over them, plus a local window ``W``::
+
+        t               if t < S
+        t - S + W       if t >= S
+
+    ``shifted_offset`` (``S``) defaults to ``0.33 T`` and ``local_window``
+    (``W``) to 128 (at most ``S / 4``), the authors' settings.  Origin up to
+    ``S`` tokens; positions stay below ``T`` up to ``T + S - W`` tokens.
+    """
+
+    name: ClassVar[str] = "string"
+    past_train_length: ClassVar[str] = (
+        "distances from shifted_offset on are shifted back by shifted_offset - "
+        "local_window (untrained again past train_length + shifted_offset - local_window)")
+    shifted_offset: int | None = None
+    local_window: int | None = None
+
+    def _fill(self, seq_len, prefill_length):
+        T = self.train_length
+        S = max(1, int(0.33 * T)) if self.shifted_offset is None else self.shifted_offset
+        _check_int("shifted_offset", S, 1, T - 1, f"below train_length={T}")
+        W = min(128, S // 4) if self.local_window is None else self.local_window
+        _check_int("local_window", W, 0, S - 1, f"below shifted_offset={S}")
+        return dataclasses.replace(self, shifted_offset=S, local_window=W)
+
+    def relative(self, i, j):
+        t, vis = Method.relative(self, i, j)
+        S, W = self.shifted_offset, self.local_window
+        return np.where(t < S, t, t - S + W), vis
+
+
+# -- frequency rules: PI, NTK-aware, YaRN ----------------------------------------------------
+
+@dataclass(frozen=True)
+class _FrequencyRule(Method):
+    """Linear positions, RoPE frequencies changed by a rule with scale
+    ``factor`` (``s`` in the YaRN paper), run through transformers' own rope
+    types.  ``factor`` defaults to ``max(1, n / T)`` for a prompt of ``n``
+    tokens, fixed for the generation after it (1, Origin, up to ``T``)."""
+
+    native: ClassVar[bool] = True
+    decode: ClassVar[str] = "prefill-plan"
+    factor: float | None = None
+
+    def _fill(self, seq_len, prefill_length):
+        n = seq_len if prefill_length is None else prefill_length
+        f = max(1.0, n / self.train_length) if self.factor is None else self.factor
+        _check_factor(f)
+        return dataclasses.replace(self, factor=float(f))
+
+
+@dataclass(frozen=True)
+class PositionInterpolation(_FrequencyRule):
+    """Position Interpolation (Chen et al. 2023): positions ``× 1/factor``, i.e.
+    ``inv_freq / factor`` (transformers' ``rope_type="linear"``)."""
+
+    name: ClassVar[str] = "pi"
+    past_train_length: ClassVar[str] = (
+        "positions interpolated by 1/factor (factor = prompt length / train_length)")
+
+    def rope_parameters(self, model: dict | None = None) -> dict:
+        return {"rope_type": "linear", "factor": self.factor}
+
+    def rope_rule(self) -> str:
+        return f"inv_freq / factor (positions × 1/factor), factor={self.factor:g}"
+
+
+@dataclass(frozen=True)
+class NTKAware(_FrequencyRule):
+    """Static NTK-aware scaling (bloc97 2023; YaRN paper Eq. 16): base
+    ``b' = b * factor ** (d / (d - 2))`` for the rotary dim ``d``, fixed at the
+    prompt (transformers' ``rope_type="default"`` with that ``rope_theta``)."""
+
+    name: ClassVar[str] = "ntk"
+    past_train_length: ClassVar[str] = (
+        "linear positions; RoPE base raised to base * factor ** (d/(d-2)) at the prompt")
+
+    def rope_parameters(self, model: dict | None = None) -> dict:
+        if not model or "rope_theta" not in model or "rotary_dim" not in model:
+            raise ValueError("the static NTK rule needs the model's rope_theta and "
+                             f"rotary_dim, got {model!r}")
+        d = model["rotary_dim"]
+        return {"rope_type": "default",
+                "rope_theta": float(model["rope_theta"]) * self.factor ** (d / (d - 2))}
+
+    def rope_rule(self) -> str:
+        return f"base' = base * factor ** (d/(d-2)), factor={self.factor:g}"
+
+
+@dataclass(frozen=True)
+class YaRN(_FrequencyRule):
+    """YaRN (Peng et al. 2023): NTK-by-parts interpolation plus attention
+    temperature (transformers' ``rope_type="yarn"``): dimensions whose
+    wavelength fits ``T / beta_fast`` rotations keep their frequency, those
+    under ``beta_slow`` rotations are interpolated by ``1/factor``, a linear
+    ramp between; cos/sin scaled by ``attention_factor`` (default ``0.1 ln
+    factor + 1``)."""
+
+    name: ClassVar[str] = "yarn"
+    past_train_length: ClassVar[str] = (
+        "low frequencies interpolated by 1/factor, high ones kept, logits scaled "
+        "(factor = prompt length / train_length)")
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    attention_factor: float | None = None
+
+    def _fill(self, seq_len, prefill_length):
+        if not (isinstance(self.beta_fast, (int, float)) and isinstance(self.beta_slow, (int, float))
+                and self.beta_fast > self.beta_slow > 0):
+            raise ValueError(f"beta_fast={self.beta_fast!r}, beta_slow={self.beta_slow!r}: "
+                             "allowed numbers with beta_fast > beta_slow > 0")
+        a = self.attention_factor
+        if a is not None and not (isinstance(a, (int, float)) and a > 0):
+            raise ValueError(f"attention_factor={a!r} must be a number > 0 (or None)")
+        return _FrequencyRule._fill(self, seq_len, prefill_length)
+
+    def rope_parameters(self, model: dict | None = None) -> dict:
+        p = {"rope_type": "yarn", "factor": self.factor, "beta_fast": float(self.beta_fast),
+             "beta_slow": float(self.beta_slow),
+             "original_max_position_embeddings": self.train_length}
+        if self.attention_factor is not None:
+            p["attention_factor"] = float(self.attention_factor)
+        return p
+
+    def rope_rule(self) -> str:
+        a = self.attention_factor
+        a = 0.1 * math.log(self.factor) + 1 if a is None else a
+        return (f"NTK-by-parts: inv_freq / factor where fewer than beta_slow="
+                f"{self.beta_slow:g} rotations fit in T, kept where more than beta_fast="
+                f"{self.beta_fast:g}, a ramp between; cos/sin × {a:.4g}; factor={self.factor:g}")
+
+
 METHODS: dict[str, type[Method]] = {
     cls.name: cls for cls in
-    (Origin, Stair, ReRoPE, LeakyReRoPE, DynamicNTK, StreamingLLM, LMInfinite, Mesa)
+    (Origin, Stair, ReRoPE, LeakyReRoPE, DynamicNTK, StreamingLLM, LMInfinite, Mesa,
+     SelfExtend, DualChunk, String, PositionInterpolation, NTKAware, YaRN)
 }
 
 

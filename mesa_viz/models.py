@@ -137,24 +137,47 @@ def notebook_model():
 
 
 _TINY_VOCAB = 512
+_TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
 _TINY = {
-    "llama": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                  rope_theta=10000.0),
-    "gpt_neox": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                     num_attention_heads=4, max_position_embeddings=4096, rotary_pct=0.5,
-                     rope_theta=10000.0),
-    "qwen3": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                  max_position_embeddings=4096, rope_theta=10000.0),
+    "llama": dict(_TINY_SHAPE, rope_theta=10000.0),
+    "gpt_neox": dict(_TINY_SHAPE, num_key_value_heads=None, rotary_pct=0.5, rope_theta=10000.0),
+    "qwen3": dict(_TINY_SHAPE, head_dim=16, rope_theta=10000.0),
     "gpt2": dict(n_embd=64, n_layer=2, n_head=4, n_positions=4096),
+    "mistral": dict(_TINY_SHAPE, sliding_window=None),
+    "qwen2": dict(_TINY_SHAPE),
+    "phi": dict(_TINY_SHAPE, partial_rotary_factor=0.5),
+    "phi3": dict(_TINY_SHAPE, partial_rotary_factor=0.75, pad_token_id=0),
+    "gemma": dict(_TINY_SHAPE, head_dim=16),
+    "olmo": dict(_TINY_SHAPE),
+    "olmo2": dict(_TINY_SHAPE),
+    "granite": dict(_TINY_SHAPE, attention_multiplier=0.2),
+    "stablelm": dict(_TINY_SHAPE, qk_layernorm=True),
+    "persimmon": dict(_TINY_SHAPE, num_key_value_heads=None),
+    "starcoder2": dict(_TINY_SHAPE),
+    "cohere": dict(_TINY_SHAPE, use_qk_norm=True),
+    "glm": dict(_TINY_SHAPE, head_dim=16, pad_token_id=0),
+    "glm4": dict(_TINY_SHAPE, head_dim=16, pad_token_id=0),
+    "deepseek_v3": dict(_TINY_SHAPE, q_lora_rank=None, kv_lora_rank=16, qk_rope_head_dim=8,
+                        qk_nope_head_dim=8, v_head_dim=16, n_routed_experts=4,
+                        num_experts_per_tok=2, n_group=1, topk_group=1,
+                        first_k_dense_replace=1, moe_intermediate_size=32),
+    "falcon": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   new_decoder_architecture=True, num_kv_heads=2, alibi=False,
+                   max_position_embeddings=4096),
+    "gemma2": dict(_TINY_SHAPE, head_dim=16),
+    "gptj": dict(n_embd=64, n_head=4, n_layer=2, rotary_dim=8, n_positions=4096),
+    "gemma3_text": dict(_TINY_SHAPE, head_dim=16),
+    "olmo3": dict(_TINY_SHAPE, eos_token_id=1, pad_token_id=0),
+    "cohere2": dict(_TINY_SHAPE, eos_token_id=1, pad_token_id=0),
 }
 
 
 def tiny_model(family: str = "llama", seed: int = 0, attn_implementation: str = "sdpa",
                **overrides):
-    """A random-weight model of ``family`` (llama, gpt_neox, qwen3, gpt2) for
-    fast tests, float32, eval mode.  Returns ``(model, tokenizer)`` with
+    """A random-weight model of ``family`` (a transformers ``model_type`` of
+    :data:`_TINY`: llama, gpt_neox, qwen3, phi, phi3, cohere, glm, ..., gpt2)
+    for fast tests, float32, eval mode.  Returns ``(model, tokenizer)`` with
     :func:`tiny_tokenizer` (whose 512 ids are the model's vocabulary)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM

@@ -63,7 +63,7 @@ MAX_LAYOUT_SIDE = 512
 #: Most points per hidden-state curve before min/max envelope reduction.
 MAX_POINTS = 4000
 
-_PALETTE = tuple(qualitative.D3)
+_PALETTE = tuple(qualitative.D3) + tuple(qualitative.Dark2)      # issue 10: 14+ methods
 _CHUNK_COLORS = (("first", "#1f77b4"), ("middle", "#2ca02c"), ("last", "#d62728"),
                  ("whole", "#7f7f7f"))
 _REDUCERS = ("max", "mean")

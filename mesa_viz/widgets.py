@@ -64,6 +64,9 @@ LAYOUT_PARAMS = (
     ("first_chunk", 1, 128, 1), ("chunk_size", 1, 128, 1), ("last_chunk", 1, 128, 1),
     ("stair_start", 0, 128, 1), ("stair_width", 1, 64, 1), ("window", 1, 256, 1),
     ("leak", 1.0, 16.0, 0.25), ("sink_tokens", 0, 64, 1),
+    # issue 10: Self-Extend, Dual Chunk Attention, STRING, frequency rules
+    ("group_size", 1, 64, 1), ("shifted_offset", 1, 256, 1), ("local_window", 0, 256, 1),
+    ("factor", 1.0, 16.0, 0.25),
 )
 #: How the attention explorer reduces over heads, besides showing one head.
 HEAD_REDUCTIONS = (("max over heads", "max"), ("mean over heads", "mean"))

@@ -1,9 +1,11 @@
-"""Methods on tiny random-weight models of two RoPE families (Llama with GQA,
-GPT-NeoX with partial rotary): every method against an independent dense
-reference built from ``layout(...)`` (prefill and generated tokens),
-equivalence with origin below the training length, generation, restoring the
-model, what a user meets (nesting, missing kernels, transformers' length
-warning), errors."""
+"""Methods on tiny random-weight models of the RoPE families the authors meant
+to cover (Llama with GQA, GPT-NeoX/Pythia and Phi with partial rotary, Phi-3):
+every method against an independent dense reference built from
+``layout(...)`` (prefill and generated tokens; frequency rules with their
+frequencies written from the formulas), equivalence with origin below the
+training length, Mesa's presets, generation, restoring the model, what a user
+meets (nesting, missing kernels, transformers' length warning, frequency rules
+on scaled RoPE), errors."""
 
 import dataclasses
 import logging
@@ -16,9 +18,17 @@ import torch
 import mesa_viz as mv
 from mesa_viz.methods import Method
 from mesa_viz.models import tiny_model
-from reference import dynamic_ntk_inv_freq, reference_logits
+from reference import reference_logits, rule_frequencies
 
 pytestmark = pytest.mark.tiny
+
+#: The families of the every-method tests (the authors' Llama, Pythia and Phi).
+FAMILIES = ["llama", "gpt_neox", "phi", "phi3"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+    return tiny_model(request.param)[0]
 
 T = 64
 SMALL_T = {
@@ -33,6 +43,14 @@ SMALL_T = {
     "leaky-rerope": dict(window=20),
     "streaming-llm": dict(sink_tokens=4),
     "lm-infinite": dict(sink_tokens=4),
+    "self-extend": dict(group_size=3, window=12),
+    "self-extend-uneven": dict(group_size=4, window=10),
+    "dual-chunk": dict(chunk_size=40, local_window=16),
+    "string": dict(shifted_offset=30, local_window=8),
+    "pi": dict(factor=3.0),
+    "ntk": dict(factor=3.0),
+    "yarn": dict(factor=3.0),
+    "yarn-betas": dict(factor=2.5, beta_fast=16.0, beta_slow=2.0, attention_factor=1.2),
 }
 
 
@@ -48,7 +66,9 @@ def _logits(model, ids, method="origin", **params):
 
 
 def _method_of(case):
-    return case if case in mv.METHODS else case.split("-")[0]
+    """The method of a case name: the longest name in METHODS it starts with."""
+    return next(m for m in sorted(mv.METHODS, key=len, reverse=True)
+                if case == m or case.startswith(m + "-"))
 
 
 def _reference(model, ids, method, prefill_length=None, **params):
@@ -57,13 +77,9 @@ def _reference(model, ids, method, prefill_length=None, **params):
     n = ids.shape[1]
     lay = mv.layout(method, n, prefill_length=prefill_length, **params)
     m = mv.methods.resolve(method, n, prefill_length=prefill_length, **params)
-    inv_freq = None
-    if m.rope_parameters() is not None:             # dynamic-ntk: each forward's own frequencies
-        prefill = prefill_length or n
-        inv_freq = dynamic_ntk_inv_freq(model, m.train_length, m.factor,
-                                        [max(prefill, p + 1) for p in range(n)])
+    inv_freq, rope_scale = rule_frequencies(model, m, n, prefill_length)
     return reference_logits(model, ids, lay.relative_positions, lay.mask,
-                            m.query_scale(np.arange(n)), inv_freq)
+                            m.query_scale(np.arange(n)), inv_freq, rope_scale=rope_scale)
 
 
 def _fixed_params(method, seq_len, prefill_length):
@@ -75,47 +91,49 @@ def _fixed_params(method, seq_len, prefill_length):
     return p
 
 
-# below train_length every window must cover the input for the claim to hold
-COVER = {"rerope": dict(window=255), "leaky-rerope": dict(window=255)}
+# below train_length every window must cover the input for the claim to hold (STRING
+# changes positions below T by design: it is Origin up to its shifted offset)
+COVER = {"rerope": dict(window=255), "leaky-rerope": dict(window=255),
+         "string": dict(shifted_offset=255)}
 
 
 @pytest.mark.parametrize("method", list(mv.METHODS))
-def test_equals_origin_below_train_length(tiny, method):
+def test_equals_origin_below_train_length(family, method):
     ids = _ids(200)
-    ref = _reference(tiny, ids, "origin", train_length=256)
-    got, _ = _logits(tiny, ids, method, train_length=256, **COVER.get(method, {}))
+    ref = _reference(family, ids, "origin", train_length=256)
+    got, _ = _logits(family, ids, method, train_length=256, **COVER.get(method, {}))
     assert (got.double() - ref).abs().max().item() <= 1e-4
     if method == "origin":                              # the reference is the model's own attention
-        assert (tiny(ids).logits[0].double() - ref).abs().max().item() <= 1e-4
+        assert (family(ids).logits[0].double() - ref).abs().max().item() <= 1e-4
 
 
 @pytest.mark.parametrize("method", list(mv.METHODS))
-def test_every_method_matches_dense_reference_prefill_and_generation(tiny, method):
+def test_every_method_matches_dense_reference_prefill_and_generation(family, method):
     """Past train_length, with every default derived from it: the prefill's
     logits and 4 greedy steps equal the dense reference of the method's layout."""
     n, k = 150, 4
     params = _fixed_params(method, n + k, n)
     ids = _ids(n, seed=10)
-    with mv.apply(tiny, method, **params), torch.no_grad():
-        prefill = tiny(ids).logits[0].double()
-        out = tiny.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=k,
-                            do_sample=False, output_logits=True, return_dict_in_generate=True,
-                            pad_token_id=0)
+    with mv.apply(family, method, **params), torch.no_grad():
+        prefill = family(ids).logits[0].double()
+        out = family.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=k,
+                              do_sample=False, output_logits=True,
+                              return_dict_in_generate=True, pad_token_id=0)
     steps = torch.stack(out.logits, 1)[0].double()                     # [k, vocab]
-    ref = _reference(tiny, out.sequences[:, :n + k - 1], method, prefill_length=n, **params)
+    ref = _reference(family, out.sequences[:, :n + k - 1], method, prefill_length=n, **params)
     assert (prefill - ref[:n]).abs().max().item() <= 1e-4
     assert (steps - ref[n - 1:]).abs().max().item() <= 1e-4
 
 
 @pytest.mark.parametrize("case", sorted(SMALL_T))
-def test_matches_dense_reference_past_train_length(tiny, case):
+def test_matches_dense_reference_past_train_length(family, case):
     method = _method_of(case)
     ids = _ids(150, seed=1)
-    got, state = _logits(tiny, ids, method, train_length=T, **SMALL_T[case])
-    ref = _reference(tiny, ids, method, **state.resolved.params())
+    got, state = _logits(family, ids, method, train_length=T, **SMALL_T[case])
+    ref = _reference(family, ids, method, **state.resolved.params())
     assert (got.double() - ref).abs().max().item() <= 1e-4
     # and it really is a different computation from origin past T
-    assert (got - tiny(ids).logits[0]).abs().max().item() > 1e-3
+    assert (got - family(ids).logits[0]).abs().max().item() > 1e-3
 
 
 @pytest.mark.parametrize("case", ["mesa-fixed", "mesa-anchored", "stair"])
@@ -130,6 +148,103 @@ def test_generation_matches_reference(tiny, case):
     steps = torch.stack(out.logits, 1)[0].double()                    # [5, vocab]
     ref = _reference(tiny, out.sequences[:, :155], method, prefill_length=150, **params)
     assert (steps - ref[149:154]).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("method", ["pi", "ntk", "yarn", "self-extend"])
+def test_prompt_derived_parameters_follow_each_prompt_and_stay_through_decode(tiny_llama,
+                                                                              method):
+    """A factor (or Self-Extend's group) derived from the prompt: two prompts of
+    different lengths in one application each get their own, and the tokens
+    generated after a prompt keep its value (the reference resolves the whole
+    sequence with the prompt's length)."""
+    k, runs = 4, []
+    with mv.apply(tiny_llama, method, train_length=T) as state, torch.no_grad():
+        for n, seed in [(150, 20), (100, 21)]:
+            ids = _ids(n, seed=seed)
+            out = tiny_llama.generate(ids, attention_mask=torch.ones_like(ids),
+                                      max_new_tokens=k, do_sample=False, output_logits=True,
+                                      return_dict_in_generate=True, pad_token_id=0)
+            runs.append((n, out, state.resolved.params()))
+    for n, out, params in runs:
+        got = torch.stack(out.logits, 1)[0].double()
+        ref = _reference(tiny_llama, out.sequences[:, :n + k - 1], method, prefill_length=n,
+                         train_length=T)
+        assert (got - ref[n - 1:]).abs().max().item() <= 1e-4, n
+        want = {"group_size": 3 if n == 150 else 2} if method == "self-extend" else \
+            {"factor": n / T}
+        assert {key: params[key] for key in want} == want
+
+
+@pytest.mark.parametrize("preset,n", [("paper", 900), ("authors-code", 900)])
+def test_mesa_presets_match_the_reference(preset, n):
+    """Mesa's presets on a tiny model with T = 640 (the paper's constants need
+    T > 512): prefill and generated tokens against the dense reference; the
+    preset and its resolved parameters are what the application reports."""
+    model = tiny_model("llama")[0]
+    ids, k = _ids(n, seed=30), 3
+    with mv.apply(model, "mesa", train_length=640, preset=preset) as state, torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=k,
+                             do_sample=False, output_logits=True, return_dict_in_generate=True,
+                             pad_token_id=0)
+        prefill = model(ids).logits[0].double()
+    params = state.resolved.params()
+    assert params.pop("preset") == preset and len(state.resolved.plan().chunks) >= 3
+    del params["prefill_length"]
+    steps = torch.stack(out.logits, 1)[0].double()
+    ref = _reference(model, out.sequences[:, :n + k - 1], "mesa", prefill_length=n, **params)
+    assert (prefill - ref[:n]).abs().max().item() <= 1e-4
+    assert (steps - ref[n - 1:]).abs().max().item() <= 1e-4
+
+
+def test_frequency_rules_run_transformers_rope_types(tiny_neox):
+    """PI, NTK and YaRN swap in the rotary module transformers builds for
+    rope_type linear, default (a raised base) and yarn; the model's own is
+    back after the block."""
+    ids = _ids(100, seed=22)
+    own = tiny_neox.gpt_neox.rotary_emb
+    for method, rope_type in [("pi", "linear"), ("ntk", "default"), ("yarn", "yarn")]:
+        with mv.apply(tiny_neox, method, train_length=32) as st, torch.no_grad():
+            tiny_neox(ids)
+            rotary = tiny_neox.gpt_neox.rotary_emb
+            assert rotary.rope_type == rope_type and st.resolved.factor == 100 / 32
+            assert not torch.equal(rotary.inv_freq, own.inv_freq)
+            assert rotary.inv_freq[0] == own.inv_freq[0] or method == "pi"   # fastest kept
+        assert tiny_neox.gpt_neox.rotary_emb is own
+
+
+@pytest.mark.parametrize("method", ["pi", "ntk", "yarn", "dynamic-ntk"])
+def test_frequency_rule_on_scaled_rope_is_refused(method):
+    """A model whose own RoPE is already scaled (Llama 3's rope_type) would lose
+    that scaling under a frequency rule: refused, naming the type."""
+    llama3 = tiny_model("llama", rope_parameters={
+        "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 1024})[0]
+    with pytest.raises(ValueError, match=f"'{method}' replaces the RoPE frequencies.*"
+                                         "rope_type is 'llama3'.*allowed on models with "
+                                         "rope_type 'default'"):
+        with mv.apply(llama3, method):
+            pass
+    with mv.apply(llama3, "self-extend", group_size=2, window=8):     # positions only: fine
+        pass
+
+
+@pytest.mark.parametrize("case", ["self-extend", "dual-chunk", "string", "pi", "ntk", "yarn"])
+def test_probes_capture_the_new_methods(tiny_llama, case):
+    """A probe captures rows under every new method (they sum to one; the
+    logits with rows captured, recomputed from the captured probabilities,
+    equal apply()'s), the frequency rules included (their capture runs the
+    kernels with the rule's rotary)."""
+    ids, rows = _ids(150, seed=23), [3, 60, 149]
+    params = SMALL_T[case]
+    tr = mv.trace(tiny_llama, ids, case, train_length=T, query_rows=rows, **params)
+    assert np.allclose(tr.attention.sum(-1), 1.0, atol=1e-5)
+    got, _ = _logits(tiny_llama, ids, case, train_length=T, **params)
+    with mv.apply(tiny_llama, case, train_length=T, **params,
+                  capture=mv.application.Capture(layers=[0, 1], heads=[0], rows=rows)) as st, \
+            torch.no_grad():
+        captured = tiny_llama(ids).logits[0]
+    assert (captured - got).abs().max().item() <= 1e-4
+    assert st.capture.attention[0].shape == (1, 3, 150)            # [head, row, key]
 
 
 def test_methods_and_parameters_one_after_another(tiny_llama):
@@ -365,12 +480,13 @@ def test_mesa_prefill_runs_in_pieces_and_equals_one_forward(tiny):
     calls, hook = _decoder_calls(tiny)
     try:
         with mv.apply(tiny, "mesa", **MESA_PIECES) as st, torch.no_grad():
+            calls.clear()                                  # the guard's two 16-token forwards
             pieces = tiny(ids, output_hidden_states=True)
             assert st.resolved.prefill_pieces(150, 32) == ((0, 24), (24, 56), (56, 88),
                                                            (88, 120), (120, 150))
         assert calls == [150, 24, 32, 32, 32]          # the caller's forward runs the last piece
-        calls.clear()
         with mv.apply(tiny, "mesa", piece_tokens=10**6, **MESA_PIECES), torch.no_grad():
+            calls.clear()
             one = tiny(ids, output_hidden_states=True)
             last = tiny(ids, use_cache=False, logits_to_keep=1)
         assert calls == [150, 120, 150, 120]

@@ -121,11 +121,20 @@ PREFILL_CASES = {
     "lm-infinite": dict(sink_tokens=4),
     "origin": {},
     "dynamic-ntk": {},
+    "self-extend": dict(group_size=3, window=20),
+    "self-extend-uneven": dict(group_size=4, window=10),       # G does not divide W
+    "dual-chunk": dict(chunk_size=40, local_window=16),
+    "dual-chunk-full-window": dict(chunk_size=24, local_window=24),
+    "string": dict(shifted_offset=30, local_window=8),
+    "string-no-window": dict(shifted_offset=45, local_window=0),
+    "pi": {}, "ntk": {}, "yarn": {},
 }
 
 
 def _method_of(case):
-    return case if case in METHODS else case.split("-")[0]
+    """The method of a case name: the longest name in METHODS it starts with."""
+    return next(m for m in sorted(METHODS, key=len, reverse=True)
+                if case == m or case.startswith(m + "-"))
 
 
 def _starts(method):
@@ -177,6 +186,28 @@ def test_forced_gpu_origin_blocks_run(monkeypatch):
     got = _attend(m, q, k, v, 90)
     assert calls == [(40, True), (20, True)]
     assert (got.double() - _dense(m, q, k, v, 90, D ** -0.5)).abs().max().item() <= 1e-5
+
+
+#: (method, parameters) of the single-query tests of the near/far and chunk kernels.
+ROW_DECODE_CASES = [("self-extend", PREFILL_CASES["self-extend"]),
+                    ("self-extend", PREFILL_CASES["self-extend-uneven"]),
+                    ("dual-chunk", PREFILL_CASES["dual-chunk"]),
+                    ("string", PREFILL_CASES["string"])]
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+@pytest.mark.parametrize("case", range(len(ROW_DECODE_CASES)))
+def test_single_query_of_new_methods_matches_dense(case, gpu, monkeypatch):
+    """Decode steps at lengths on either side of each boundary of the layout
+    (window, group, chunk and local-window edges)."""
+    if gpu:
+        _force_gpu_paths(monkeypatch)
+    method, p = ROW_DECODE_CASES[case]
+    for i in [150, 151, 159, 160, 161, 175, 199, 200, 217]:
+        m = get_method(method, train_length=64, **p).resolve(i + 1, prefill_length=150)
+        q, k, v = _qkv(1, i + 1, seed=i)
+        got = _attend(m, q, k, v, i)
+        assert (got.double() - _dense(m, q, k, v, i, D ** -0.5)).abs().max().item() <= 1e-5, i
 
 
 @pytest.mark.parametrize("lk", [10, 64, 100])
@@ -284,6 +315,24 @@ def test_decode_memo_drops_rotations_of_other_keys():
         assert (got.double() - want).abs().max().item() <= 1e-5
 
 
+def test_decode_memo_drops_rotations_with_other_frequencies():
+    """A step whose RoPE frequencies differ from the memo's (Dynamic NTK's grow
+    with the length at every step) rotates its keys afresh: it equals the same
+    step without a memo."""
+    m = get_method("origin", train_length=64).resolve(160)
+    q, k, v = _qkv(170, 170, seed=23)
+    memo, i = kernels.DecodeMemo(), 157
+    _decode_with_memo(lambda i: m, q, k, v, [155, 156], memo)
+    other = kernels.Rope(_inv_freq().float() / 3)
+    tables = kernels.RopeTables(other, m, memo)
+    tables.layer = 0
+    got = kernels.attend(m, q[:, :, i:i + 1], k[:, :, :i + 1], v[:, :, :i + 1], i, tables,
+                         D ** -0.5)
+    want = kernels.attend(m, q[:, :, i:i + 1], k[:, :, :i + 1], v[:, :, :i + 1], i,
+                          kernels.RopeTables(other, m), D ** -0.5)
+    assert (got - want).abs().max().item() <= 1e-6
+
+
 # -- flash-attn for flash_attention_2 models ---------------------------------------------------
 
 def _fake_flash_attn(calls):
@@ -352,3 +401,15 @@ def test_without_flash_attn_sdpa_serves_and_says_so(caplog, monkeypatch):
         assert len(said) == 1 and "SDPA" in said[0]
     finally:
         attention_sets._flash_attn.cache_clear()
+
+
+def test_blocked_rows_of_the_new_kernels():
+    """Where a layout is Origin's the kernel hands it to SDPA's fused causal
+    kernel (no blocked rows for the memory estimate); elsewhere every row."""
+    def rows(name, n, **p):
+        m = get_method(name, train_length=64, **p).resolve(n)
+        return kernels.kernel_for(m).blocked_rows(m, n)
+    assert rows("self-extend", 60) == 0 and rows("self-extend", 150) == 150
+    assert rows("string", 21) == 0 and rows("string", 22) == 22
+    assert rows("dual-chunk", 64) == 0 and rows("dual-chunk", 65) == 65
+    assert rows("pi", 150) == rows("ntk", 150) == rows("yarn", 150) == 0

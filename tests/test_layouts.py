@@ -9,8 +9,6 @@ from mesa_viz.methods import DECODE_MODES, METHODS, resolve, stair_position
 
 pytestmark = pytest.mark.unit
 
-pytestmark = pytest.mark.unit
-
 FIG1 = dict(train_length=5, first_chunk=2, chunk_size=3, last_chunk=2, stair_width=2)
 
 
@@ -217,6 +215,23 @@ def test_dynamic_ntk_reports_rule():
     (lambda: mv.layout("mesa", 100, train_length=32, stair_limit=40), "stair_limit=40"),
     (lambda: mv.layout("mesa", 300, train_length=64, stair="anchored", stair_start=30,
                        last_chunk=20), "stair_start=30"),
+    (lambda: mv.layout("mesa", 100, preset="book"), "preset='book'"),
+    (lambda: mv.layout("mesa", 100, train_length=512, preset="paper"), "train_length > 512"),
+    (lambda: mv.layout("self-extend", 100, train_length=32, group_size=0), "group_size=0"),
+    (lambda: mv.layout("self-extend", 100, train_length=32, window=32), "window=32"),
+    (lambda: mv.layout("dual-chunk", 100, train_length=32, chunk_size=32), "chunk_size=32"),
+    (lambda: mv.layout("dual-chunk", 100, train_length=32, chunk_size=24, local_window=9),
+     "local_window=9"),
+    (lambda: mv.layout("dual-chunk", 100, train_length=32, chunk_size=8, local_window=9),
+     "local_window=9"),
+    (lambda: mv.layout("string", 100, train_length=32, shifted_offset=32), "shifted_offset=32"),
+    (lambda: mv.layout("string", 100, train_length=32, shifted_offset=10, local_window=10),
+     "local_window=10"),
+    (lambda: mv.layout("pi", 100, train_length=32, factor=0.5), "factor=0.5"),
+    (lambda: mv.layout("ntk", 100, train_length=32, factor=0), "factor=0"),
+    (lambda: mv.layout("yarn", 100, train_length=32, factor=0.9), "factor=0.9"),
+    (lambda: mv.layout("yarn", 100, train_length=32, beta_fast=1.0), "beta_fast=1.0"),
+    (lambda: mv.layout("dynamic-ntk", 100, train_length=32, factor=0.5), "factor=0.5"),
 ])
 def test_bad_parameters_name_the_value(call, needle):
     with pytest.raises(ValueError) as e:
@@ -239,7 +254,11 @@ CASES = [("origin", {}), ("dynamic-ntk", {}), ("stair", dict(stair_start=5, stai
          ("streaming-llm", dict(sink_tokens=3)), ("streaming-llm", dict(sink_tokens=0)),
          ("lm-infinite", dict(sink_tokens=2, window=9)), ("mesa", {}),
          ("mesa", dict(first_chunk=3, chunk_size=5, last_chunk=4)),
-         ("mesa", dict(stair="anchored", last_chunk=3))]
+         ("mesa", dict(stair="anchored", last_chunk=3)),
+         ("self-extend", dict(group_size=3, window=4)), ("dual-chunk", {}),
+         ("dual-chunk", dict(chunk_size=5, local_window=2)),
+         ("string", dict(shifted_offset=5, local_window=2)), ("pi", {}), ("ntk", {}),
+         ("yarn", {})]
 
 
 @pytest.mark.parametrize("name,params", CASES)
@@ -255,7 +274,9 @@ def test_capabilities_are_declared():
         assert cls.name == name and cls.decode in DECODE_MODES
         assert cls.past_train_length, name
         m = resolve(name, 100, train_length=32)
-        assert (m.rope_parameters() is None) == (m.rope_rule() is None)
+        model = {"rope_theta": 10000.0, "rotary_dim": 64}
+        assert (m.rope_parameters(model) is None) == (m.rope_rule() is None)
+        assert (m.rope_parameters(model) is None) == (not m.native or name == "origin")
         assert (m.query_scale(np.arange(100)) >= 1).all()
     assert resolve("dynamic-ntk", 10, factor=2.0).rope_parameters() == \
         {"rope_type": "dynamic", "factor": 2.0}

@@ -12,11 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import mesa_viz as mv
 import mesa_viz.memory as memory
 from mesa_viz.memory import (GiB, LengthTooLong, ModelDims, PeakMemory, available_bytes,
                              check_fits, estimate_peak_bytes, exact_rss, model_dims)
-from mesa_viz.models import tiny_model
 
 pytestmark = pytest.mark.tiny
 

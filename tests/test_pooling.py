@@ -21,7 +21,10 @@ N, D, T = 180, 16, 64
 ROPE = kernels.Rope(1.0 / 10000 ** (torch.arange(0, 12, 2).float() / 12), 1.3)
 PARAMS = {"mesa": dict(log_scaling=True), "mesa-anchored": dict(stair="anchored"),
           "stair": {}, "rerope": {}, "leaky-rerope": {}, "streaming-llm": {},
-          "lm-infinite": {}, "origin": {}, "dynamic-ntk": {}}
+          "lm-infinite": {}, "origin": {}, "dynamic-ntk": {},
+          "self-extend": dict(group_size=3, window=20), "dual-chunk": dict(chunk_size=40,
+                                                                           local_window=16),
+          "string": dict(shifted_offset=30, local_window=8), "pi": {}, "ntk": {}, "yarn": {}}
 
 
 def _qk(seed=0):

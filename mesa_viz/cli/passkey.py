@@ -10,6 +10,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..methods import METHODS
 from .common import (add_model_arguments, add_param_argument, float_list, int_list, load,
                      name_list, parse_params)
 
@@ -18,7 +19,8 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", type=name_list, default=["origin", "mesa"],
-                        help="comma-separated method names (default origin,mesa)")
+                        help=f"comma-separated method names, of {','.join(METHODS)} "
+                             "(default origin,mesa)")
     parser.add_argument("--lengths", type=int_list, default=None,
                         help="comma-separated prompt lengths in tokens, e.g. 12288,16384")
     parser.add_argument("--depths", type=float_list, default=None,

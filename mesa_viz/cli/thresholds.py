@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..methods import METHODS
 from .common import add_model_arguments, add_param_argument, int_list, load, name_list, parse_params
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--length", type=int, default=16384, help="tokens per trace")
     p.add_argument("--methods", type=name_list, default=["origin", "mesa", "rerope"],
-                   help="comma-separated (origin is always traced)")
+                   help=f"comma-separated, of {','.join(METHODS)} (origin is always traced)")
     p.add_argument("--out", required=True, help="JSON-lines file, one line per pair")
     add_input_arguments(p, "filler")
     add_finder_arguments(p)
