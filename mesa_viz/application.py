@@ -219,23 +219,25 @@ class Applied:
             self.prefill_length = kv_len
         self.positions = pos
         self.resolved = self.resolve_for(pos)
-        self._tell_past_train_length(kv_len if self.pieces is None else self.pieces.seq_len)
+        self._tell_past_train_length(self.whole_length(kv_len))
         if not self.kernel:
             return None
         self.tables = kernels.RopeTables(self.rope(), self.resolved, self.memo)  # this forward's
         cos, sin = output
         return torch.ones_like(cos), torch.zeros_like(sin)
 
+    def whole_length(self, kv_len: int) -> int:
+        """The keys this forward stands for: ``kv_len``, or during a prefill in
+        pieces the whole prompt's length."""
+        return kv_len if self.pieces is None else self.pieces.seq_len
+
     def resolve_for(self, pos: torch.Tensor) -> Method:
         """The method resolved for a forward at positions ``pos [q_len]`` (a
         forward from position 0 is a prefill: its length is the prompt's; a
         piece of a prefill in pieces resolves for the whole prompt)."""
-        i0, kv_len = int(pos[0]), int(pos[-1]) + 1
-        if self.pieces is not None:                       # a piece: the whole prompt
-            kv_len = self.pieces.seq_len
-            return self.method.resolve(kv_len, self.train_length, prefill_length=kv_len)
-        prefill = kv_len if i0 == 0 else (self.prefill_length or kv_len)
-        return self.method.resolve(kv_len, self.train_length, prefill_length=prefill)
+        i0, seq = int(pos[0]), self.whole_length(int(pos[-1]) + 1)
+        prefill = seq if i0 == 0 or self.pieces is not None else (self.prefill_length or seq)
+        return self.method.resolve(seq, self.train_length, prefill_length=prefill)
 
     def _tell_past_train_length(self, kv_len: int) -> None:
         if kv_len <= self.train_length or self.told_past_train_length:
@@ -299,8 +301,7 @@ class Applied:
         """AttentionInterface function: ``query [b, h, q_len, d]`` and cached
         ``key, value [b, kv_h, kv_len, d]``, all un-rotated."""
         self.calls += 1
-        seq = key.shape[2] if self.pieces is None else self.pieces.seq_len   # the whole prompt
-        _refuse_kwargs(module, seq, dropout, kwargs)
+        _refuse_kwargs(module, self.whole_length(key.shape[2]), dropout, kwargs)
         if self.channels is not None:
             order = self.channel_order(query.shape[-1], query.device)
             query, key = query.index_select(-1, order), key.index_select(-1, order)

@@ -281,14 +281,14 @@ def why_it_fails_section(ctx: Context) -> list:
                         "and none was given)", "pass model= and tokenizer= to report.build")
     items, exp = [], None
     rows = plots.load_rows(ctx.results["passkey"]) if "passkey" in ctx.results else []
-    failed = sorted((r for r in rows if not r["correct"]),
-                    key=lambda r: (r["length"], r["depth"], r.get("seed", 0)))
-    if failed and not any("seed" in r or "input_ids" in r for r in failed):
+    failed = [r for r in rows if not r["correct"]]
+    rebuildable = sorted((r for r in failed if "seed" in r or "input_ids" in r),
+                         key=lambda r: (r["length"], r["depth"], r.get("seed", 0)))
+    if failed and not rebuildable:
         items += _missing("the drill-down of a failed passkey sample: its rows record no "
                           "seed (written before per-sample keys), so the sample cannot be "
                           "rebuilt", "rerun mesa-viz passkey into a new --out")
-        failed = []
-    failed = [r for r in failed if "seed" in r or "input_ids" in r]
+    failed = rebuildable
     if failed:
         exp = explain(failed[0], ctx.model, ctx.tokenizer, train_length=ctx.train_length)
         exp.save(ctx.data / file_name(failed[0], exp.methods[1]))

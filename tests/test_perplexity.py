@@ -159,15 +159,11 @@ class _DecoderCalls:
             h.remove()
 
 
-def _decoder_calls(model, calls):
-    return _DecoderCalls(model, calls)
-
-
 def test_rows_stream_save_and_resume(llama, tmp_path):
     model, tok = llama
     out = tmp_path / "ppl.jsonl"
     calls = []
-    hook = _decoder_calls(model, calls)
+    hook = _DecoderCalls(model, calls)
     try:
         rows = list(mesa_viz.perplexity(model, tok, methods=["origin", "mesa"], lengths=[200],
                                         texts={"filler": TEXT}, out=out))
