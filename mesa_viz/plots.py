@@ -1861,15 +1861,17 @@ def attention_maps_figure(maps, log_color: bool = True, difference: bool = True,
         _mark_map(fig, maps[min(c, len(maps)) - 1], row=1, col=c)
     fig.update_yaxes(title_text="", col=2)
     fig.update_layout(
-        coloraxis=dict(colorscale="Magma", colorbar=dict(title="log10 p" if log_color else "p",
-                                                         x=1.0)),
+        coloraxis=dict(colorscale="Magma", colorbar=dict(
+            title=dict(text="log10 p" if log_color else "p", side="right"), x=1.0, thickness=14)),
         title=title or _map_title(maps[0]).split(":")[0] + " vs " + ", ".join(
             m.method for m in maps[1:]) + ": " + _map_title(maps[0]).split(": ", 1)[1],
-        height=560, width=440 * len(titles), legend=_BELOW,
+        height=560, width=min(920, 440 * len(titles)), legend=_BELOW,   # fits a notebook
         meta=dict(floor=lo, log_color=log_color))
     if difference:
         fig.update_layout(coloraxis2=dict(colorscale=_DIVERGING, cmin=-top, cmax=top,
-                                          colorbar=dict(title="difference", x=1.07)))
+                                          colorbar=dict(title=dict(text="difference",
+                                                                   side="right"),
+                                                        x=1.12, thickness=14)))
     return fig
 # == long-context evaluation: perplexity by position, task scores (issue 11) ==========
 
