@@ -54,7 +54,8 @@ from . import kernels
 from .compat import check_transformers
 from .methods import Method, Origin, get_method
 
-__all__ = ["apply", "Applied", "Capture", "CaptureDone", "train_length_of", "find_rotary",
+__all__ = ["apply", "Applied", "Capture", "CaptureDone", "first_layers", "train_length_of",
+           "find_rotary",
            "GUARD_TOKENS", "SUPPORTED_FAMILIES", "REFUSED_FAMILIES", "guard"]
 
 log = logging.getLogger(__name__)
@@ -541,6 +542,29 @@ def find_rotary(model) -> tuple[torch.nn.Module, str]:
         f"{type(model).__name__} ({_model_type(model)}) has no rotary position embedding "
         "(RoPE) module with inv_freq: RoPE methods cannot be applied; supported families: "
         f"{', '.join(SUPPORTED_FAMILIES)}")
+
+
+@contextmanager
+def first_layers(model, count: int):
+    """Inside the block the model runs only its first ``count`` decoder layers
+    (the final norm and head then read layer ``count``'s output); restored on
+    exit.  Enter it inside :func:`apply` (whose guard runs every layer)."""
+    n = int(model.config.num_hidden_layers)
+    if not 0 <= count <= n:
+        raise ValueError(f"count {count}: allowed 0..{n} decoder layers")
+    if count == n:
+        yield
+        return
+    path, stack = next(((p, m) for p, m in model.named_modules()
+                        if isinstance(m, torch.nn.ModuleList) and len(m) == n), (None, None))
+    if stack is None:
+        raise ValueError(f"cannot find the {n} decoder layers of {type(model).__name__}")
+    parent, leaf = _parent(model, path)
+    setattr(parent, leaf, stack[:count])
+    try:
+        yield
+    finally:
+        setattr(parent, leaf, stack)
 
 
 def _model_type(model) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .application import Capture, CaptureDone, apply, train_length_of
+from .application import Capture, CaptureDone, apply, first_layers, train_length_of
 from .results import Trace
 
 __all__ = ["trace", "decoder_layers", "attention_map", "capture_qk", "capture_rows",
@@ -99,6 +99,8 @@ def trace(model, input_ids, method="origin", *, layers=None, heads=None, query_r
     last token); ``hidden_layers``: 0 = embeddings, ``l`` = output of decoder
     layer ``l - 1`` (default all); ``dims``: hidden dimensions kept (default
     all).  ``params`` are the method's parameters.  Returns a :class:`Trace`.
+    Only the decoder layers up to the deepest one asked for run (hidden
+    states up to layer 8 of 30: 8 layers): those above cannot change them.
     """
     ids = _as_ids(input_ids)
     n, cfg = ids.shape[1], model.config
@@ -113,10 +115,11 @@ def trace(model, input_ids, method="origin", *, layers=None, heads=None, query_r
     T = int(train_length) if train_length is not None else train_length_of(model)
     cap = Capture(layers=layers, heads=heads, rows=rows)
     rec = _HiddenRecorder(model, hidden_layers, dims)
+    needed = max(max(layers, default=-1) + 1, max(hidden_layers, default=0))
     t0 = time.perf_counter()
     try:
         with apply(model, method, train_length=T, capture=cap, **params) as state, \
-                torch.no_grad():
+                first_layers(model, needed), torch.no_grad():
             model(ids.to(model.device), use_cache=False, logits_to_keep=1)
     finally:
         rec.remove()

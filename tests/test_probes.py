@@ -78,6 +78,33 @@ def test_model_untouched_and_hidden_dims(tiny_llama):
     assert tr.attention.shape == (1, 1, 1, 80)
 
 
+@pytest.mark.parametrize("method,params", [
+    ("origin", {}), ("mesa", dict(first_chunk=8, chunk_size=16, last_chunk=16)),
+    ("rerope", dict(window=20))])
+def test_trace_stops_after_the_deepest_layer_asked_for(tiny_llama, method, params):
+    """Hidden states up to layer 1 (the output of decoder layer 0): the layer
+    above does not run, and the values equal those of the whole forward (a
+    prefill in pieces included)."""
+    from mesa_viz.probes import decoder_layers
+    ids = _ids(150, seed=4)
+    layers = decoder_layers(tiny_llama)
+    whole = mv.trace(tiny_llama, ids, method, train_length=64, layers=[0], query_rows=[149],
+                     **params)
+    ran = []
+    handle = layers[-1].register_forward_hook(lambda *a: ran.append(1))
+    try:
+        short = mv.trace(tiny_llama, ids, method, train_length=64, layers=[],
+                         hidden_layers=[0, 1], **params)
+        rows = mv.trace(tiny_llama, ids, method, train_length=64, layers=[0], query_rows=[149],
+                        hidden_layers=[1], **params)
+    finally:
+        handle.remove()
+    assert ran == [] and whole.meta["seconds"] > 0
+    assert np.abs(short.hidden - whole.hidden[[0, 1]]).max() < 1e-6
+    assert np.abs(rows.hidden - whole.hidden[[1]]).max() < 1e-6
+    assert np.abs(rows.attention[0] - whole.attention[0]).max() < 1e-6
+
+
 def test_save_and_load_roundtrip(tiny_llama, tmp_path):
     tr = mv.trace(tiny_llama, _ids(60), "rerope", train_length=32, window=8, dims=[1, 2])
     tr.save(tmp_path / "t")
