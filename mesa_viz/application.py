@@ -54,8 +54,8 @@ from . import kernels
 from .compat import check_transformers
 from .methods import Method, Origin, get_method
 
-__all__ = ["apply", "Applied", "Capture", "CaptureDone", "first_layers", "train_length_of",
-           "find_rotary",
+__all__ = ["apply", "Applied", "Capture", "CaptureDone", "first_layers", "presized_cache",
+           "train_length_of", "find_rotary",
            "GUARD_TOKENS", "SUPPORTED_FAMILIES", "REFUSED_FAMILIES", "guard"]
 
 log = logging.getLogger(__name__)
@@ -392,6 +392,18 @@ class _Pieces:
         return output
 
 
+def presized_cache(model, seq_len: int):
+    """A transformers ``DynamicCache`` for ``model`` whose full-attention
+    layers hold ``seq_len`` tokens in one buffer each and append later tokens
+    in place (:func:`_prefill_layer`): a decode step writes one token instead
+    of copying every layer's keys and values (``DynamicLayer``'s ``cat``).
+    Pass it as the prefill's cache (``mesa_viz.bench`` does, for every method)."""
+    from transformers import DynamicCache
+    cache = DynamicCache(config=model.config)
+    _presize(cache, seq_len)
+    return cache
+
+
 def _presize(cache, seq_len: int) -> None:
     """Give the empty ``DynamicLayer`` s of ``cache`` room for ``seq_len``
     tokens (:func:`_prefill_layer`), so the pieces of a prefill append in place
@@ -404,32 +416,48 @@ def _presize(cache, seq_len: int) -> None:
 
 
 def _prefill_layer(capacity: int):
-    """A transformers ``DynamicLayer`` whose first ``capacity`` tokens go into
-    one buffer allocated at the first update (``keys``/``values`` are views of
-    it); past that, or once its tensors were replaced (``crop``, beam
-    reordering), it updates as a ``DynamicLayer`` does."""
+    """A transformers ``DynamicLayer`` whose tokens live in one buffer of room
+    for ``capacity`` tokens, allocated at the first update (``keys``/``values``
+    are views of it); when full it moves to a buffer 1/8 larger (at least 256
+    tokens more), so decode steps append in place.  Once its tensors were
+    replaced (beam reordering) it updates as a ``DynamicLayer`` does; a
+    ``crop`` keeps the buffer (the next tokens overwrite the cropped ones)."""
     from transformers.cache_utils import DynamicLayer
+
+    def room(key_states, value_states, tokens: int):
+        shape = key_states.shape[:2] + (tokens,)
+        return (key_states.new_empty(shape + key_states.shape[3:]),
+                value_states.new_empty(shape + value_states.shape[3:]))
 
     class PrefillLayer(DynamicLayer):
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
-                shape = key_states.shape[:2] + (capacity,)
-                self.buf = (key_states.new_empty(shape + key_states.shape[3:]),
-                            value_states.new_empty(shape + value_states.shape[3:]))
+                self.buf = room(key_states, value_states, capacity)
                 self.keys, self.values = self.buf[0][:, :, :0], self.buf[1][:, :, :0]
             have, add = self.keys.shape[-2], key_states.shape[-2]
             buf = getattr(self, "buf", None)
-            if buf is None or have + add > capacity or self.keys.data_ptr() != buf[0].data_ptr() \
+            if buf is None or not _views_of(self.keys, buf[0]) \
                     or self.keys.shape[:2] != key_states.shape[:2]:
                 self.buf = None
                 return super().update(key_states, value_states, *args, **kwargs)
+            if have + add > buf[0].shape[2]:
+                grown = room(key_states, value_states, have + add + max(256, (have + add) // 8))
+                grown[0][:, :, :have], grown[1][:, :, :have] = self.keys, self.values
+                self.buf = buf = grown
             buf[0][:, :, have:have + add] = key_states
             buf[1][:, :, have:have + add] = value_states
             self.keys, self.values = buf[0][:, :, :have + add], buf[1][:, :, :have + add]
             return self.keys, self.values
 
     return PrefillLayer()
+
+
+def _views_of(x: torch.Tensor, buf: torch.Tensor) -> bool:
+    """Whether ``x`` is still the leading view of ``buf`` (an empty view's
+    ``data_ptr()`` is 0, so compare storages and offsets)."""
+    return x.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr() \
+        and x.storage_offset() == buf.storage_offset()
 
 
 def _input_of(args, kwargs):

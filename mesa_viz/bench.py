@@ -302,11 +302,15 @@ class _Prefill:
 
 def _prefill(model, ids, dev: str, *, exact: bool, record_sdpa: bool):
     """``(output, _Prefill)`` of one timed ``model(ids, use_cache=True,
-    logits_to_keep=1)`` under a peak-memory meter."""
+    logits_to_keep=1)`` under a peak-memory meter, on a cache presized for the
+    prompt (``application.presized_cache``, every method alike: decode steps
+    append in place instead of copying the cache)."""
+    from .application import presized_cache
     rec = sdpa_choices() if record_sdpa else contextlib.nullcontext({})
     with rec as counts, PeakMemory(dev, exact=exact) as pm:
         t0 = time.perf_counter()
-        out = model(ids, use_cache=True, logits_to_keep=1)
+        out = model(ids, use_cache=True, logits_to_keep=1,
+                    **{_cache_kwarg(model): presized_cache(model, ids.shape[1])})
         _sync(dev)
         dt = time.perf_counter() - t0
     how = pm.method + ("-exact" if exact else "")

@@ -542,3 +542,37 @@ def test_decode_memo_is_per_cache(tiny_llama):
             tok_b, cache_b, lb = greedy(tiny_llama, tok_b, 0, cache_b)
             assert (la - alone[0][step]).abs().max().item() <= 1e-5
             assert (lb - alone[1][step]).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("method", ["origin", "mesa"])
+def test_presized_cache_appends_in_place_and_equals_the_dynamic_cache(tiny_llama, method):
+    """``presized_cache`` (the bench's, for every method): a prompt longer
+    than its room, then decode steps, give the logits of transformers' own
+    cache; decode steps write into one buffer (no copy of the layer), and a
+    beam reordering (new tensors) falls back to ``DynamicLayer``."""
+    from mesa_viz.application import presized_cache
+    ids = _ids(150, seed=18)
+    params = _fixed_params("mesa", 160, 150) if method == "mesa" else {}
+
+    def run(cache, steps=5):
+        kw = {} if cache is None else {"cache": cache}
+        out = tiny_llama(ids, use_cache=True, **kw)
+        tok, cache, logits, ptrs = out.logits[:, -1:].argmax(-1), out.cache, [out.logits[0, -1]], []
+        for _ in range(steps):
+            out = tiny_llama(tok, use_cache=True, cache=cache)
+            tok, cache = out.logits[:, -1:].argmax(-1), out.cache
+            logits.append(out.logits[0, -1])
+            ptrs.append(cache.layers[0].keys.data_ptr())
+        return cache, logits, ptrs
+
+    with mv.apply(tiny_llama, method, **params), torch.no_grad():
+        _, ref, own = run(None)
+        cache, got, ptrs = run(presized_cache(tiny_llama, 20))      # room for 20: grows once
+        assert cache.get_seq_length() == 155 and len(set(ptrs)) == 1
+        # Mesa's prefill in pieces presizes its own cache; origin's is transformers' (a copy a step)
+        assert len(set(own)) == (1 if method == "mesa" else 5)
+        for a, b in zip(got, ref):
+            assert (a - b).abs().max().item() <= 1e-5
+        cache.reorder_cache(torch.tensor([0]))
+        out = tiny_llama(got[-1].argmax().view(1, 1), use_cache=True, cache=cache)
+        assert cache.get_seq_length() == 156 and out.logits.isfinite().all()
