@@ -54,8 +54,8 @@ from . import kernels
 from .compat import check_transformers
 from .methods import Method, Origin, get_method
 
-__all__ = ["apply", "Applied", "Capture", "CaptureDone", "first_layers", "presized_cache",
-           "train_length_of", "find_rotary",
+__all__ = ["apply", "Applied", "Capture", "CaptureDone", "decoder_layers", "first_layers",
+           "presized_cache", "train_length_of", "find_rotary",
            "GUARD_TOKENS", "SUPPORTED_FAMILIES", "REFUSED_FAMILIES", "guard"]
 
 log = logging.getLogger(__name__)
@@ -572,6 +572,20 @@ def find_rotary(model) -> tuple[torch.nn.Module, str]:
         f"{', '.join(SUPPORTED_FAMILIES)}")
 
 
+def _decoder_stack(model) -> tuple[str, torch.nn.ModuleList]:
+    """``(path, layers)`` of the model's stack of decoder layers."""
+    n = int(model.config.num_hidden_layers)
+    for path, mod in model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n:
+            return path, mod
+    raise ValueError(f"cannot find the {n} decoder layers of {type(model).__name__}")
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The model's stack of decoder layers."""
+    return _decoder_stack(model)[1]
+
+
 @contextmanager
 def first_layers(model, count: int):
     """Inside the block the model runs only its first ``count`` decoder layers
@@ -583,10 +597,7 @@ def first_layers(model, count: int):
     if count == n:
         yield
         return
-    path, stack = next(((p, m) for p, m in model.named_modules()
-                        if isinstance(m, torch.nn.ModuleList) and len(m) == n), (None, None))
-    if stack is None:
-        raise ValueError(f"cannot find the {n} decoder layers of {type(model).__name__}")
+    path, stack = _decoder_stack(model)
     parent, leaf = _parent(model, path)
     setattr(parent, leaf, stack[:count])
     try:

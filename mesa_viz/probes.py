@@ -23,22 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .application import Capture, CaptureDone, apply, first_layers, train_length_of
+from .application import (Capture, CaptureDone, apply, decoder_layers, first_layers,
+                          train_length_of)
 from .results import Trace
 
 __all__ = ["trace", "decoder_layers", "attention_map", "capture_qk", "capture_rows",
            "Captured"]
 
 log = logging.getLogger(__name__)
-
-
-def decoder_layers(model) -> torch.nn.ModuleList:
-    """The model's stack of decoder layers."""
-    n = model.config.num_hidden_layers
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n:
-            return mod
-    raise ValueError(f"cannot find the {n} decoder layers of {type(model).__name__}")
 
 
 def _pick(name, values, size, default):

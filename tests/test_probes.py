@@ -103,6 +103,10 @@ def test_trace_stops_after_the_deepest_layer_asked_for(tiny_llama, method, param
     assert np.abs(short.hidden - whole.hidden[[0, 1]]).max() < 1e-6
     assert np.abs(rows.hidden - whole.hidden[[1]]).max() < 1e-6
     assert np.abs(rows.attention[0] - whole.attention[0]).max() < 1e-6
+    with pytest.raises(ValueError, match=r"count 3: allowed 0\.\.2 decoder layers"):
+        with mv.application.first_layers(tiny_llama, 3):
+            pass
+    assert decoder_layers(tiny_llama) is layers                  # restored
 
 
 def test_save_and_load_roundtrip(tiny_llama, tmp_path):
