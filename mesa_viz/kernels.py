@@ -173,6 +173,20 @@ class DecodeMemo:
         e.extend(k, j1, position, rope, rule)
         return e.buf[:, :, j0 - e.start:j1 - e.start]
 
+    def split_rotated(self, layer: int, rule, k: torch.Tensor, split: int, j1: int,
+                      near: Callable[[torch.Tensor], torch.Tensor],
+                      far: Callable[[torch.Tensor], torch.Tensor], rope) -> torch.Tensor:
+        """``k[:, :, :j1]`` in one buffer: keys before ``split`` rotated to
+        ``far(j)``, the others to ``near(j)``.  ``split`` may only grow within a
+        sequence (a key leaves the near window for good): each step rotates its
+        new keys to ``near`` and the keys that left the window to ``far``."""
+        base = rope.rope if isinstance(rope, RopeTables) else rope
+        e = self._entries.get((layer, rule))
+        if e is None or not e.serves(k, 0, j1, base) or split < e.split:
+            e = self._entries[layer, rule] = _MemoEntry(0, k, base)
+        e.extend_split(k, split, j1, near, far, rope, rule)
+        return e.buf[:, :, :j1]
+
 
 class _MemoEntry:
     """Rotated keys ``start..hi-1`` of one layer and rule in a growing buffer,
@@ -180,7 +194,7 @@ class _MemoEntry:
     were rotated with, to check it still applies."""
 
     def __init__(self, start: int, k: torch.Tensor, rope: Rope):
-        self.start, self.hi = start, start
+        self.start, self.hi, self.split = start, start, start
         self.buf = k.new_empty(k.shape[:2] + (0, k.shape[-1]))
         self.probe = None
         self.rope = rope
@@ -199,17 +213,36 @@ class _MemoEntry:
     def extend(self, k, j1: int, position, rope, rule) -> None:
         if j1 <= self.hi:
             return
+        self._room(k, j1)
+        self._put(k, self.hi, j1, position, rope, rule)
+        self.hi = j1
+        self.probe = (k[:, :, self.start].clone(), k[:, :, j1 - 1].clone())
+
+    def extend_split(self, k, split: int, j1: int, near, far, rope, rule) -> None:
+        """Keys ``split_was..split-1`` to ``far``, new keys past them to ``near``."""
+        split = min(split, j1)
+        if j1 <= self.hi and split <= self.split:
+            return
+        self._room(k, j1)
+        if split > self.split:
+            self._put(k, self.split, split, far, rope, (rule, "far"))
+        if j1 > max(self.hi, split):
+            self._put(k, max(self.hi, split), j1, near, rope, (rule, "near"))
+        self.hi, self.split = max(self.hi, j1), split
+        self.probe = (k[:, :, self.start].clone(), k[:, :, self.hi - 1].clone())
+
+    def _room(self, k, j1: int) -> None:
         need = j1 - self.start
         if need > self.buf.shape[2]:
             grown = k.new_empty(k.shape[:2] + (need + max(256, need // 8), k.shape[-1]))
             grown[:, :, :self.hi - self.start] = self.buf[:, :, :self.hi - self.start]
             self.buf = grown
-        j = _arange(self.hi, j1, k.device)
-        self.buf[:, :, self.hi - self.start:need] = rotate(
-            k[:, :, self.hi:j1], rope, position(j),
-            ("memo", rule, self.hi, j1) if isinstance(rope, RopeTables) else None)
-        self.hi = j1
-        self.probe = (k[:, :, self.start].clone(), k[:, :, j1 - 1].clone())
+
+    def _put(self, k, a: int, b: int, position, rope, rule) -> None:
+        """Keys ``a..b-1`` rotated to ``position(j)`` into the buffer."""
+        self.buf[:, :, a - self.start:b - self.start] = rotate(
+            k[:, :, a:b], rope, position(_arange(a, b, k.device)),
+            ("memo", rule, a, b) if isinstance(rope, RopeTables) else None)
 
 
 def _memo_keys(rope, k, j0: int, j1: int, rule, position) -> torch.Tensor:
@@ -735,30 +768,41 @@ def _stair_one(q, k, v, i, rope, scale, backend, last_start, stair_start, stair_
 
 
 def _stair_one_memo(q, k, v, i, rope, scale, backend, geo: StairGeometry):
-    """One query at ``i`` (class ``r``, step ``m``) with the far keys kept
-    rotated between steps at ``-(N + a_j)`` (:class:`StairGeometry`, in cache
-    order) and the near keys at ``j``: each step rotates only its new keys.
-    Far key ``j`` scores with the query at ``m`` where ``b_j < E - r``, at
-    ``m + 1`` elsewhere: one product for both, then a per-key choice.
+    """One query at ``i`` (class ``r``, step ``m``) over keys kept rotated
+    between steps in one buffer (:meth:`DecodeMemo.split_rotated`): far keys
+    at ``-(N + a_j)`` (:class:`StairGeometry`), near keys at ``j``; each step
+    rotates only its new key and the key that left the near window.  One
+    product scores every key against the query at ``i`` (near keys), ``m``
+    and ``m + 1`` (far key ``j`` takes ``m`` where ``b_j < E - r``, ``m + 1``
+    elsewhere), and a per-key pick keeps the right one: few operations a layer,
+    since a decode step is bound by their count and by reading the keys.
     ``q [b, h, 1, d]``, ``k, v [b, kv_h, i+1, d]``; returns ``[b, h, 1, d_v]``."""
     N, E, s = geo.stair_start, geo.stair_width, geo.last_start
     bsz, h, _, d = q.shape
-    kvh, dev = k.shape[1], q.device
+    kvh, L = k.shape[1], i + 1
     rep, n_far = h // kvh, max(0, i - N + 1)
-    k_near = _memo_keys(rope, k, n_far, i + 1, "lin", _same)
-    scores = [_row_scores(rotate(q, rope, _arange(i, i + 1, dev), ("lin", i, i + 1)), k_near)]
-    if n_far:
-        k_far = _memo_keys(rope, k, 0, n_far, ("stair-far", s, N, E),
-                           lambda j: geo.key_position(j, 0))
-        m = geo.step(_arange(i, i + 1, dev))
-        q_ab = rotate(q.expand(bsz, h, 2, d), rope, torch.cat((m, m + 1)), ("stair-q-ab", i))
-        s_ab = torch.matmul(q_ab.reshape(bsz, kvh, rep * 2, d), k_far.transpose(-1, -2))
-        s_ab = s_ab.view(bsz, kvh, rep, 2, n_far)
-        r = geo.residue(i)
-        at_m = rope.table(("stair-at-m", s, N, E, r, n_far), lambda: torch.remainder(
-            s - N - _arange(0, n_far, dev), E) < E - r)
-        scores.insert(0, torch.where(at_m, s_ab[:, :, :, 0], s_ab[:, :, :, 1]))
-    return _softmax_pv(scores, v, scale, q, backend)
+    keys = rope.memo.split_rotated(rope.layer, ("stair", s, N, E), k, n_far, L, _same,
+                                   lambda j: geo.key_position(j, 0), rope)
+    m = (i - s) // E
+    pos = rope.table(("stair-one-q", i), lambda: torch.tensor([i, m, m + 1], device=q.device))
+    q3 = rotate(q.expand(bsz, h, 3, d), rope, pos, ("stair-one-q", i))
+    scores = torch.matmul(q3.reshape(bsz, kvh, rep * 3, d), keys.transpose(-1, -2))
+    pick = rope.table(("stair-one-pick", s, N, E, i),
+                      lambda: _stair_pick(geo, i, n_far, L, q.device).view(1, 1, 1, 1, L))
+    scores = scores.view(bsz, kvh, rep, 3, L).gather(3, pick.expand(bsz, kvh, rep, 1, L))
+    p = torch.softmax(scores.view(bsz, kvh, rep, L).float().mul_(scale), dim=-1).to(v.dtype)
+    out = sets.pv(p, v, split=not sets.uses_cpu_paths(q, backend))
+    return out.reshape(bsz, h, 1, -1)
+
+
+def _stair_pick(geo: StairGeometry, i: int, n_far: int, L: int, device) -> torch.Tensor:
+    """Which of the query's three rotations ``(i, m, m + 1)`` each key
+    ``0..L-1`` scores with: 0 near, 1 far at ``m`` (``b_j < E - r``), 2 far at ``m + 1``."""
+    N, E, s = geo.stair_start, geo.stair_width, geo.last_start
+    pick = torch.zeros(L, dtype=torch.long, device=device)
+    at_m = torch.remainder(s - N - _arange(0, n_far, device), E) < E - geo.residue(i)
+    pick[:n_far] = torch.where(at_m, 1, 2)
+    return pick
 
 
 def _row_scores(q_rot, k_rot):

@@ -295,8 +295,8 @@ def test_decode_steps_reuse_rotated_keys_exactly(method, p):
         want = _dense(m_for(i), q[:, :, i:i + 1], k[:, :, :i + 1], v[:, :, :i + 1], i, D ** -0.5)
         assert (got.double() - want).abs().max().item() <= 1e-5, (method, i)
     last, N = steps[-1], m_for(steps[-1]).params().get("stair_start")
-    want_hi = {last + 1} if N is None else {last + 1, last - N + 1}     # near (linear), far keys
-    assert {e.hi for e in memo._entries.values()} == want_hi
+    (entry,) = memo._entries.values()             # one buffer: far keys, then near (linear) keys
+    assert entry.hi == last + 1 and entry.split == (0 if N is None else last - N + 1)
 
 
 def test_decode_memo_drops_rotations_of_other_keys():
