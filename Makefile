@@ -52,8 +52,8 @@ screenshots: setup browser
 	MESA_VIZ_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/test_browser.py \
 	    -k "first_screen or report"
 ppl: setup
-	$(VENV)/bin/mesa-viz ppl --methods origin,mesa,rerope,leaky-rerope,dynamic-ntk,streaming-llm,lm-infinite,stair \
-	    --lengths 16384 --texts book,code --out benchmarks/eval/ppl.jsonl
+	$(VENV)/bin/mesa-viz ppl --methods origin,mesa,rerope,string,pi,ntk,yarn,dynamic-ntk,streaming-llm,lm-infinite,leaky-rerope,stair,dual-chunk,self-extend \
+	    --lengths 16384 --texts code,book --out benchmarks/eval/ppl.jsonl
 
 ruler: setup
 	$(VENV)/bin/mesa-viz ruler --methods origin,mesa,rerope,streaming-llm --tasks ruler_offline \
