@@ -56,7 +56,7 @@ ppl: setup
 	    --lengths 16384 --texts code,book --out benchmarks/eval/ppl.jsonl
 
 ruler: setup
-	$(VENV)/bin/mesa-viz ruler --methods origin,mesa,rerope,streaming-llm --tasks ruler_offline \
+	$(VENV)/bin/mesa-viz ruler --methods origin,mesa,rerope,self-extend --tasks ruler_offline \
 	    --lengths 4096,8192,12288,16384 --samples 3 --out benchmarks/eval/ruler.jsonl
 
 clean:
