@@ -184,7 +184,7 @@ class DecodeMemo:
         e = self._entries.get((layer, rule))
         if e is None or not e.serves(k, 0, j1, base) or split < e.split:
             e = self._entries[layer, rule] = _MemoEntry(0, k, base)
-        e.extend_split(k, split, j1, near, far, rope, rule)
+        e.extend(k, j1, near, rope, rule, split, far)
         return e.buf[:, :, :j1]
 
 
@@ -210,17 +210,10 @@ class _MemoEntry:
         first, last = self.probe
         return torch.equal(k[:, :, self.start], first) and torch.equal(k[:, :, self.hi - 1], last)
 
-    def extend(self, k, j1: int, position, rope, rule) -> None:
-        if j1 <= self.hi:
-            return
-        self._room(k, j1)
-        self._put(k, self.hi, j1, position, rope, rule)
-        self.hi = j1
-        self.probe = (k[:, :, self.start].clone(), k[:, :, j1 - 1].clone())
-
-    def extend_split(self, k, split: int, j1: int, near, far, rope, rule) -> None:
-        """Keys ``split_was..split-1`` to ``far``, new keys past them to ``near``."""
-        split = min(split, j1)
+    def extend(self, k, j1: int, near, rope, rule, split: int | None = None, far=None) -> None:
+        """Keys up to ``j1``: the new ones rotated to ``near(j)``; with ``split``,
+        the keys that left the near window (``self.split..split-1``) to ``far(j)``."""
+        split = self.split if split is None else min(split, j1)
         if j1 <= self.hi and split <= self.split:
             return
         self._room(k, j1)
