@@ -201,6 +201,18 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert fig.exists() and fig.stat().st_size > 1000
     text = capsys.readouterr().out
     assert "origin" in text and "mesa" in text
+    assert all(r["mem_method"].endswith("-exact") for r in rows if r["kind"] == "point")
+
+
+def test_cli_rss_memory_measures_the_timed_prefill(tmp_path):
+    from mesa_viz.cli import main
+    out = tmp_path / "rss.jsonl"
+    rc = main(["bench", "--tiny", "--methods", "origin", "--lengths", "48", "--repeats", "2",
+               "--decode-tokens", "0", "--train-length", "64", "--memory", "rss",
+               "--out", str(out), "--no-progress"])
+    assert rc == 0
+    (row,) = [r for r in read_jsonl(out) if r["kind"] == "point"]
+    assert not row["mem_method"].endswith("-exact") and len(row["peak_mem_all"]) == 2
 
 
 @pytest.mark.parametrize("method,params", [

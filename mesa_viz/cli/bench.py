@@ -20,6 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated input lengths in tokens")
     parser.add_argument("--repeats", type=int, default=3, help="prefills per point (median)")
     parser.add_argument("--warmup", type=int, default=0, help="unmeasured prefills first")
+    parser.add_argument("--memory", choices=("exact", "rss"), default="exact",
+                        help="exact (CPU): one extra untimed prefill a point measured on live "
+                             "tensors; rss: the RSS high-water mark of the timed prefills "
+                             "(heap leftovers included, one prefill a point); CUDA ignores it")
     parser.add_argument("--decode-tokens", type=int, default=8,
                         help="greedy decode steps after the prefill (0: none)")
     parser.add_argument("--out", default="runs/bench.jsonl", help="JSON-lines file (resumed)")
@@ -41,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     model, _, name = load(args)
     deadline = None if args.time_budget is None else time.monotonic() + args.time_budget
     settings = bench.Settings(repeats=args.repeats, decode_tokens=args.decode_tokens,
-                              warmup=args.warmup, seed=args.seed)
+                              warmup=args.warmup, seed=args.seed,
+                              exact_memory=args.memory == "exact")
     bench.run(model, args.methods, args.lengths, args.out, model_name=name,
               method_params=params, train_length=args.train_length, settings=settings,
               deadline=deadline, progress=not args.no_progress)
