@@ -124,7 +124,9 @@ class Explanation:
     logits (``-inf`` where the layout hides a key).  ``needle``: ``[[start,
     stop], ...]`` token spans; ``answers``: per method ``text`` (greedy),
     ``correct`` (None when unknown) and, for the row's method, ``reproduced``
-    (the re-run gave the row's text).
+    (the re-run gave the row's text).  ``needle_cuts``: per method, the
+    positions where its layout cuts a needle span
+    (:meth:`~mesa_viz.methods.Method.span_cuts`; empty for older saves).
     """
 
     row: dict
@@ -138,6 +140,7 @@ class Explanation:
     logits: np.ndarray                       # [method, layer, head, k_pos]
     answers: list
     chunk_plans: list
+    needle_cuts: list = field(default_factory=list)
     sink_tokens: int = SINK_TOKENS
     meta: dict = field(default_factory=dict)
 
@@ -221,6 +224,10 @@ class Explanation:
         for m, ans in zip(self.methods, self.answers):
             verdict = {True: "answers", False: "fails", None: "(no verdict)"}[ans.get("correct")]
             lines.append(f"{m}: {verdict}: {ans.get('text')!r}")
+        for m, cuts in zip(self.methods, self.needle_cuts):
+            if cuts:
+                lines.append(f"{m} cuts the needle at token {', '.join(map(str, cuts))}: from "
+                             "there on the needle's earlier tokens are hidden (a chunk boundary)")
         lines.append(f"heads carrying the needle under {ma} (needle mass {ma} / {mb}; "
                      f"{mb}: sinks, distance >= T, its top key):")
         for h in self.retrieval_heads(top):
@@ -300,6 +307,8 @@ def explain(row: dict, model, tokenizer=None, *, against: str | None = None,
         logits=np.stack([c.logits[:, :, 0] for c in got]).astype(np.float32),
         answers=answers,
         chunk_plans=[[list(p) for p in c.method.plan().chunks] if c.method.chunked else None
+                     for c in got],
+        needle_cuts=[sorted(i for a, b in sample["needle"] for i in c.method.span_cuts(a, b))
                      for c in got],
         meta={"seconds": [c.seconds for c in got], "expected": sample["expected"],
               "model": getattr(model.config, "_name_or_path", "")})

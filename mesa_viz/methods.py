@@ -55,6 +55,10 @@ memory estimates and the bench read these and never test names or classes:
     form (the bench's useful FLOPs).
 :meth:`Method.query_scale` -> ``[len(rows)]``
     A per-query multiplier on ``q`` (Mesa's ``log_scaling``), 1 elsewhere.
+:meth:`Method.span_cuts` -> ``(i, ...)``
+    Where the layout cuts a token span (a query that cannot see the token
+    before it), from :meth:`Method.relative`: a passkey row records the
+    cuts inside its needle.
 :meth:`Method.prefill_pieces` -> ``((start, stop), ...)``
     The forwards a prefill may run as, each over every layer on the same KV
     cache, so that activations stay within ``max_tokens`` tokens (Mesa: its
@@ -172,6 +176,19 @@ class Method:
         i, j = np.asarray(i), np.asarray(j)
         t = i - j
         return t, t >= 0
+
+    def span_cuts(self, start: int, stop: int) -> tuple[int, ...]:
+        """Where the (resolved) layout cuts the token span ``[start, stop)``:
+        the positions ``i`` in it whose query cannot see token ``i - 1``, so
+        that from ``i`` on the span's tokens before ``i`` are hidden (Mesa: a
+        middle chunk starting inside a passkey needle, whose rest then reads
+        without the words before it).  Read off :meth:`relative`, so every
+        method answers alike; ``()`` for a causal layout."""
+        _check_int("start", start, 0)
+        _check_int("stop", stop, start + 1, None, f"start={start} < stop")
+        i = np.arange(start + 1, stop)
+        _, visible = self.relative(i, i - 1)
+        return tuple(int(k) for k in i[~np.asarray(visible, dtype=bool)])
 
     def visible_pairs(self, seq_len: int) -> int:
         """Query/key pairs the (resolved) layout makes visible among ``seq_len``

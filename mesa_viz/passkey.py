@@ -15,7 +15,11 @@ length, so methods are compared on the same samples (:func:`compare`).
 :func:`evaluate` appends one JSON line per sample to ``out`` as it finishes
 and yields it; a rerun skips the rows already there (keyed by method, length,
 depth, seed and key).  :func:`summary` gives accuracy with its sample count
-and 95 % Wilson interval.
+and 95 % Wilson interval.  Each row records ``needle_cuts``, where the method's
+layout cuts the needle (a Mesa middle chunk starting inside it, so the rest of
+the needle reads without its first words; :meth:`Method.span_cuts`), and the
+summary counts those samples: a cell that fails exactly where its needles are
+cut has its cause named.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pathlib import Path
 from .data import (FILLER, PASSKEY_INTRO, PASSKEY_NEEDLE, PASSKEY_QUESTION, leading_special,
                    repeat_tokens)
 from .checks import check_lengths, check_methods, fits
+from .methods import METHODS, get_method
 from .results import append_jsonl, format_table, read_jsonl, wilson_interval
 
 __all__ = ["make_sample", "parse_answer", "evaluate", "check_grid", "summary", "format_table",
@@ -161,8 +166,8 @@ def _key(row, method: str | None = None) -> tuple:
             int(key))
 
 
-def _generate(model, tokenizer, sample, method, params, max_new_tokens) -> tuple[str, dict, float]:
-    """Greedy answer under ``method``: (text, resolved params, seconds)."""
+def _generate(model, tokenizer, sample, method, params, max_new_tokens):
+    """Greedy answer under ``method``: (text, the resolved method, seconds)."""
     import torch
 
     from .application import apply
@@ -176,7 +181,7 @@ def _generate(model, tokenizer, sample, method, params, max_new_tokens) -> tuple
     seconds = time.perf_counter() - t0
     resolved = state.resolved or state.method.resolve(ids.shape[1], state.train_length)
     text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-    return text, resolved.params(), seconds
+    return text, resolved, seconds
 
 
 def _model_name(model) -> str:
@@ -251,34 +256,58 @@ def _warn_other_keys(out, done: dict, methods, todo) -> None:
 def _run_one(model, tokenizer, sample, method, params, max_new_tokens, name, path) -> dict:
     """Answer one sample, append its row to ``path`` and return it."""
     text, resolved, seconds = _generate(model, tokenizer, sample, method, params, max_new_tokens)
-    got = parse_answer(text)
+    got, span = parse_answer(text), sample.get("needle_span")
     row = dict(method=method, length=int(sample["length"]), depth=float(sample["depth"]),
                seed=int(sample["seed"]), expected=int(sample["passkey"]), answer=got,
-               correct=got == int(sample["passkey"]), needle_span=sample.get("needle_span"),
+               correct=got == int(sample["passkey"]), needle_span=span,
+               needle_cuts=None if span is None else list(resolved.span_cuts(*span)),
                filler_offset=sample.get("filler_offset"), text=text,
-               seconds=round(seconds, 4), params=resolved, model=name)
+               seconds=round(seconds, 4), params=resolved.params(), model=name)
     append_jsonl(path, row)
     log.debug("%s L=%d depth=%g seed=%d: %r (%s)", method, row["length"], row["depth"],
               row["seed"], text, "ok" if row["correct"] else "wrong")
     return row
 
 
+def needle_cuts(row: dict) -> list[int] | None:
+    """The positions where the row's layout cuts its needle
+    (:meth:`~mesa_viz.methods.Method.span_cuts`): the row's ``needle_cuts``,
+    else worked out from its method, resolved ``params`` and ``needle_span``
+    (rows written before the field); None when the row lacks them or its
+    parameters no longer resolve (unknown, not "not cut")."""
+    if row.get("needle_cuts") is not None:
+        return [int(i) for i in row["needle_cuts"]]
+    span, params = row.get("needle_span"), row.get("params")
+    if span is None or params is None or row.get("method") not in METHODS:
+        return None
+    length = int(row["length"])
+    try:
+        method = get_method(row["method"], **params).resolve(length, prefill_length=length)
+        return list(method.span_cuts(*span))
+    except (TypeError, ValueError) as err:
+        log.debug("needle cuts of row %s unknown: %s", row.get("method"), err)
+        return None
+
+
 def summary(rows, by_depth: bool = False) -> list[dict]:
     """Accuracy per method x length (x depth with ``by_depth``), in first-seen
     method order, then by length and depth: ``method, length, [depth,] n,
-    correct, accuracy, ci_low, ci_high`` (the 95 % Wilson interval)."""
+    correct, accuracy, ci_low, ci_high`` (the 95 % Wilson interval) and
+    ``needle_cut``, the samples whose needle the layout cut
+    (:func:`needle_cuts`; a Mesa chunk boundary inside it)."""
     groups = defaultdict(list)
     order = list(dict.fromkeys(r["method"] for r in rows))
     for r in rows:
         key = (r["method"], r["length"]) + ((r["depth"],) if by_depth else ())
-        groups[key].append(bool(r["correct"]))
+        groups[key].append((bool(r["correct"]), bool(needle_cuts(r))))
     out = []
     for key in sorted(groups, key=lambda k: (order.index(k[0]), *k[1:])):
-        hits = groups[key]
+        hits = [ok for ok, _ in groups[key]]
         low, high = wilson_interval(sum(hits), len(hits))
         out.append(dict(zip(("method", "length", "depth"), key), n=len(hits),
                         correct=sum(hits), accuracy=sum(hits) / len(hits),
-                        ci_low=low, ci_high=high))
+                        ci_low=low, ci_high=high,
+                        needle_cut=sum(cut for _, cut in groups[key])))
     return out
 
 

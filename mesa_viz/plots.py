@@ -1057,18 +1057,30 @@ def _methods_in(rows) -> list[str]:
     return list(dict.fromkeys(r["method"] for r in rows))
 
 
-def _accuracy_grid(rows, lengths, depths) -> tuple[np.ndarray, np.ndarray]:
-    hits, counts = defaultdict(float), defaultdict(int)
+def _accuracy_grid(rows, lengths, depths) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``[depth, length]`` accuracy, sample count and samples whose row says
+    its layout cut the needle (a non-empty ``needle_cuts``)."""
+    hits, counts, cut = defaultdict(float), defaultdict(int), defaultdict(int)
     for r in rows:
         hits[r["length"], r["depth"]] += bool(r["correct"])
         counts[r["length"], r["depth"]] += 1
+        cut[r["length"], r["depth"]] += bool(r.get("needle_cuts"))
     acc = np.full((len(depths), len(lengths)), np.nan)
     n = np.zeros_like(acc, dtype=int)
+    k = np.zeros_like(n)
     for i, d in enumerate(depths):
         for j, L in enumerate(lengths):
             if counts[L, d]:
                 acc[i, j], n[i, j] = hits[L, d] / counts[L, d], counts[L, d]
-    return acc, n
+                k[i, j] = cut[L, d]
+    return acc, n, k
+
+
+def _accuracy_text(acc: np.ndarray, cut: np.ndarray) -> np.ndarray:
+    """Cell labels: the accuracy, with a pair of scissors where a needle was cut."""
+    text = [["" if np.isnan(a) else f"{a:.0%}" + (" ✂" if c else "") for a, c in zip(ra, rc)]
+            for ra, rc in zip(acc, cut)]
+    return np.array(text, dtype=object)
 
 
 def passkey_heatmap(rows, title: str | None = None, cols: int | None = None,
@@ -1076,7 +1088,9 @@ def passkey_heatmap(rows, title: str | None = None, cols: int | None = None,
     """Passkey accuracy, depth x length, one subplot per method.
 
     ``rows``: dicts with at least ``method, length, depth, correct``.  Cells
-    show the accuracy, hover adds the sample count.  ``train_length`` marks,
+    show the accuracy, hover adds the sample count; a cell where rows say the
+    layout cut the needle (``needle_cuts``: a Mesa chunk boundary inside it)
+    carries ✂ and hover says in how many samples.  ``train_length`` marks,
     in every subplot, the boundary between lengths ``<= T`` and ``> T``.
     """
     rows = _check_row_keys(rows, ("method", "length", "depth", "correct"), "passkey")
@@ -1089,13 +1103,15 @@ def passkey_heatmap(rows, title: str | None = None, cols: int | None = None,
     fig = make_subplots(rows=nrows, cols=cols, subplot_titles=[str(m) for m in methods],
                         horizontal_spacing=0.05, vertical_spacing=grid["vertical_spacing"])
     for k, m in enumerate(methods):
-        acc, n = _accuracy_grid([r for r in rows if r["method"] == m], lengths, depths)
+        acc, n, cut = _accuracy_grid([r for r in rows if r["method"] == m], lengths, depths)
         fig.add_trace(go.Heatmap(
             z=acc, x=[str(L) for L in lengths], y=[f"{d:g}" for d in depths], name=str(m),
-            coloraxis="coloraxis", customdata=n, text=np.where(np.isnan(acc), "", np.vectorize(
-                lambda v: f"{v:.0%}")(np.nan_to_num(acc))), texttemplate="%{text}",
+            coloraxis="coloraxis", customdata=np.stack([n, cut], axis=-1),
+            text=_accuracy_text(acc, cut), texttemplate="%{text}",
             hovertemplate=f"{m}<br>length=%{{x}}<br>depth=%{{y}}<br>accuracy=%{{z:.0%}} "
-                          "(n=%{customdata})<extra></extra>"), row=k // cols + 1, col=k % cols + 1)
+                          "(n=%{customdata[0]})<br>needle cut by a chunk boundary: "
+                          "%{customdata[1]} of %{customdata[0]}<extra></extra>"),
+            row=k // cols + 1, col=k % cols + 1)
     fig.update_xaxes(type="category", tickangle=0)
     fig.update_yaxes(type="category")
     _outer_axis_titles(fig, len(methods), cols, "length (tokens)", "depth")

@@ -69,6 +69,10 @@ def test_a_mesa_row_runs_with_its_own_parameters(lm, rows):
     assert e.methods == ["mesa", "origin"] and e.answers[0]["reproduced"] is True
     assert e.params[0] == row["params"]
     assert e.chunk_plans[0] is not None and e.chunk_plans[1] is None
+    # its chunks (at most T/8 tokens) cut the needle where the row says, and the summary says so
+    assert e.needle_cuts[0] == row["needle_cuts"] != [] and e.needle_cuts[1] == []
+    assert f"mesa cuts the needle at token {row['needle_cuts'][0]}" in e.summary()
+    assert "origin cuts" not in e.summary()
 
 
 def test_needle_mass_moves_with_the_needle(lm, explained, rows):

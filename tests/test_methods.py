@@ -283,3 +283,34 @@ def test_layout_explorer_drives_the_new_parameters(name, param, value):
     want = mv.layout(name, 40, train_length=16, **{param: value})
     assert (np.nan_to_num(z, nan=-1) == want.relative_positions).all()
     assert ex.controls[param].value == value
+
+
+# -- where a layout cuts a span (a passkey needle) ----------------------------------------
+
+@pytest.mark.parametrize("T, n", [(64, 200), (128, 1000), (8192, 8704), (8192, 16384)])
+def test_mesa_cuts_a_span_where_a_later_middle_chunk_starts(T, n):
+    """A middle chunk sees the first chunk and itself: a span is cut where a
+    middle chunk starts inside it, except the first (its predecessor is the
+    first chunk, seen by all) and the last chunk (sees every key)."""
+    m = resolve("mesa", n, train_length=T)
+    inner = {c[0] for c in m.plan().middle[1:]}
+    rng = np.random.default_rng(n)
+    for a in [0, *rng.integers(0, n - 30, 40)]:
+        a, b = int(a), int(a) + 30
+        assert m.span_cuts(a, b) == tuple(sorted(s for s in inner if a < s < b))
+    assert m.span_cuts(0, n) == tuple(sorted(inner))
+    assert resolve("mesa", T, train_length=T).span_cuts(0, T) == ()     # within T: origin
+
+
+@pytest.mark.parametrize("name", sorted(set(mv.METHODS) - {"mesa"}))
+def test_no_other_method_cuts_a_span(name):
+    """Every other method lets each token see the one before it, past T too."""
+    m = resolve(name, 600, train_length=64)
+    assert m.span_cuts(0, 600) == ()
+
+
+@pytest.mark.parametrize("start, stop, match", [(-1, 5, "start=-1"), (5, 5, "stop=5"),
+                                                 (3, 2, "stop=2")])
+def test_span_cuts_refuses_a_bad_span(start, stop, match):
+    with pytest.raises(ValueError, match=match):
+        resolve("mesa", 200, train_length=64).span_cuts(start, stop)

@@ -9,10 +9,12 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mesa_viz import passkey
 from mesa_viz.cli import main as cli_main
+from mesa_viz.methods import resolve
 from mesa_viz.models import tiny_model
 from mesa_viz.results import read_jsonl, wilson_interval
 
@@ -145,9 +147,34 @@ def test_evaluate_passes_method_params(tok, tiny, tmp_path):
     assert rows[0]["params"]["chunk_size"] == 16
 
 
+def test_rows_record_where_the_layout_cuts_the_needle(tok, tiny, tmp_path):
+    """Mesa's chunks of at most T/8 tokens cut a needle longer than them: the
+    row names the cuts, the same as the layout rule gives (a query that cannot
+    see the token before it), origin's row none; old rows without the field
+    get them from their params."""
+    rows = run(tiny, tok, tmp_path / "p.jsonl", methods=["origin", "mesa"], lengths=[200],
+               depths=[0.5], samples=2, max_new_tokens=2)
+    by = {(r["method"], r["seed"]): r for r in rows}
+    for seed in (0, 1):
+        mesa, origin = by["mesa", seed], by["origin", seed]
+        a, b = mesa["needle_span"]
+        method = resolve("mesa", 200, train_length=T_TINY)
+        rel, vis = method.relative(np.arange(a + 1, b), np.arange(a, b - 1))
+        assert mesa["needle_cuts"] == [i for i, v in zip(range(a + 1, b), vis) if not v]
+        assert mesa["needle_cuts"] and origin["needle_cuts"] == []
+        starts = [c[0] for c in method.plan().middle[1:]]
+        assert set(mesa["needle_cuts"]) == {s for s in starts if a < s < b}
+        old = {k: v for k, v in mesa.items() if k != "needle_cuts"}
+        assert passkey.needle_cuts(old) == mesa["needle_cuts"]
+    o, m = passkey.summary(rows)                               # first-seen order
+    assert (m["method"], m["needle_cut"], o["needle_cut"]) == ("mesa", 2, 0)
+    assert passkey.needle_cuts(dict(method="mesa", length=200)) is None
+
+
 def test_evaluate_scores_a_right_answer(tok, tiny, tmp_path, monkeypatch):
     def oracle(model, tokenizer, sample, method, params, max_new_tokens):
-        return f" {sample['passkey']}. Remember", {"train_length": T_TINY}, 0.01
+        return (f" {sample['passkey']}. Remember", resolve(method, sample["length"],
+                                                           train_length=T_TINY), 0.01)
 
     monkeypatch.setattr(passkey, "_generate", oracle)
     rows = run(tiny, tok, tmp_path / "p.jsonl", methods=["origin"], lengths=[100],
@@ -210,7 +237,7 @@ def test_summary():
     deep = passkey.summary(rows, by_depth=True)
     assert len(deep) == 6 and deep[0] == dict(method="mesa", length=100, depth=0.1, n=1,
                                                correct=0, accuracy=0.0, ci_low=0.0,
-                                               ci_high=wilson_interval(0, 1)[1])
+                                               ci_high=wilson_interval(0, 1)[1], needle_cut=0)
     text = passkey.format_table(table)
     assert "50%" in text and "origin" in text
 

@@ -342,6 +342,17 @@ def test_passkey_heatmap_leaves_missing_cells_blank():
     assert np.isnan(z[0, 1]) and np.isnan(z[1, 0]) and z[0, 0] == 1 and z[1, 1] == 0
 
 
+def test_passkey_heatmap_marks_cells_whose_needle_was_cut():
+    rows = [dict(method="mesa", length=9216, depth=d, seed=s, correct=d != 0.5,
+                 needle_cuts=[4608] if d == 0.5 and s else [])
+            for d in (0.1, 0.5) for s in range(4)] + [dict(method="origin", length=9216,
+                                                           depth=0.5, correct=True)]
+    mesa, origin = plots.passkey_heatmap(rows).data
+    assert [list(r) for r in mesa.text] == [["100%"], ["0% ✂"]]
+    assert np.array(mesa.customdata).tolist() == [[[4, 0]], [[4, 3]]]      # n, cut
+    assert [list(r) for r in origin.text] == [[""], ["100%"]] and "cut" in mesa.hovertemplate
+
+
 def test_passkey_accuracy_lines():
     fig = plots.passkey_accuracy_lines(passkey_rows(), train_length=256)
     origin, mesa = fig.data
