@@ -38,6 +38,7 @@ from plotly.subplots import make_subplots
 
 from .layouts import Layout
 from .methods import METHODS, ChunkPlan
+from .passkey import needle_cuts
 from .results import wilson_interval
 from .thresholds import smooth
 
@@ -1058,13 +1059,14 @@ def _methods_in(rows) -> list[str]:
 
 
 def _accuracy_grid(rows, lengths, depths) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``[depth, length]`` accuracy, sample count and samples whose row says
-    its layout cut the needle (a non-empty ``needle_cuts``)."""
+    """``[depth, length]`` accuracy, sample count and samples whose layout
+    cut the needle (:func:`mesa_viz.passkey.needle_cuts`: the row's field, or
+    worked out from its params for older rows)."""
     hits, counts, cut = defaultdict(float), defaultdict(int), defaultdict(int)
     for r in rows:
         hits[r["length"], r["depth"]] += bool(r["correct"])
         counts[r["length"], r["depth"]] += 1
-        cut[r["length"], r["depth"]] += bool(r.get("needle_cuts"))
+        cut[r["length"], r["depth"]] += bool(needle_cuts(r))
     acc = np.full((len(depths), len(lengths)), np.nan)
     n = np.zeros_like(acc, dtype=int)
     k = np.zeros_like(n)
@@ -1089,8 +1091,8 @@ def passkey_heatmap(rows, title: str | None = None, cols: int | None = None,
 
     ``rows``: dicts with at least ``method, length, depth, correct``.  Cells
     show the accuracy, hover adds the sample count; a cell where rows say the
-    layout cut the needle (``needle_cuts``: a Mesa chunk boundary inside it)
-    carries ✂ and hover says in how many samples.  ``train_length`` marks,
+    layout cut the needle (``needle_cuts``, or worked out from ``params`` and
+    ``needle_span``: a Mesa chunk boundary inside it) carries ✂ and hover says in how many samples.  ``train_length`` marks,
     in every subplot, the boundary between lengths ``<= T`` and ``> T``.
     """
     rows = _check_row_keys(rows, ("method", "length", "depth", "correct"), "passkey")

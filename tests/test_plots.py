@@ -351,6 +351,10 @@ def test_passkey_heatmap_marks_cells_whose_needle_was_cut():
     assert [list(r) for r in mesa.text] == [["100%"], ["0% ✂"]]
     assert np.array(mesa.customdata).tolist() == [[[4, 0]], [[4, 3]]]      # n, cut
     assert [list(r) for r in origin.text] == [[""], ["100%"]] and "cut" in mesa.hovertemplate
+    # a row written before the field: the cut comes from its method, params and needle span
+    old = dict(method="mesa", length=8704, depth=0.5, correct=False, needle_span=[4349, 4374],
+               params=dict(train_length=8192, first_chunk=512, chunk_size=960, last_chunk=512))
+    assert [list(r) for r in plots.passkey_heatmap([old]).data[0].text] == [["0% ✂"]]
 
 
 def test_passkey_accuracy_lines():
