@@ -12,7 +12,10 @@ longer than a given one is refused rather than cut from the left.
 (:mod:`mesa_viz.lm_eval_tasks`) for several methods on one loaded model: the
 prompts are made once (``samples`` per length) and shared by every method,
 finished requests are cached per method (a rerun resumes), and one JSON line
-per method, task, length and sample is appended to ``out``.
+per method, task, length and sample is appended to ``out``.  Each row names
+its needles' tokens and where the method's layout cuts them (a Mesa chunk
+boundary inside a needle: :func:`needle_fields`); :func:`with_needles` adds
+them to rows written before.
 
 Needs ``pip install mesa_viz[eval]`` (lm-eval 0.4.13, pinned: this module
 uses its ``HFLM``, registry, ``CachingLM`` and RULER internals).
@@ -20,11 +23,14 @@ uses its ``HFLM``, registry, ``CachingLM`` and RULER internals).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # lm_eval.models first: registering into an empty registry would hide the built-in models
@@ -34,12 +40,12 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from .checks import check_lengths, check_methods
-from .lm_eval_tasks import TASK_DIR, VARIANTS, check_tasks
+from .lm_eval_tasks import NEEDLE_TASKS, TASK_DIR, VARIANTS, check_tasks, needle_chars
 from .methods import get_method
 from .results import append_jsonl, read_jsonl
 
-__all__ = ["MesaVizLM", "evaluate", "default_tokenizer_name", "task_rows", "LM_EVAL_VERSION",
-           "NO_TRUNCATION", "HFLM_OPTIONS"]
+__all__ = ["MesaVizLM", "evaluate", "default_tokenizer_name", "task_rows", "needle_tokens",
+           "needle_fields", "with_needles", "LM_EVAL_VERSION", "NO_TRUNCATION", "HFLM_OPTIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -230,18 +236,102 @@ def _cache_file(folder: Path, method: str, params: dict, model_name: str) -> str
     return str(folder / f"{method}-{hashlib.sha256(key.encode()).hexdigest()[:12]}")
 
 
-def task_rows(samples: list[dict], method: str, task: str, extra: dict) -> list[dict]:
+def task_rows(samples: list[dict], method: str, task: str, extra: dict,
+              needles: "Callable[[str, list[str]], dict] | None" = None) -> list[dict]:
     """Our rows from lm-eval's logged samples of one RULER task: ``method,
     task, length, sample, score, prediction, target, prompt_tokens,
-    prompt_hash`` plus ``extra``."""
+    prompt_hash`` (``prompt_tokens``: RULER's count), the fields
+    ``needles(context, targets)`` gives (``input_tokens``, the prompt's
+    tokens as the model read them, and :func:`needle_fields`), plus
+    ``extra``."""
     rows = []
     for s in samples:
         doc, length = s["doc"], int(s["doc"]["max_length"])
+        found = needles(s["arguments"][0][0], list(doc["outputs"])) if needles else {}
         rows.append(dict(method=method, task=task, length=length, sample=int(doc["index"]),
                          score=float(s[str(length)]), prediction=s["filtered_resps"][0],
                          target=list(doc["outputs"]), prompt_tokens=int(doc["length"]),
-                         prompt_hash=s.get("prompt_hash"), **extra))
+                         prompt_hash=s.get("prompt_hash"), **found, **extra))
     return rows
+
+
+def needle_tokens(char_spans, context: str, ids: list[int], tokenizer) -> list[list[int]]:
+    """Token spans ``[start, stop)`` in ``ids`` (the prompt as the model
+    reads it) of the character spans ``char_spans`` of ``context``: every
+    token overlapping a span.  ``ids`` may start with special tokens the
+    text has not (a BOS); ValueError when the rest is not ``context``'s
+    tokenization, so a span is never placed on the wrong tokens."""
+    enc = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
+    lead = len(ids) - len(enc["input_ids"])
+    if lead < 0 or list(ids[lead:]) != list(enc["input_ids"]):
+        raise ValueError(f"the prompt's {len(ids)} tokens are not its text's tokenization "
+                         f"({len(enc['input_ids'])} tokens) after special tokens: cannot place "
+                         "the needles")
+    ends = [b for _, b in enc["offset_mapping"]]
+    starts = [a for a, _ in enc["offset_mapping"]]
+    return [[lead + bisect.bisect_right(ends, a), lead + bisect.bisect_left(starts, b)]
+            for a, b in char_spans]
+
+
+def needle_fields(task: str, context: str, targets, ids: list[int], tokenizer, method) -> dict:
+    """``needle_spans`` (token spans of the needles holding the answers,
+    :func:`mesa_viz.lm_eval_tasks.needle_chars`) and ``needle_cuts`` (the
+    positions where ``method``, resolved for the ``len(ids)``-token prompt,
+    cuts them: :meth:`~mesa_viz.methods.Method.span_cuts`); both None for a
+    task without needles."""
+    chars = needle_chars(task, context, targets)
+    if chars is None:
+        return dict(needle_spans=None, needle_cuts=None)
+    spans = needle_tokens(chars, context, ids, tokenizer)
+    resolved = method.resolve(len(ids), prefill_length=len(ids))
+    return dict(needle_spans=spans,
+                needle_cuts=sorted({i for a, b in spans for i in resolved.span_cuts(a, b)}))
+
+
+#: What lm-eval puts between a RULER prompt's text and its ``gen_prefix``
+#: (the tasks' ``target_delimiter``): the context is ``input + " " + gen_prefix``.
+TARGET_DELIMITER = " "
+
+
+def with_needles(rows: list[dict], tokenizer) -> list[dict]:
+    """``rows`` of ``mesa-viz ruler`` written before the needle fields, with
+    ``input_tokens``, ``needle_spans`` and ``needle_cuts`` added.  Each prompt
+    is rebuilt by :func:`ruler_offline.sampled` (seeded by task and length),
+    joined as lm-eval joins it (:data:`TARGET_DELIMITER`) and checked against
+    the row's ``prompt_hash``; encoded with the tokenizer's defaults (as
+    lm-eval's HF model does) and cut by the row's method at its ``params``
+    and ``train_length``.  Tasks without needles get None (not rebuilt); rows
+    that have the fields come back as they are.  ValueError when a rebuilt
+    prompt is not the row's."""
+    from .lm_eval_tasks import ruler_offline
+    need = defaultdict(int)
+    for r in rows:
+        if "needle_cuts" not in r and r["task"] in NEEDLE_TASKS:
+            key = (r["task"], int(r["length"]))
+            need[key] = max(need[key], int(r["sample"]) + 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        name = _tokenizer_name(tokenizer, Path(tmp) / "ruler.jsonl")
+        docs = {(t, L): ruler_offline.sampled(t, tokenizer=name, max_seq_lengths=[L],
+                                              num_samples=n)["test"]
+                for (t, L), n in need.items()}
+    return [r if "needle_cuts" in r else _needles_of(r, docs, tokenizer) for r in rows]
+
+
+def _needles_of(row: dict, docs: dict, tokenizer) -> dict:
+    """One row of :func:`with_needles`."""
+    if row["task"] not in NEEDLE_TASKS:
+        return dict(row, needle_spans=None, needle_cuts=None)
+    doc = docs[row["task"], int(row["length"])][int(row["sample"])]
+    context = doc["input"] + TARGET_DELIMITER + doc["gen_prefix"]
+    if hashlib.sha256(context.encode("utf-8")).hexdigest() != row.get("prompt_hash"):
+        raise ValueError(f"the rebuilt prompt of {row['task']} at {row['length']} sample "
+                         f"{row['sample']} is not the row's (prompt_hash differs): cannot place "
+                         "its needles")
+    ids = tokenizer(context)["input_ids"]
+    method = get_method(row["method"], train_length=int(row["train_length"]),
+                        **(row.get("params") or {}))
+    return dict(row, input_tokens=len(ids),
+                **needle_fields(row["task"], context, list(doc["outputs"]), ids, tokenizer, method))
 
 
 def _model_name(model) -> str:
@@ -299,13 +389,25 @@ def _stream(model, tokenizer, methods, tasks, lengths, samples, out, method_para
                 res = lm_evaluate(lm=lm, task_dict=built[method, task], log_samples=True,
                                   bootstrap_iters=0, verbosity="WARNING")
                 extra = dict(params=params, train_length=T, model=name)
-                for row in task_rows(res["samples"][task], method, task, extra):
+                needles = _needle_locator(lm, task, get_method(method, train_length=T, **params))
+                for row in task_rows(res["samples"][task], method, task, extra, needles):
                     key = (method, task, row["length"], row["sample"])
                     if key not in done:
                         append_jsonl(out, row)
                         done[key] = row
             yield from (done[method, task, L, i] for L in lengths for i in range(samples)
                         if (method, task, L, i) in done)
+
+
+def _needle_locator(lm, task: str, method) -> Callable[[str, list[str]], dict]:
+    """``needles(context, targets)`` for :func:`task_rows`: the prompt
+    encoded as ``lm`` encodes it for generation, its needles placed and cut
+    (:func:`needle_fields`)."""
+    def needles(context: str, targets: list[str]) -> dict:
+        ids = lm.tok_batch_encode([context])[0][0].tolist()
+        return dict(input_tokens=len(ids),
+                    **needle_fields(task, context, targets, ids, lm.tokenizer, method))
+    return needles
 
 
 def _built_tasks(tokenizer, out, todo, lengths, samples, gen_kwargs) -> dict:

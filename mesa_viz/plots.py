@@ -38,6 +38,7 @@ from plotly.subplots import make_subplots
 
 from .layouts import Layout
 from .methods import METHODS, ChunkPlan
+from .lm_eval_tasks import needle_cut
 from .passkey import needle_cuts
 from .results import wilson_interval
 from .thresholds import smooth
@@ -1994,20 +1995,34 @@ def task_scores(rows, train_length: int | None = None, title: str | None = None)
 
 
 def _score_line(method: str, rows: list[dict], tasks: list, show: bool) -> go.Scatter:
-    """Mean score per length (over the rows given, each task weighted equally)."""
+    """Mean score per length (over the rows given, each task weighted
+    equally); ✂ on a point where the layout cut a needle of some sample
+    (:func:`mesa_viz.lm_eval_tasks.needle_cut`), the hover says in how many."""
     by = defaultdict(lambda: defaultdict(list))
+    cut = defaultdict(list)
     for r in rows:
         by[r["length"]][r["task"]].append(float(r["score"]))
+        cut[r["length"]].append(needle_cut(r))
     lengths = sorted(by)
     mean = [float(np.mean([np.mean(v) for v in by[L].values()])) for L in lengths]
     counts = [sum(len(v) for v in by[L].values()) for L in lengths]
     ci = [_binary_interval([s for v in by[L].values() for s in v]) for L in lengths]
+    cuts = [_cut_note(cut[L]) for L in lengths]
     return go.Scatter(
         x=lengths, y=mean, name=str(method), legendgroup=str(method), showlegend=show,
-        mode="lines+markers", line=dict(color=method_color(method)),
-        customdata=[[n, c] for n, c in zip(counts, ci)],
+        mode="lines+markers+text", line=dict(color=method_color(method)),
+        text=["✂" if sum(c is True for c in cut[L]) else "" for L in lengths],
+        textposition="top center", textfont=dict(color=method_color(method)),
+        customdata=[[n, c, k] for n, c, k in zip(counts, ci, cuts)],
         hovertemplate=f"{method}<br>length=%{{x}}<br>score %{{y:.0%}} over %{{customdata[0]}} "
-                      "samples%{customdata[1]}<extra></extra>")
+                      "samples%{customdata[1]}%{customdata[2]}<extra></extra>")
+
+
+def _cut_note(cuts: list) -> str:
+    """``<br>needle cut by a chunk boundary: k of n`` over the samples whose
+    rows say (empty when none of them has needles)."""
+    known = [c for c in cuts if c is not None]
+    return f"<br>needle cut by a chunk boundary: {sum(known)} of {len(known)}" if known else ""
 
 
 def _binary_interval(scores: list[float]) -> str:

@@ -69,6 +69,27 @@ def test_task_scores_panels_means_and_counts():
     assert len([s for s in fig.layout.shapes if s.name == "train_length"]) == 3
 
 
+def test_task_scores_mark_cut_needles():
+    """A point where the layout cut some sample's needle carries ✂ and the
+    hover says how many; tasks without needles (None) and older rows (no
+    field) say nothing."""
+    rows = task_rows()
+    for r in rows:
+        if r["task"] == "niah_single_1":
+            r["needle_cuts"] = [70] if r["method"] == "mesa" and r["length"] == 128 \
+                and r["sample"] < 2 else []
+        elif r["method"] == "mesa":
+            r["needle_cuts"] = None
+    fig = plots.task_scores(rows)
+    mesa, origin = ([t for t in fig.data if t.name == m] for m in ("mesa", "origin"))
+    assert list(mesa[0].text) == ["", "✂"] and list(origin[0].text) == ["", ""]
+    assert mesa[0].customdata[1][2] == "<br>needle cut by a chunk boundary: 2 of 3"
+    assert origin[0].customdata[1][2] == "<br>needle cut by a chunk boundary: 0 of 3"
+    assert list(mesa[1].text) == ["", ""] and mesa[1].customdata[1][2] == ""   # ruler_vt: None
+    assert list(mesa[2].text) == ["", "✂"]                                      # the mean panel
+    assert mesa[2].customdata[1][2] == "<br>needle cut by a chunk boundary: 2 of 3"
+
+
 def test_task_scores_fractional_scores_have_no_binary_interval():
     rows = [dict(method="mesa", task="niah_multivalue", length=100, score=s) for s in (0.5, 1.0)]
     fig = plots.task_scores(rows)

@@ -217,3 +217,57 @@ def test_cli_ruler(tmp_path, capsys):
     with pytest.raises(SystemExit, match="task 'ruler_qa_squad' needs the network"):
         cli_main(["ruler", "--tiny", "--tasks", "ruler_qa_squad", "--lengths", "768",
                   "--out", str(out)])
+
+
+def test_runner_rows_place_and_cut_the_needles(tiny, tmp_path):
+    """Each row names the needles' tokens (the asked values' lines, as the
+    model read them) and where the method's layout cuts them: Mesa at the
+    starts of its later middle chunks inside a needle, origin nowhere; a task
+    without needles says None."""
+    from mesa_viz.methods import get_method
+    model, tok = tiny
+    rows = list(lme.evaluate(model, tok, methods=["origin", "mesa"],
+                             tasks=["niah_multivalue_noise", "ruler_fwe"], lengths=[640],
+                             samples=1, out=tmp_path / "r.jsonl", gen_kwargs={"max_gen_toks": 2}))
+    by = {(r["method"], r["task"]): r for r in rows}
+    needle = by["mesa", "niah_multivalue_noise"]
+    assert by["origin", "niah_multivalue_noise"]["needle_spans"] == needle["needle_spans"]
+    assert len(needle["needle_spans"]) == len(needle["target"]) == 4
+    doc = ruler_offline.sampled("niah_multivalue_noise", tokenizer=_saved_tokenizer(tok, tmp_path),
+                                max_seq_lengths=[640], num_samples=1)["test"][0]
+    ids = tok(doc["input"] + doc["gen_prefix"])["input_ids"]     # as HFLM encodes it: BOS first
+    assert needle["input_tokens"] == len(ids) and ids[0] == tok.bos_token_id
+    values = sorted(needle["target"], key=doc["input"].find)
+    for (a, b), value in zip(needle["needle_spans"], values):
+        text = tok.decode(ids[a:b])
+        assert "special magic" in text and value in text and "grass" not in text
+    plan = get_method("mesa", train_length=T).resolve(len(ids), prefill_length=len(ids)).plan()
+    starts = [c for c, _ in plan.middle[1:]]
+    assert needle["needle_cuts"] == [c for c in starts
+                                     if any(a < c < b for a, b in needle["needle_spans"])] != []
+    assert by["origin", "niah_multivalue_noise"]["needle_cuts"] == []
+    assert by["mesa", "ruler_fwe"]["needle_spans"] is by["mesa", "ruler_fwe"]["needle_cuts"] is None
+    fields = ("input_tokens", "needle_spans", "needle_cuts")
+    old = [{k: v for k, v in r.items() if k not in fields} for r in rows]   # rows before the fields
+    again = lme.with_needles(old, tok)               # prompts rebuilt, needles placed again
+    for r, a in zip(rows, again):
+        kept = fields if r["task"] != "ruler_fwe" else fields[1:]    # no needles: not rebuilt
+        assert {k: a[k] for k in kept} == {k: r[k] for k in kept}
+    niah = next(r for r in old if r["task"] == "niah_multivalue_noise")
+    with pytest.raises(ValueError, match="prompt_hash differs"):
+        lme.with_needles([dict(niah, prompt_hash="0" * 64)], tok)
+
+
+def _saved_tokenizer(tok, folder):
+    tok.save_pretrained(folder / "tok")
+    return str(folder / "tok")
+
+
+def test_needle_tokens_refuse_a_prompt_that_is_not_the_text(tiny):
+    _, tok = tiny
+    text = "One of the special magic numbers for a-b is: 12."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert lme.needle_tokens([(0, len(text))], text, ids, tok) == [[0, len(ids)]]
+    assert lme.needle_tokens([(0, len(text))], text, [99] + ids, tok) == [[1, len(ids) + 1]]
+    with pytest.raises(ValueError, match="not its text's tokenization"):
+        lme.needle_tokens([(0, 3)], text, ids[1:], tok)

@@ -36,3 +36,23 @@ def test_default_model_without_pretrained_or_tokenizer(tmp_path):
     sample = json.loads(next(tmp_path.rglob("samples_*.jsonl")).read_text().splitlines()[0])
     assert sample["doc"]["max_length"] == 1024 and 900 < sample["doc"]["length"] <= 1024
     assert sample["filtered_resps"][0].strip()                     # it answered something
+
+
+def test_needles_found_in_every_needle_task_on_the_default_tokenizer():
+    """RULER's own prompts at 4096 tokens of the default tokenizer: one needle
+    per asked value (the line holding it) and one statement per variable of
+    the chain; each span's text is that needle."""
+    import _mesa_viz_lm_eval as hook
+    hook.install()
+    from mesa_viz.lm_eval_model import default_tokenizer_name
+    from mesa_viz.lm_eval_tasks import NEEDLE_TASKS, needle_chars, ruler_offline
+    for task in NEEDLE_TASKS:
+        doc = ruler_offline.sampled(task, tokenizer=default_tokenizer_name(),
+                                    max_seq_lengths=[4096], num_samples=1)["test"][0]
+        text = doc["input"] + doc["gen_prefix"]
+        spans = needle_chars(task, text, doc["outputs"])
+        assert len(spans) == len(doc["outputs"]), task
+        for (a, b), answer in zip(spans, sorted(doc["outputs"], key=text.find)):
+            needle = text[a:b]
+            assert answer in needle and "\n" not in needle and "grass" not in needle, task
+            assert needle.startswith("VAR " if task == "ruler_vt" else "One of the special"), task

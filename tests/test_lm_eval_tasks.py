@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from mesa_viz.lm_eval_tasks import (GROUP, HUB_ONLY, OFFLINE_TASKS, STOCK_OFFLINE, TASK_DIR,
-                                    VARIANTS, check_tasks, summary)
+from mesa_viz.lm_eval_tasks import (GROUP, HUB_ONLY, NEEDLE_TASKS, OFFLINE_TASKS, STOCK_OFFLINE,
+                                    TASK_DIR, VARIANTS, check_tasks, needle_chars, needle_cut,
+                                    summary)
 
 pytestmark = pytest.mark.unit
 
@@ -50,8 +51,50 @@ def test_summary_weights_tasks_equally():
     rows = [dict(method=m, task=t, length=L, score=s) for m, t, L, s in [
         ("mesa", "a", 100, 1.0), ("mesa", "a", 100, 1.0), ("mesa", "a", 100, 0.0),
         ("mesa", "b", 100, 0.0), ("origin", "a", 100, 0.5), ("mesa", "a", 200, 0.25)]]
-    assert summary(rows) == [dict(method="mesa", length=100, n=4, score=(2 / 3 + 0) / 2),
-                             dict(method="mesa", length=200, n=1, score=0.25),
-                             dict(method="origin", length=100, n=1, score=0.5)]
+    none = dict(needle_cut=None)
+    assert summary(rows) == [dict(method="mesa", length=100, n=4, score=(2 / 3 + 0) / 2, **none),
+                             dict(method="mesa", length=200, n=1, score=0.25, **none),
+                             dict(method="origin", length=100, n=1, score=0.5, **none)]
     by_task = summary(rows, by_task=True)
-    assert by_task[0] == dict(method="mesa", task="a", length=100, n=3, score=2 / 3)
+    assert by_task[0] == dict(method="mesa", task="a", length=100, n=3, score=2 / 3, **none)
+
+
+NIAH = ("The grass is green. The sky is blue.\nOne of the special magic numbers for "
+        "real-fun is: 7119165.\nThe grass is green.\nOne of the special magic numbers for "
+        "odd-one is: 42.\nWhat is the special magic number for real-fun?")
+VT = ("Memorize.\n VAR QQQQQ = 12 The grass is green.\n VAR ORFBA = 11005 The sky.\n "
+      "VAR JCQNH = VAR ORFBA  The grass.\nQuestion: Find all variables assigned 11005.")
+
+
+def test_needles_are_the_answer_lines_and_the_chain_statements():
+    a = NIAH.index("One of the special magic numbers for real-fun")
+    assert needle_chars("niah_single_1", NIAH, ["7119165"]) == [(a, NIAH.index("7119165.") + 8)]
+    both = needle_chars("niah_multivalue_noise", NIAH, ["42", "7119165"])
+    assert [NIAH[x:y] for x, y in both] == [
+        "One of the special magic numbers for real-fun is: 7119165.",
+        "One of the special magic numbers for odd-one is: 42."]
+    got = needle_chars("ruler_vt", VT, ["ORFBA", "JCQNH"])
+    assert [VT[x:y] for x, y in got] == ["VAR ORFBA = 11005", "VAR JCQNH = VAR ORFBA"]
+    assert needle_chars("ruler_cwe", NIAH, ["grass"]) is None
+    assert needle_chars("ruler_fwe", NIAH, ["grass"]) is None
+    assert set(NEEDLE_TASKS) == set(OFFLINE_TASKS) - {"ruler_cwe", "ruler_fwe"}
+
+
+@pytest.mark.parametrize("task, targets, match", [
+    ("niah_single_1", ["1234"], "no needle line with the answer '1234'"),
+    ("niah_single_1", ["green"], "no needle line with the answer 'green'"),
+    ("ruler_vt", ["ABCDE"], "no assignment of the variable 'ABCDE'"),
+    ("niah_single_2", ["7119165"], "task 'niah_single_2': allowed")])
+def test_needles_not_where_the_task_puts_them_are_refused(task, targets, match):
+    with pytest.raises(ValueError, match=match):
+        needle_chars(task, NIAH if task != "ruler_vt" else VT, targets)
+
+
+def test_summary_counts_cut_needles_where_rows_say():
+    rows = [dict(method="mesa", task="a", length=100, score=0.0, needle_cuts=[7]),
+            dict(method="mesa", task="a", length=100, score=1.0, needle_cuts=[]),
+            dict(method="mesa", task="b", length=100, score=1.0, needle_cuts=None),
+            dict(method="mesa", task="b", length=200, score=1.0)]
+    assert [needle_cut(r) for r in rows] == [True, False, None, None]
+    assert [s["needle_cut"] for s in summary(rows)] == [1, None]
+    assert [s["needle_cut"] for s in summary(rows, by_task=True)] == [1, None, None]

@@ -12,11 +12,12 @@ folder ships them as variants on RULER's synthetic "repeat" haystack
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from pathlib import Path
 
 __all__ = ["TASK_DIR", "GROUP", "STOCK_OFFLINE", "VARIANTS", "OFFLINE_TASKS", "HUB_ONLY",
-           "check_tasks", "summary"]
+           "NEEDLE_TASKS", "check_tasks", "needle_chars", "needle_cut", "summary"]
 
 #: The folder to pass as lm-eval's ``--include_path``.
 TASK_DIR = Path(__file__).resolve().parent
@@ -41,6 +42,57 @@ HUB_ONLY = {
     "ruler_qa_hotpot": "HotpotQA dev JSON from huggingface.co",
     "ruler": "7 of its 13 tasks (the group)",
 }
+
+
+#: Tasks whose answers sit in needles of the haystack (:func:`needle_chars`):
+#: the needle tasks (a line ``One of the special magic ... is: VALUE.`` per
+#: asked value) and variable tracking (a statement ``VAR NAME = ...`` per
+#: variable of the chain).  The common- and frequent-words tasks have none.
+NEEDLE_TASKS = OFFLINE_TASKS[:6] + ("ruler_vt",)
+
+
+def needle_chars(task: str, context: str, targets) -> list[tuple[int, int]] | None:
+    """Character spans ``[start, stop)`` of the needles holding the answers
+    ``targets`` in a RULER prompt ``context``, in text order; None for a task
+    without needles.  Needle tasks: the line of each asked value; variable
+    tracking: each target variable's assignment ``VAR NAME = VAR OTHER`` or
+    ``VAR NAME = VALUE``.  ValueError when an answer is not found where the
+    task puts it (a prompt this rule does not describe)."""
+    if task not in OFFLINE_TASKS:
+        raise ValueError(f"task {task!r}: allowed {list(OFFLINE_TASKS)}")
+    if task not in NEEDLE_TASKS:
+        return None
+    spans = []
+    for target in targets:
+        spans += _vt_statement(context, target) if task == "ruler_vt" \
+            else _needle_line(context, target)
+    return sorted(set(spans))
+
+
+def _needle_line(context: str, value: str) -> list[tuple[int, int]]:
+    """The line ``One of the special magic ... is: value.`` (without its newline)."""
+    found = [(context.rfind("\n", 0, m.start()) + 1, m.end()) for m in re.finditer(
+        r"One of the special magic [^\n]* is: " + re.escape(value) + r"\.", context)]
+    if not found:
+        raise ValueError(f"no needle line with the answer {value!r} in the prompt")
+    return found
+
+
+def _vt_statement(context: str, name: str) -> list[tuple[int, int]]:
+    """The assignment ``VAR name = VAR OTHER`` or ``VAR name = 12345``."""
+    found = [m.span() for m in re.finditer(r"VAR " + re.escape(name) + r" = (?:VAR [A-Z]+|\d+)",
+                                           context)]
+    if not found:
+        raise ValueError(f"no assignment of the variable {name!r} in the prompt")
+    return found
+
+
+def needle_cut(row: dict) -> bool | None:
+    """Whether the row's layout cut one of its needles (its ``needle_cuts``,
+    written by ``mesa-viz ruler``); None when the task has no needles or the
+    row predates the field."""
+    cuts = row.get("needle_cuts")
+    return None if cuts is None else bool(cuts)
 
 
 def check_tasks(tasks) -> list[str]:
@@ -69,16 +121,22 @@ def _variant_of(task: str) -> str | None:
 def summary(rows, by_task: bool = False) -> list[dict]:
     """Mean score per method x length (x task with ``by_task``; else every
     task weighted equally) from per-sample rows (``method, task, length,
-    score``): ``method, [task,] length, n, score``, methods in first-seen order."""
+    score``): ``method, [task,] length, n, score, needle_cut``, methods in
+    first-seen order; ``needle_cut``: the samples whose needle the layout
+    cut (:func:`needle_cut`), None where no row of the cell says."""
     cells = defaultdict(lambda: defaultdict(list))
+    cuts = defaultdict(list)
     order = list(dict.fromkeys(r["method"] for r in rows))
     for r in rows:
         key = (r["method"], r["task"], r["length"]) if by_task else (r["method"], r["length"])
         cells[key][r["task"]].append(float(r["score"]))
+        cuts[key].append(needle_cut(r))
     out = []
     for key in sorted(cells, key=lambda k: (order.index(k[0]), *k[1:])):
         per_task = [sum(v) / len(v) for v in cells[key].values()]
         names = ("method", "task", "length") if by_task else ("method", "length")
+        known = [c for c in cuts[key] if c is not None]
         out.append(dict(zip(names, key), n=sum(len(v) for v in cells[key].values()),
-                        score=sum(per_task) / len(per_task)))
+                        score=sum(per_task) / len(per_task),
+                        needle_cut=sum(known) if known else None))
     return out
