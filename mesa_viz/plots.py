@@ -1989,8 +1989,10 @@ def task_scores(rows, train_length: int | None = None, title: str | None = None)
     fig.update_yaxes(range=[-0.05, 1.05], tickformat=".0%")
     _outer_axis_titles(fig, len(panels), cols, "length (tokens)", "score")
     _mark_T(fig, train_length, len(panels), cols)
-    fig.update_layout(title=title or "task score against length", height=grid["height"],
-                      margin=grid["margin"])
+    cut = any(needle_cut(r) for r in rows)
+    fig.update_layout(title=title or "task score against length" + (
+        " (✂: the layout cut a needle of some sample there)" if cut else ""),
+        height=grid["height"], margin=grid["margin"])
     return fig
 
 
@@ -2008,11 +2010,14 @@ def _score_line(method: str, rows: list[dict], tasks: list, show: bool) -> go.Sc
     counts = [sum(len(v) for v in by[L].values()) for L in lengths]
     ci = [_binary_interval([s for v in by[L].values() for s in v]) for L in lengths]
     cuts = [_cut_note(cut[L]) for L in lengths]
+    cutting = [any(c is True for c in cut[L]) for L in lengths]
     return go.Scatter(
         x=lengths, y=mean, name=str(method), legendgroup=str(method), showlegend=show,
-        mode="lines+markers+text", line=dict(color=method_color(method)),
-        text=["✂" if sum(c is True for c in cut[L]) else "" for L in lengths],
-        textposition="top center", textfont=dict(color=method_color(method)),
+        mode="lines+markers+text", line=dict(color=method_color(method)), cliponaxis=False,
+        marker=dict(symbol=["x" if c else "circle" for c in cutting],
+                    size=[11 if c else 6 for c in cutting]),
+        text=["✂" if c else "" for c in cutting], textposition="top left",
+        textfont=dict(color=method_color(method), size=16),
         customdata=[[n, c, k] for n, c, k in zip(counts, ci, cuts)],
         hovertemplate=f"{method}<br>length=%{{x}}<br>score %{{y:.0%}} over %{{customdata[0]}} "
                       "samples%{customdata[1]}%{customdata[2]}<extra></extra>")

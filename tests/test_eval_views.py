@@ -88,6 +88,8 @@ def test_task_scores_mark_cut_needles():
     assert list(mesa[1].text) == ["", ""] and mesa[1].customdata[1][2] == ""   # ruler_vt: None
     assert list(mesa[2].text) == ["", "✂"]                                      # the mean panel
     assert mesa[2].customdata[1][2] == "<br>needle cut by a chunk boundary: 2 of 3"
+    assert "✂: the layout cut a needle" in fig.layout.title.text
+    assert "✂" not in plots.task_scores(task_rows()).layout.title.text
 
 
 def test_task_scores_fractional_scores_have_no_binary_interval():
