@@ -1978,12 +1978,14 @@ def task_scores(rows, train_length: int | None = None, title: str | None = None)
     grid = _subplot_grid(nrows, row_px=260)
     fig = make_subplots(rows=nrows, cols=cols, subplot_titles=panels, horizontal_spacing=0.06,
                         vertical_spacing=grid["vertical_spacing"])
+    methods = _methods_in(rows)
     for k, panel in enumerate(panels):
-        for m in _methods_in(rows):
+        for i, m in enumerate(methods):
             mine = [r for r in rows if r["method"] == m and (r["task"] == panel or k == len(tasks))]
             if mine:
-                fig.add_trace(_score_line(m, mine, tasks, show=k == 0), row=k // cols + 1,
-                              col=k % cols + 1)
+                fig.add_trace(_score_line(m, mine, tasks, show=k == 0,
+                                          width=_under_width(i, len(methods))),
+                              row=k // cols + 1, col=k % cols + 1)
     lengths = sorted({r["length"] for r in rows})
     fig.update_xaxes(type="log", **_length_ticks(lengths))
     fig.update_yaxes(range=[-0.05, 1.05], tickformat=".0%")
@@ -1996,10 +1998,20 @@ def task_scores(rows, train_length: int | None = None, title: str | None = None)
     return fig
 
 
-def _score_line(method: str, rows: list[dict], tasks: list, show: bool) -> go.Scatter:
+def _under_width(i: int, n: int) -> float:
+    """Line width of the ``i``-th of ``n`` methods drawn on one panel: the
+    first widest, so methods with the same scores show as nested stripes
+    instead of the last one drawn hiding the others (2 px for the last, at
+    most 10 for the first)."""
+    return 2.0 + (n - 1 - i) * min(2.0, 8.0 / max(1, n - 1))
+
+
+def _score_line(method: str, rows: list[dict], tasks: list, show: bool,
+                width: float = 2.0) -> go.Scatter:
     """Mean score per length (over the rows given, each task weighted
-    equally); ✂ on a point where the layout cut a needle of some sample
-    (:func:`mesa_viz.lm_eval_tasks.needle_cut`), the hover says in how many."""
+    equally), drawn ``width`` wide; ✂ on a point where the layout cut a
+    needle of some sample (:func:`mesa_viz.lm_eval_tasks.needle_cut`), the
+    hover says in how many."""
     by = defaultdict(lambda: defaultdict(list))
     cut = defaultdict(list)
     for r in rows:
@@ -2013,9 +2025,9 @@ def _score_line(method: str, rows: list[dict], tasks: list, show: bool) -> go.Sc
     cutting = [any(c is True for c in cut[L]) for L in lengths]
     return go.Scatter(
         x=lengths, y=mean, name=str(method), legendgroup=str(method), showlegend=show,
-        mode="lines+markers+text", line=dict(color=method_color(method)), cliponaxis=False,
-        marker=dict(symbol=["x" if c else "circle" for c in cutting],
-                    size=[11 if c else 6 for c in cutting]),
+        mode="lines+markers+text", line=dict(color=method_color(method), width=width),
+        cliponaxis=False, marker=dict(symbol=["x" if c else "circle" for c in cutting],
+                                      size=[width + 9 if c else width + 4 for c in cutting]),
         text=["✂" if c else "" for c in cutting], textposition="top left",
         textfont=dict(color=method_color(method), size=16),
         customdata=[[n, c, k] for n, c, k in zip(counts, ci, cuts)],

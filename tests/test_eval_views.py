@@ -69,6 +69,19 @@ def test_task_scores_panels_means_and_counts():
     assert len([s for s in fig.layout.shapes if s.name == "train_length"]) == 3
 
 
+def test_task_scores_lines_of_equal_scores_stay_visible():
+    """Methods drawn earlier are wider, so equal scores show as nested
+    stripes, not only the last method drawn; the widths stay bounded."""
+    fig = plots.task_scores(task_rows())
+    widths = {t.name: t.line.width for t in fig.data}
+    assert widths["origin"] > widths["mesa"] == 2
+    many = [dict(r, method=m) for m in ("origin", "mesa", "rerope", "stair", "pi", "ntk", "yarn",
+                                        "string", "dual-chunk", "self-extend")
+            for r in task_rows() if r["method"] == "origin"]
+    widths = [t.line.width for t in plots.task_scores(many).data[:10]]
+    assert widths == sorted(widths, reverse=True) and widths[0] <= 10 and widths[-1] == 2
+
+
 def test_task_scores_mark_cut_needles():
     """A point where the layout cut some sample's needle carries ✂ and the
     hover says how many; tasks without needles (None) and older rows (no
