@@ -402,11 +402,18 @@ def _stream(model, tokenizer, methods, tasks, lengths, samples, out, method_para
 def _needle_locator(lm, task: str, method) -> Callable[[str, list[str]], dict]:
     """``needles(context, targets)`` for :func:`task_rows`: the prompt
     encoded as ``lm`` encodes it for generation, its needles placed and cut
-    (:func:`needle_fields`)."""
+    (:func:`needle_fields`).  Needles that cannot be placed (a prompt this
+    rule does not describe, a tokenizer that adds tokens at the end) are
+    logged and recorded as unknown (None), never guessed, and the scores
+    the run paid for are still written."""
     def needles(context: str, targets: list[str]) -> dict:
         ids = lm.tok_batch_encode([context])[0][0].tolist()
-        return dict(input_tokens=len(ids),
-                    **needle_fields(task, context, targets, ids, lm.tokenizer, method))
+        try:
+            found = needle_fields(task, context, targets, ids, lm.tokenizer, method)
+        except ValueError as err:
+            log.warning("%s: needles not placed, recorded as unknown: %s", task, err)
+            found = dict(needle_spans=None, needle_cuts=None)
+        return dict(input_tokens=len(ids), **found)
     return needles
 
 

@@ -271,3 +271,26 @@ def test_needle_tokens_refuse_a_prompt_that_is_not_the_text(tiny):
     assert lme.needle_tokens([(0, len(text))], text, [99] + ids, tok) == [[1, len(ids) + 1]]
     with pytest.raises(ValueError, match="not its text's tokenization"):
         lme.needle_tokens([(0, 3)], text, ids[1:], tok)
+
+
+def test_needles_that_cannot_be_placed_are_unknown_not_a_lost_run(tiny, caplog):
+    """A tokenizer that appends a token, or an answer missing from its
+    prompt: the row's needle fields say None (unknown) with a warning; the
+    row itself is not lost."""
+    from mesa_viz.methods import get_method
+    _, tok = tiny
+    text = "Hay.\nOne of the special magic numbers for a-b is: 12.\nWhat is it?"
+
+    class Encoder:                                   # lm-eval's encoding, one token appended
+        tokenizer = tok
+
+        def tok_batch_encode(self, strings):
+            return torch.tensor([tok(strings[0])["input_ids"] + [0]]), None
+
+    needles = lme._needle_locator(Encoder(), "niah_single_1", get_method("mesa", train_length=T))
+    with caplog.at_level("WARNING", logger="mesa_viz.lm_eval_model"):
+        got = needles(text, ["12"])
+        missing = needles(text, ["34"])
+    assert got == dict(input_tokens=len(tok(text)["input_ids"]) + 1, needle_spans=None,
+                       needle_cuts=None) and missing["needle_cuts"] is None
+    assert "not its text's tokenization" in caplog.text and "answer '34'" in caplog.text
