@@ -1093,8 +1093,9 @@ def passkey_heatmap(rows, title: str | None = None, cols: int | None = None,
     ``rows``: dicts with at least ``method, length, depth, correct``.  Cells
     show the accuracy, hover adds the sample count; a cell where rows say the
     layout cut the needle (``needle_cuts``, or worked out from ``params`` and
-    ``needle_span``: a Mesa chunk boundary inside it) carries ✂ and hover says in how many samples.  ``train_length`` marks,
-    in every subplot, the boundary between lengths ``<= T`` and ``> T``.
+    ``needle_span``: a Mesa chunk boundary inside it) carries ✂ and hover
+    says in how many samples.  ``train_length`` marks, in every subplot, the
+    boundary between lengths ``<= T`` and ``> T``.
     """
     rows = _check_row_keys(rows, ("method", "length", "depth", "correct"), "passkey")
     methods = _methods_in(rows)
