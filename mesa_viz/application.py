@@ -70,9 +70,14 @@ _LENGTH_REMINDER = "This is a friendly reminder - the current text generation ca
 
 #: Tokens of the input every application is checked on (:func:`guard`).
 GUARD_TOKENS = 16
-#: Largest max |logit difference| the guard accepts, relative to max(1, max |logit|).
+#: Largest max |logit difference| the guard accepts, relative to max(1, max |logit|)
+#: (half precision: to max |logit|, with the model's own spread beside it: ``_judge_guard``).
 _GUARD_TOLERANCE = {torch.float64: 1e-8, torch.float32: 1e-4, torch.bfloat16: 2e-2,
                     torch.float16: 1e-2}
+#: Half precision: the guard also accepts this many times the model's own two attention
+#: implementations' difference (``_own_spread``), at most ``_GUARD_CEILING`` of the scale.
+_GUARD_SPREAD = 4.0
+_GUARD_CEILING = 0.1
 #: model_type -> how its RoPE pairs channels where that is not the kernels' half
 #: split of the first ``rot_dim`` channels: interleaved pairs ``(2c, 2c + 1)`` of
 #: the first ``rot_dim`` channels, or the rotary block last (already half-split).
@@ -196,6 +201,7 @@ class Applied:
     resolved: Method | None = None
     prefill_length: int | None = None
     positions: torch.Tensor | None = None
+    i0: int = 0
     tables: kernels.RopeTables | None = None
     told_past_train_length: bool = False
     piece_tokens: int | None = None
@@ -215,11 +221,11 @@ class Applied:
             raise ValueError("mesa_viz methods need the same positions in every batch "
                              "row (no left padding); pad-free equal-length batches only")
         pos = pos[0]
-        i0, kv_len = int(pos[0]), int(pos[-1]) + 1
+        i0, kv_len = _span(pos)
         if i0 == 0 and self.pieces is None:
             self.prefill_length = kv_len
-        self.positions = pos
-        self.resolved = self.resolve_for(pos)
+        self.positions, self.i0 = pos, i0
+        self.resolved = self.resolve_for(pos, (i0, kv_len))
         self._tell_past_train_length(self.whole_length(kv_len))
         if not self.kernel:
             return None
@@ -232,11 +238,13 @@ class Applied:
         pieces the whole prompt's length."""
         return kv_len if self.pieces is None else self.pieces.seq_len
 
-    def resolve_for(self, pos: torch.Tensor) -> Method:
+    def resolve_for(self, pos: torch.Tensor, span: tuple[int, int] | None = None) -> Method:
         """The method resolved for a forward at positions ``pos [q_len]`` (a
         forward from position 0 is a prefill: its length is the prompt's; a
-        piece of a prefill in pieces resolves for the whole prompt)."""
-        i0, seq = int(pos[0]), self.whole_length(int(pos[-1]) + 1)
+        piece of a prefill in pieces resolves for the whole prompt);
+        ``span``: ``(first position, last + 1)`` where already read."""
+        i0, kv_len = span or _span(pos)
+        seq = self.whole_length(kv_len)
         prefill = seq if i0 == 0 or self.pieces is not None else (self.prefill_length or seq)
         return self.method.resolve(seq, self.train_length, prefill_length=prefill)
 
@@ -260,6 +268,8 @@ class Applied:
         the stack's own forward then runs the last piece (:func:`_run_pieces`)."""
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         self.memo = self._memo_for(cache)
+        if self.memo is not None:
+            self.memo.forward_starts(cache.get_seq_length(), _trusted_cache(cache))
         if self.pieces is not None and self.pieces.last:      # a last piece that raised
             self.pieces = None
         if self.pieces is not None or not self.kernel:
@@ -306,7 +316,7 @@ class Applied:
         if self.channels is not None:
             order = self.channel_order(query.shape[-1], query.device)
             query, key = query.index_select(-1, order), key.index_select(-1, order)
-        i0 = int(self.positions[0])
+        i0 = self.i0                                     # read once a forward (a device sync)
         if i0 + query.shape[2] != key.shape[2]:
             raise ValueError(f"query positions {i0}..{i0 + query.shape[2] - 1} do not end at "
                              f"the cache length {key.shape[2]}: custom position_ids are "
@@ -430,6 +440,8 @@ def _prefill_layer(capacity: int):
                 value_states.new_empty(shape + value_states.shape[3:]))
 
     class PrefillLayer(DynamicLayer):
+        keeps_keys = True                        # kept keys are never rewritten in place
+
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
@@ -451,6 +463,26 @@ def _prefill_layer(capacity: int):
             return self.keys, self.values
 
     return PrefillLayer()
+
+
+def _span(pos: torch.Tensor) -> tuple[int, int]:
+    """``(pos[0], pos[-1] + 1)`` of positions ``pos [q_len]`` in one read (one
+    device sync on GPU)."""
+    first, last = pos[::max(1, pos.shape[0] - 1)].tolist() if pos.shape[0] > 1 else \
+        (int(pos[0]),) * 2
+    return int(first), int(last) + 1
+
+
+def _trusted_cache(cache) -> bool:
+    """Whether every layer of ``cache`` keeps the keys it holds as written
+    (transformers' ``DynamicLayer`` and ``StaticLayer``, the presized layer of
+    :func:`presized_cache`), so the decode memo may trust keys it rotated
+    before (:meth:`kernels.DecodeMemo.forward_starts`); quantized, offloaded,
+    sliding or unknown layers are checked against probes instead."""
+    from transformers.cache_utils import DynamicLayer, StaticLayer
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(x) in (DynamicLayer, StaticLayer)
+                                or getattr(type(x), "keeps_keys", False) for x in layers)
 
 
 def _views_of(x: torch.Tensor, buf: torch.Tensor) -> bool:
@@ -857,13 +889,37 @@ def guard(model, state: Applied, path: str) -> None:
     try:
         with torch.no_grad(), _hooks_set_aside(model):
             own = model(ids, use_cache=False).logits.float()
+            floor = _own_spread(model, ids, own, state.backend)
             with ExitStack() as undo:
                 _install(undo, model, probe, path)
                 got = model(ids, use_cache=False).logits.float()
     finally:
         model.train(training)
-    _judge_guard(model, probe.calls, own, got)
+    _judge_guard(model, probe.calls, own, got, floor)
     _guard_rule(model, state)
+
+
+def _own_spread(model, ids, own: torch.Tensor, backend: str) -> float:
+    """Half precision only (else 0): max |logit difference| between the model's
+    own attention and its other stock implementation (``eager``, or ``sdpa``
+    for an eager model) on the guard's input: the rounding the model's own
+    kernels disagree by, which compounds over the layers (a random 22-layer
+    Llama in bfloat16: 0.098 on logits up to 4.3, 2.3 %)."""
+    if next(model.parameters()).dtype not in (torch.bfloat16, torch.float16):
+        return 0.0
+    other = "sdpa" if backend == "eager" else "eager"
+    try:
+        model.set_attn_implementation(other)
+    except (ValueError, ImportError) as exc:
+        log.info("guard: no %s attention to compare with (%s)", other, exc)
+        return 0.0
+    try:
+        return float((model(ids, use_cache=False).logits.float() - own).abs().max())
+    except (RuntimeError, ValueError, NotImplementedError) as exc:
+        log.info("guard: the model's %s attention does not run (%s): no spread", other, exc)
+        return 0.0
+    finally:
+        model.set_attn_implementation(backend)
 
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
@@ -896,21 +952,35 @@ def _guard_ids(model) -> torch.Tensor:
     return ids[None].to(emb.weight.device)
 
 
-def _judge_guard(model, calls: int, own: torch.Tensor, got: torch.Tensor) -> None:
-    """Raise unless the registered function ran once per layer and the logits agree."""
+def _judge_guard(model, calls: int, own: torch.Tensor, got: torch.Tensor,
+                 floor: float = 0.0) -> None:
+    """Raise unless the registered function ran once per layer and the logits
+    agree: within ``_GUARD_TOLERANCE`` of the logits' scale (max(1, max |logit|);
+    half precision: max |logit|), or, in half precision, within
+    ``_GUARD_SPREAD`` times ``floor``, the model's own two attention
+    implementations' difference (:func:`_own_spread`), never past
+    ``_GUARD_CEILING`` of the scale.  In half precision a layout error smaller
+    than the model's own rounding cannot be told from it (a tiny random GLM with
+    Cohere's interleaved pairs: 1.6 times the spread); a larger one is refused
+    (a tiny Cohere with GLM's half split: 37 times)."""
     kind, layers = _model_type(model), int(model.config.num_hidden_layers)
     if calls != layers:
         raise ValueError(f"model type {kind!r}: the registered attention function ran {calls} "
                          f"times for {layers} layers on a {GUARD_TOKENS}-token check, so "
                          "mesa_viz kernels would not run where the model attends: not supported")
-    diff = float((got - own).abs().max())
-    scale = max(1.0, float(own.abs().max()))
-    tol = _GUARD_TOLERANCE.get(next(model.parameters()).dtype, 1e-2) * scale
+    diff, top = float((got - own).abs().max()), float(own.abs().max())
+    dtype = next(model.parameters()).dtype
+    half = dtype in (torch.bfloat16, torch.float16)
+    scale = top if half else max(1.0, top)
+    tol = _GUARD_TOLERANCE.get(dtype, 1e-2) * scale
+    if half:
+        tol = max(tol, min(_GUARD_SPREAD * floor, _GUARD_CEILING * scale))
     if not diff <= tol:
+        spread = f"; the model's own two attentions differ by {floor:.3g}" if floor else ""
         raise ValueError(f"model type {kind!r}: mesa_viz's kernels (Origin's layout) differ "
                          f"from the model's own attention on a {GUARD_TOKENS}-token check: max "
                          f"|logit difference| {diff:.3g} (logits up to {scale:.3g}; allowed "
-                         f"{tol:.3g}): its attention or RoPE layout is not supported")
+                         f"{tol:.3g}{spread}): its attention or RoPE layout is not supported")
 
 
 def _guard_rule(model, state: Applied) -> None:

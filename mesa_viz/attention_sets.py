@@ -129,17 +129,20 @@ def causal_sdpa(q, k, v, scale):
 def causal_lower_right_sdpa(q, k, v, scale, backend="sdpa"):
     """Causal attention aligned at the bottom right through a fused kernel
     (GPU): query ``x`` of ``q [b, h, R, d]`` sees keys ``0..L-R+x`` of ``k, v
-    [b, kv_h, L, d]`` (flash-attn's causal where it serves, else torch's
-    ``causal_lower_right`` bias with key heads repeated for GQA)."""
-    from torch.nn.attention.bias import causal_lower_right
+    [b, kv_h, L, d]``.  flash-attn's causal where it serves; else the queries
+    are put behind ``L - R`` zero rows, so that the call is square and SDPA's
+    plain ``is_causal`` (flash, GQA without key copies) serves it, and those
+    rows' outputs are dropped: at most ``(L - R) / R`` more scores than the
+    rows need (a half for Mesa's middle chunks at their default sizes), where
+    torch's ``causal_lower_right`` bias failed on CUDA under GQA (torch 2.11,
+    bfloat16: a mask of the wrong shape)."""
     fa = flash_attn_module(backend)
     if fa is not None:
         return _flash(fa, q, k, v, scale, causal=True)[0]
-    rep = q.shape[1] // k.shape[1]
-    if rep > 1:
-        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
-    return scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(
-        q.shape[2], k.shape[2]), scale=scale)
+    R, L = q.shape[2], k.shape[2]
+    if L > R:
+        q = torch.cat((q.new_zeros(q.shape[:2] + (L - R, q.shape[3])), q), dim=2)
+    return causal_sdpa(q, k, v, scale)[:, :, L - R:]
 
 
 def attn_lse(q, k, v, mask, scale, backend, causal=False):

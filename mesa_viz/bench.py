@@ -341,10 +341,13 @@ def _decode(model, cache, token, steps: int, dev: str) -> list[float]:
 def measure_point(model, method: str, length: int, *, repeats: int = 3,
                   decode_tokens: int = 8, warmup: int = 0, params: dict | None = None,
                   train_length: int | None = None, seed: int = 0,
-                  record_sdpa: bool = True, exact_memory: bool = True) -> dict:
+                  record_sdpa: bool = True, exact_memory: bool = True,
+                  piece_tokens: int | None = None) -> dict:
     """Measure one (method, length): prefill seconds (each timed repeat), peak
     memory net of what was allocated before, decode seconds per greedy step
-    and the resolved parameters.  Raises on OOM.
+    and the resolved parameters.  Raises on OOM.  ``piece_tokens``: the most
+    tokens a forward of a prefill in pieces holds (``apply``'s; None: its
+    default, half the training length).
 
     CUDA: the peak is ``max_memory_allocated`` over the timed prefills.  CPU
     with ``exact_memory``: one untimed prefill first, measured inside
@@ -363,7 +366,8 @@ def measure_point(model, method: str, length: int, *, repeats: int = 3,
     T = train_length or train_length_of(model)
     ids = random_ids(model.config.vocab_size, length, seed, dev)
     out, prefills = None, []
-    with torch.no_grad(), apply(model, method, train_length=T, **params) as state:
+    with torch.no_grad(), apply(model, method, train_length=T, piece_tokens=piece_tokens,
+                                **params) as state:
         for r in range(warmup + repeats):
             out = None                                   # free the last prefill's cache first
             out, p = _prefill(model, ids, dev, exact=cpu_exact and r == 0,
@@ -412,7 +416,13 @@ def _predict_seconds(history: list[tuple[int, float]], n: int) -> float | None:
 
 @dataclass(frozen=True)
 class Settings:
-    """How every point of a grid is measured (see :func:`run`)."""
+    """How every point of a grid is measured (see :func:`run`).
+    ``record_errors``: a point that raises (other than running out of memory)
+    is written with its ``error`` and the grid goes on, instead of stopping.
+    ``memory_cap_bytes``: the memory the out-of-memory check allows the
+    process in all (``memory.available_bytes(cap=...)``), e.g. a smaller
+    card's on a larger one; None: what the device has free.  ``piece_tokens``:
+    :func:`measure_point`'s (rows say it)."""
 
     repeats: int = 3
     decode_tokens: int = 8
@@ -420,6 +430,9 @@ class Settings:
     seed: int = 0
     exact_memory: bool = True
     margin: float = 0.9
+    record_errors: bool = False
+    memory_cap_bytes: int | None = None
+    piece_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -502,9 +515,10 @@ def _plan_point(grid: _Grid, method: str, n: int, params: dict) -> dict:
             "predicted_mem_bytes": estimate_peak_bytes(
                 dims, resolved, n, fragmentation=0.0 if s.exact_memory else None, **kw),
             "oom_check_bytes": estimate_peak_bytes(dims, resolved, n, **kw),
-            "available_bytes": available_bytes(dev), "oom": False,
+            "available_bytes": available_bytes(dev, cap=s.memory_cap_bytes), "oom": False,
             **grid.common, "params": resolved.params(), "plan": _plan_summary(resolved),
             "train_length": grid.train_length, "threads": torch.get_num_threads(),
+            "piece_tokens": s.piece_tokens,
             "repeats": s.repeats, "decode_tokens": s.decode_tokens,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
@@ -538,10 +552,13 @@ def _measure(grid: _Grid, method: str, n: int, params: dict, flops: int) -> dict
         res = measure_point(grid.model, method, n, repeats=s.repeats,
                             decode_tokens=s.decode_tokens, warmup=s.warmup, params=params,
                             train_length=grid.train_length, seed=s.seed,
-                            exact_memory=s.exact_memory)
+                            exact_memory=s.exact_memory, piece_tokens=s.piece_tokens)
     except Exception as exc:             # noqa: BLE001
         if not _is_oom(exc):
-            raise
+            if not s.record_errors:
+                raise
+            log.exception("%s @ %d failed (recorded as an error row)", method, n)
+            return {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
         if grid.device.startswith("cuda"):
             import torch
             torch.cuda.empty_cache()
@@ -661,7 +678,8 @@ def summary_table(rows, matmul_gflops: float | None = None) -> str:
     for r in sorted(pts, key=lambda r: (r["method"], r["length"])):
         g = r.get("gflops_achieved")
         pct = None if (g is None or not matmul_gflops) else 100 * g / matmul_gflops
-        note = "OOM" if r.get("oom") else ("skipped: " + r["skipped"] if r.get("skipped") else "")
+        note = "OOM" if r.get("oom") else ("skipped: " + r["skipped"] if r.get("skipped") else
+                                           "error: " + r["error"][:60] if r.get("error") else "")
         mem = r.get("peak_mem_bytes")
         lines.append(
             f"{r['method']:<14}{r['length']:>8}{_fmt(r.get('prefill_s'), '.3f'):>11}"

@@ -127,6 +127,11 @@ class RopeTables:
         return self._tables[key, dtype]
 
 
+#: Up to this many elements :func:`rotate` uses three element-wise ops with temporaries;
+#: above it, in-place ops into one output (no temporaries the size of ``x``).
+SMALL_ROTATION = 1 << 16
+
+
 def rotate(x: torch.Tensor, rope: "Rope | RopeTables", pos: torch.Tensor,
            key=None) -> torch.Tensor:
     """``x [..., len(pos), head_dim]`` rotated to positions ``pos``: channel
@@ -135,7 +140,8 @@ def rotate(x: torch.Tensor, rope: "Rope | RopeTables", pos: torch.Tensor,
     C, S = rope.cos_sin(pos, x.dtype) if key is None else rope.cos_sin(pos, x.dtype, key)
     half = C.shape[-1]
     xr = x[..., :2 * half].unflatten(-1, (2, half))                 # [..., L, 2, half]
-    if torch.is_grad_enabled() and x.requires_grad:                 # autograd: no out= ops
+    if (torch.is_grad_enabled() and x.requires_grad) or x.numel() <= SMALL_ROTATION:
+        # autograd (no out= ops), or a few rows (a decode step's): fewer, smaller launches
         out = torch.addcmul(xr * C, xr.flip(-2), S).flatten(-2)
         return torch.cat((out, x[..., 2 * half:]), dim=-1) if 2 * half < x.shape[-1] else out
     shape = x.shape[:-2] + (C.shape[0], x.shape[-1])          # x has len(pos) rows, or 1
@@ -161,6 +167,19 @@ class DecodeMemo:
 
     def __init__(self):
         self._entries: dict = {}
+        self.trusted = False
+
+    def forward_starts(self, length: int, trusted: bool) -> None:
+        """Before each forward on this memo's cache (the application calls it),
+        with the cache's length then: entries past ``length`` are dropped (a
+        crop: the keys after it may be written again), and ``trusted`` (a cache
+        that never rewrites the keys it keeps in place: transformers'
+        ``DynamicLayer`` and ``StaticLayer``, mesa_viz's presized layer) lets an
+        entry of a one-row batch skip comparing its source keys with the
+        probes it kept: each comparison is a device sync, one a layer on GPU."""
+        for key in [k for k, e in self._entries.items() if e.hi > length]:
+            del self._entries[key]
+        self.trusted = trusted
 
     def rotated(self, layer: int, rule, k: torch.Tensor, j0: int, j1: int,
                 position: Callable[[torch.Tensor], torch.Tensor], rope) -> torch.Tensor:
@@ -168,9 +187,9 @@ class DecodeMemo:
         position function; it must not change within a sequence)."""
         base = rope.rope if isinstance(rope, RopeTables) else rope
         e = self._entries.get((layer, rule))
-        if e is None or not e.serves(k, j0, j1, base):
+        if e is None or not e.serves(k, j0, j1, base, self.trusted):
             e = self._entries[layer, rule] = _MemoEntry(j0, k, base)
-        e.extend(k, j1, position, rope, rule)
+        e.extend(k, j1, position, rope, rule, trusted=self.trusted)
         return e.buf[:, :, j0 - e.start:j1 - e.start]
 
     def split_rotated(self, layer: int, rule, k: torch.Tensor, split: int, j1: int,
@@ -182,37 +201,53 @@ class DecodeMemo:
         new keys to ``near`` and the keys that left the window to ``far``."""
         base = rope.rope if isinstance(rope, RopeTables) else rope
         e = self._entries.get((layer, rule))
-        if e is None or not e.serves(k, 0, j1, base) or split < e.split:
+        if e is None or not e.serves(k, 0, j1, base, self.trusted) or split < e.split:
             e = self._entries[layer, rule] = _MemoEntry(0, k, base)
-        e.extend(k, j1, near, rope, rule, split, far)
+        e.extend(k, j1, near, rope, rule, split, far, trusted=self.trusted)
         return e.buf[:, :, :j1]
+
+
+#: ``_MemoEntry.probe`` of keys rotated under a trusted cache (no probes kept).
+_TRUSTED = "trusted"
 
 
 class _MemoEntry:
     """Rotated keys ``start..hi-1`` of one layer and rule in a growing buffer,
-    with probes of their source keys (first, last) and the frequencies they
-    were rotated with, to check it still applies."""
+    with probes of their source keys (first, last; not kept under a trusted
+    cache: :meth:`DecodeMemo.forward_starts`) and the frequencies they were
+    rotated with (the tensor and its version: an in-place update, as
+    transformers' LongRoPE makes, counts as a change), to check it still
+    applies without a device sync where it can."""
 
     def __init__(self, start: int, k: torch.Tensor, rope: Rope):
         self.start, self.hi, self.split = start, start, start
         self.buf = k.new_empty(k.shape[:2] + (0, k.shape[-1]))
         self.probe = None
-        self.rope = rope
+        self.rope, self.freq_version = rope, rope.inv_freq._version
 
-    def serves(self, k, j0: int, j1: int, rope: Rope) -> bool:
+    def _same_frequencies(self, rope: Rope) -> bool:
+        mine = self.rope
+        if rope.inv_freq is mine.inv_freq:
+            return rope.scaling == mine.scaling and rope.inv_freq._version == self.freq_version
+        return rope.scaling == mine.scaling and torch.equal(rope.inv_freq, mine.inv_freq)
+
+    def serves(self, k, j0: int, j1: int, rope: Rope, trusted: bool = False) -> bool:
         if j0 < self.start or j1 < self.hi or k.shape[:2] != self.buf.shape[:2]:
             return False
-        if rope is not self.rope and not (rope.scaling == self.rope.scaling and torch.equal(
-                rope.inv_freq, self.rope.inv_freq)):
+        if not self._same_frequencies(rope):
             return False
         if self.probe is None:
             return True
+        if self.probe is _TRUSTED:
+            return trusted and k.shape[0] == 1
         first, last = self.probe
         return torch.equal(k[:, :, self.start], first) and torch.equal(k[:, :, self.hi - 1], last)
 
-    def extend(self, k, j1: int, near, rope, rule, split: int | None = None, far=None) -> None:
+    def extend(self, k, j1: int, near, rope, rule, split: int | None = None, far=None,
+               trusted: bool = False) -> None:
         """Keys up to ``j1``: the new ones rotated to ``near(j)``; with ``split``,
-        the keys that left the near window (``self.split..split-1``) to ``far(j)``."""
+        the keys that left the near window (``self.split..split-1``) to ``far(j)``.
+        ``trusted`` (and one batch row): no probes kept."""
         split = self.split if split is None else min(split, j1)
         if j1 <= self.hi and split <= self.split:
             return
@@ -222,7 +257,10 @@ class _MemoEntry:
         if j1 > max(self.hi, split):
             self._put(k, max(self.hi, split), j1, near, rope, (rule, "near"))
         self.hi, self.split = max(self.hi, j1), split
-        self.probe = (k[:, :, self.start].clone(), k[:, :, self.hi - 1].clone())
+        if trusted and k.shape[0] == 1:
+            self.probe = _TRUSTED
+        else:
+            self.probe = (k[:, :, self.start].clone(), k[:, :, self.hi - 1].clone())
 
     def _room(self, k, j1: int) -> None:
         need = j1 - self.start
@@ -232,10 +270,14 @@ class _MemoEntry:
             self.buf = grown
 
     def _put(self, k, a: int, b: int, position, rope, rule) -> None:
-        """Keys ``a..b-1`` rotated to ``position(j)`` into the buffer."""
-        self.buf[:, :, a - self.start:b - self.start] = rotate(
-            k[:, :, a:b], rope, position(_arange(a, b, k.device)),
-            ("memo", rule, a, b) if isinstance(rope, RopeTables) else None)
+        """Keys ``a..b-1`` rotated to ``position(j)`` into the buffer (positions
+        and tables shared by a forward's layers)."""
+        if isinstance(rope, RopeTables):
+            pos = rope.table(("memo-pos", rule, a, b), lambda: position(_arange(a, b, k.device)))
+            key = ("memo", rule, a, b)
+        else:
+            pos, key = position(_arange(a, b, k.device)), None
+        self.buf[:, :, a - self.start:b - self.start] = rotate(k[:, :, a:b], rope, pos, key)
 
 
 def _memo_keys(rope, k, j0: int, j1: int, rule, position) -> torch.Tensor:
@@ -779,7 +821,8 @@ def _stair_one_memo(q, k, v, i, rope, scale, backend, geo: StairGeometry):
     m = (i - s) // E
     pos = rope.table(("stair-one-q", i), lambda: torch.tensor([i, m, m + 1], device=q.device))
     q3 = rotate(q.expand(bsz, h, 3, d), rope, pos, ("stair-one-q", i))
-    scores = torch.matmul(q3.reshape(bsz, kvh, rep * 3, d), keys.transpose(-1, -2))
+    scores = torch.bmm(q3.reshape(bsz * kvh, rep * 3, d),             # bmm: fewer launches
+                       keys.reshape(bsz * kvh, L, d).transpose(1, 2))
     pick = rope.table(("stair-one-pick", s, N, E, i),
                       lambda: _stair_pick(geo, i, n_far, L, q.device).view(1, 1, 1, 1, L))
     scores = scores.view(bsz, kvh, rep, 3, L).gather(3, pick.expand(bsz, kvh, rep, 1, L))

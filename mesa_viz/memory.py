@@ -130,27 +130,37 @@ def _meminfo(key: str = "MemAvailable") -> int:
     raise RuntimeError(f"/proc/meminfo has no {key}")
 
 
-def available_bytes(device=None) -> int:
-    """Bytes free for new tensors on ``device`` (default CPU).
+def available_bytes(device=None, cap: int | None = None) -> int:
+    """Bytes free for new tensors on ``device`` (default CPU), at most ``cap``
+    less what this process holds now (CUDA: allocated tensors; CPU: RSS) when
+    a cap is given.
 
     CPU: ``MemAvailable`` from ``/proc/meminfo`` (falls back to
     ``os.sysconf`` free pages off Linux).  CUDA: the free bytes of
     ``torch.cuda.mem_get_info`` plus what PyTorch's caching allocator holds
-    reserved but unused (it hands that out before asking the driver).
+    reserved but unused (it hands that out before asking the driver), at
+    most what a per-process cap leaves (``set_per_process_memory_fraction``:
+    the cap less what is allocated).
     """
     dev = "cpu" if device is None else str(device)
     if dev.startswith("cuda"):
         import torch
         d = torch.device(dev)
-        free, _total = torch.cuda.mem_get_info(d)
-        cached = torch.cuda.memory_reserved(d) - torch.cuda.memory_allocated(d)
-        return int(free + max(0, cached))
+        index = d.index if d.index is not None else torch.cuda.current_device()
+        free, total = torch.cuda.mem_get_info(index)
+        allocated = torch.cuda.memory_allocated(index)
+        avail = free + max(0, torch.cuda.memory_reserved(index) - allocated)
+        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+        if fraction is not None and fraction(index) < 1.0:
+            avail = min(avail, int(fraction(index) * total) - allocated)
+        return int(max(0, avail if cap is None else min(avail, cap - allocated)))
     if dev != "cpu":
         raise ValueError(f"device {device!r}: allowed 'cpu' or 'cuda[:N]'")
     try:
-        return _meminfo("MemAvailable")
+        avail = _meminfo("MemAvailable")
     except (OSError, RuntimeError):
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(max(0, avail if cap is None else min(avail, cap - _rss())))
 
 
 # -- the model's shapes -------------------------------------------------------------

@@ -109,6 +109,18 @@ def parse(argv=None):
                         "decode steps (top kernels to $OUT/profile.txt)")
     p.add_argument("--no-check", action="store_true",
                    help="skip the device-vs-CPU kernel check run first")
+    p.add_argument("--long-check", type=int, default=None, metavar="LENGTH",
+                   help="after the kernel check, Mesa's last rows at LENGTH keys (default "
+                        "1,048,576; tiny 4096; 0: none): the fused launch against the torch "
+                        "kernels on the device, fp32 and bf16, positions as large as the long "
+                        "row's; the fused launch is turned off for the run where they differ")
+    p.add_argument("--piece-tokens", type=int, default=None,
+                   help="most tokens one forward of Mesa's prefill in pieces holds (default: "
+                        "apply's, half the training length; rows say it)")
+    p.add_argument("--long-memory-cap-gib", type=float, default=None, metavar="GIB",
+                   help="cap this process's CUDA memory at GIB for the long row "
+                        "(torch.cuda.set_per_process_memory_fraction), e.g. 79.6 to hold an "
+                        "H200 to an H100's 80 GB")
     return p.parse_args(argv)
 
 
@@ -163,23 +175,83 @@ def check_kernels(torch, device: str, n: int = 1500, T: int = 256) -> list[dict]
     inv = 1.0 / (10000 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
     rows = []
     for name, (base, params) in check_methods().items():
-        diffs = {}
-        for step in ("prefill", "last-piece", "decode"):
-            m = get_method(base, train_length=T, **params).resolve(n + (step == "decode"),
-                                                                   prefill_length=n)
-            i0 = {"prefill": 0, "decode": n,
-                  "last-piece": m.plan().last_start if m.chunked else n - 300}[step]
-            lq = 1 if step == "decode" else n - i0
-            args = (q[:, :, i0:i0 + lq], k[:, :, :i0 + lq], v[:, :, :i0 + lq])
-            cpu = kernels.attend(m, *args, i0, kernels.Rope(inv), d ** -0.5)
-            dev = kernels.attend(m, *(x.to(device) for x in args), i0,
-                                 kernels.Rope(inv.to(device)), d ** -0.5)
-            diffs[step] = float((dev.cpu() - cpu).abs().max())
-        ok = max(diffs.values()) <= 1e-3
+        diffs, error = {}, None
+        try:
+            _check_steps(kernels, get_method, base, params, q, k, v, inv, n, T, d, device, diffs)
+        except Exception as exc:                     # noqa: BLE001 - reported as a FAIL row
+            error = f"{type(exc).__name__}: {str(exc)[:500]}"
+        ok = error is None and all(x <= (0.05 if key.endswith("-bf16-rel") else 1e-3)
+                                   for key, x in diffs.items())
         rows.append({"kind": "check", "method": name, "ok": ok, "max_abs_diff": diffs,
-                     "n": n, "train_length": T, "device": device})
-        print(f"gpu_bench: check {name:<14} {'ok ' if ok else 'FAIL'} {diffs}", flush=True)
+                     "error": error, "n": n, "train_length": T, "device": device})
+        print(f"gpu_bench: check {name:<14} {'ok ' if ok else 'FAIL'} {diffs} {error or ''}",
+              flush=True)
     return rows
+
+
+def _check_steps(kernels, get_method, base, params, q, k, v, inv, n, T, d, device, diffs):
+    """One method's prefill, last piece and decode step, device against CPU
+    (``diffs[step]``: the largest absolute difference; ``diffs[step +
+    "-bf16-rel"]``: the device in bfloat16, relative to the output's scale)."""
+    import torch
+    for step in ("prefill", "last-piece", "decode"):
+        m = get_method(base, train_length=T, **params).resolve(n + (step == "decode"),
+                                                               prefill_length=n)
+        i0 = {"prefill": 0, "decode": n,
+              "last-piece": m.plan().last_start if m.chunked else n - 300}[step]
+        lq = 1 if step == "decode" else n - i0
+        args = (q[:, :, i0:i0 + lq], k[:, :, :i0 + lq], v[:, :, :i0 + lq])
+        cpu = kernels.attend(m, *args, i0, kernels.Rope(inv), d ** -0.5)
+        dev = kernels.attend(m, *(x.to(device) for x in args), i0,
+                             kernels.Rope(inv.to(device)), d ** -0.5)
+        diffs[step] = float((dev.cpu() - cpu).abs().max())
+        half = kernels.attend(m, *(x.to(device, torch.bfloat16) for x in args), i0,
+                              kernels.Rope(inv.to(device)), d ** -0.5)
+        # bfloat16 on the device (its own dispatch) against the fp32 CPU result, in
+        # units of the output's largest magnitude (ok: <= 0.05)
+        diffs[step + "-bf16-rel"] = float((half.float().cpu() - cpu).abs().max()
+                                          / cpu.abs().max().clamp_min(1e-6))
+
+
+def check_long(torch, device: str, n: int, rows: int = 64, T: int = 8192) -> dict:
+    """Mesa (``T``, resolved for ``n``) on its last ``rows`` queries at
+    ``n - rows .. n - 1`` over all ``n`` keys: the fused launch (``kernels.attend``)
+    against the method's torch kernel (its registry entry) on ``device``, random
+    q/k/v (8 heads, 2 KV heads, head size 64), fp32 and bf16.  The check of
+    :func:`check_kernels` reaches positions of 1,500; this one those of the long
+    row, where a rotation's angle (position times frequency) is largest.  ``ok``:
+    fp32 within 1e-3, bf16 within 3 % of the output's largest magnitude."""
+    from mesa_viz import kernels
+    from mesa_viz.methods import get_method
+    m = get_method("mesa", train_length=T).resolve(n, prefill_length=n)
+    i0, d = max(m.plan().last_start, n - rows), 64
+    rows = n - i0
+    g = torch.Generator(device=device).manual_seed(0)
+    inv = 1.0 / (10000 ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
+    row = {"kind": "check-long", "method": "mesa", "n": n, "rows": rows, "train_length": T,
+           "device": device, "fused_used": bool(kernels.fused_rules(m, i0))}
+    for dt in (torch.float32, torch.bfloat16):
+        q = torch.randn(1, 8, rows, d, generator=g, device=device).to(dt)
+        k = torch.randn(1, 2, n, d, generator=g, device=device).to(dt)
+        v = torch.randn(1, 2, n, d, generator=g, device=device).to(dt)
+        tables = kernels.RopeTables(kernels.Rope(inv), m)
+        ref = kernels.kernel_for(m).run(m, q, k, v, i0, tables, d ** -0.5, "sdpa").float()
+        got = kernels.attend(m, q, k, v, i0, kernels.Rope(inv), d ** -0.5).float()
+        name = str(dt).replace("torch.", "")
+        row[f"max_abs_diff_{name}"] = float((got - ref).abs().max())
+        row[f"max_abs_{name}"] = float(ref.abs().max())
+        del q, k, v, ref, got
+    row["ok"] = (row["max_abs_diff_float32"] <= 1e-3 and
+                 row["max_abs_diff_bfloat16"] <= 0.03 * row["max_abs_bfloat16"])
+    return row
+
+
+def fused_off(why: str) -> None:
+    """Turn the fused launch off for this process (``kernels.use_fused`` is the
+    one decision for it), saying why: the run then measures the torch kernels."""
+    from mesa_viz import kernels
+    kernels.use_fused = lambda q, rope: False
+    print(f"gpu_bench: fused launch OFF for this run: {why}", flush=True)
 
 
 def profile_mesa(torch, model, length: int, device: str) -> str:
@@ -195,9 +267,14 @@ def profile_mesa(torch, model, length: int, device: str) -> str:
     texts = []
     with torch.no_grad(), apply(model, "mesa"):
         model(ids, use_cache=True, logits_to_keep=1)                     # warm-up
+        bench._sync(device)
+        t0 = time.perf_counter()
         with profile(activities=acts) as prof:
             out = model(ids, use_cache=True, logits_to_keep=1)
-        texts += [f"== mesa prefill of {length} tokens ==",
+            bench._sync(device)
+        wall = time.perf_counter() - t0
+        texts += [f"== mesa prefill of {length} tokens ({wall:.3f} s wall under the profiler; "
+                  "compare the device time total: the rest is the host's) ==",
                   prof.key_averages().table(sort_by=sort, row_limit=18)]
         tok, cache = out.logits[:, -1:].argmax(-1), bench._out_cache(out)
         with profile(activities=acts) as prof:
@@ -255,25 +332,50 @@ def long_rows(torch, model, name: str, out: Path, length: int, args, device: str
     from mesa_viz import bench
     if not 1 <= length <= MAX_LENGTH:
         sys.exit(f"gpu_bench: --long-length {length}: allowed 1..{MAX_LENGTH}")
-    settings = bench.Settings(repeats=1, warmup=0, decode_tokens=args.long_decode)
-    extra = {"script": "gpu_bench", "config": cfg, "stage": "long"}
+    cap = memory_cap(torch, args.long_memory_cap_gib, device)
+    settings = bench.Settings(repeats=1, warmup=0, decode_tokens=args.long_decode,
+                              record_errors=True, memory_cap_bytes=cap,
+                              piece_tokens=args.piece_tokens)
+    extra = {"script": "gpu_bench", "config": cfg, "stage": "long", **args.row_extra}
+    if cap:
+        extra["memory_cap_bytes"] = cap
     got = bench.run(model, ["mesa"], [length], out, model_name=name, settings=settings,
                     progress=False, machine=False, extra=extra)
     return got + bench.run(model, ["origin"], [length], out, model_name=name, settings=settings,
                            progress=False, machine=False, extra=extra,
                            deadline=origin_deadline(model, out, name, length, device,
-                                                    30.0 if args.tiny else 120.0))
+                                                    30.0 if args.tiny else 120.0, cap))
 
 
-def origin_deadline(model, out: Path, name: str, length: int, device: str, limit: float):
-    """None (run it, or let ``bench.run`` write it as out of memory) where the
-    memory estimate says origin does not fit or its time predicted from its grid
-    rows is within ``limit`` seconds; a deadline already past otherwise, so its
-    row is written as skipped with its estimate."""
+def memory_cap(torch, gib: float | None, device: str) -> int | None:
+    """Hold this process's CUDA allocations to ``gib`` GiB (the caching
+    allocator refuses beyond it as out of memory); the cap in bytes, or None."""
+    if not gib or not device.startswith("cuda"):
+        return None
+    total = torch.cuda.get_device_properties(device).total_memory
+    cap = int(gib * 2 ** 30)
+    if cap >= total:
+        print(f"gpu_bench: memory cap {gib} GiB >= the card's {total / 2**30:.1f} GiB: none set",
+              flush=True)
+        return None
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(cap / total, torch.device(device).index or 0)
+    print(f"gpu_bench: CUDA memory capped at {gib} GiB of {total / 2**30:.1f} GiB for the long "
+          "row", flush=True)
+    return cap
+
+
+def origin_deadline(model, out: Path, name: str, length: int, device: str, limit: float,
+                    cap: int | None = None):
+    """None (run it, or let ``bench.run`` write it as out of memory: its
+    check holds the same ``cap``) where the memory estimate says origin does
+    not fit (``memory.available_bytes`` under ``cap``) or its time predicted
+    from its grid rows is within ``limit`` seconds; a deadline already past
+    otherwise, so its row is written as skipped with its estimate."""
     from mesa_viz import bench, memory
     est = memory.estimate_peak_bytes(model.config, "origin", length, dtype_bytes=2,
                                      device=device, decode_tokens=16)
-    if est > 0.9 * memory.available_bytes(device):
+    if est > 0.9 * memory.available_bytes(device, cap=cap):
         return None
     history = [(r["length"], r["prefill_s"]) for r in bench.rows_for(out, model, name)
                if r.get("method") == "origin" and r.get("prefill_s")]
@@ -294,7 +396,7 @@ def floors_table(rows, config, n_params: int) -> str:
             continue
         f = bench.floors(r, machine, config, n_params)
         pre, dec = r.get("prefill_s"), r.get("decode_ms_per_token")
-        note = "OOM" if r.get("oom") else (r.get("skipped") or "")
+        note = "OOM" if r.get("oom") else (r.get("skipped") or r.get("error") or "")
         lines.append(
             f"{r['method']:<8}{r['length']:>9}{bench._fmt(pre, '.3f'):>11}"
             f"{f['prefill_floor_s']:>9.3f}{bench._fmt(pre and pre / f['prefill_floor_s'], '.1f'):>8}"
@@ -304,6 +406,37 @@ def floors_table(rows, config, n_params: int) -> str:
     lines.append(f"(floors: useful FLOPs at {machine['matmul_gflops']:.0f} GFLOP/s, decode bytes "
                  f"at {machine.get('memory_gbps', 0):.0f} GB/s)")
     return "\n".join(lines)
+
+
+def run_checks(torch, args, device: str, out: Path) -> None:
+    """The kernel checks (:func:`check_kernels`, :func:`check_long`), rows to
+    ``out``.  On CUDA a failure turns the fused launch off (:func:`fused_off`)
+    and the checks run again without it, so the run measures kernels that
+    passed (rows say ``fused_off``); a failure then too is left in the rows."""
+    from mesa_viz.results import append_jsonl
+    dev = device if not args.tiny else "cpu"
+    long_n = args.long_check if args.long_check is not None else (
+        4096 if args.tiny else MAX_LENGTH)
+    for attempt in (0, 1):
+        rows = check_kernels(torch, dev)
+        if long_n:
+            try:
+                rows.append(check_long(torch, dev, long_n, T=512 if args.tiny else 8192))
+            except Exception as exc:                 # noqa: BLE001 - reported as a FAIL row
+                rows.append({"kind": "check-long", "ok": False, "n": long_n, "device": dev,
+                             "error": f"{type(exc).__name__}: {str(exc)[:500]}"})
+            print(f"gpu_bench: check-long {'ok' if rows[-1]['ok'] else 'FAIL'} {rows[-1]}",
+                  flush=True)
+        for row in rows:
+            append_jsonl(out, {**row, **args.row_extra})
+        bad = [r.get("method", "?") + ("-long" if r["kind"] == "check-long" else "")
+               for r in rows if not r["ok"]]
+        if dev.startswith("cuda"):
+            torch.cuda.empty_cache()
+        if not bad or attempt or not dev.startswith("cuda"):
+            return
+        fused_off(f"checks failed with it: {', '.join(bad)}")
+        args.row_extra["fused_off"] = f"checks failed with it: {', '.join(bad)}"
 
 
 def main(argv=None) -> int:
@@ -333,10 +466,9 @@ def main(argv=None) -> int:
           f"{transformers.__version__}, device {device}"
           + (f" = {torch.cuda.get_device_name(0)}" if device.startswith("cuda") else ""),
           flush=True)
+    args.row_extra = {}
     if not args.no_check:
-        from mesa_viz.results import append_jsonl
-        for row in check_kernels(torch, device if not args.tiny else "cpu"):
-            append_jsonl(out, row)
+        run_checks(torch, args, device, out)
     dtype = torch.bfloat16
     t0 = time.monotonic()
     model = build_model(torch, cfg, device, dtype)
@@ -348,13 +480,14 @@ def main(argv=None) -> int:
           flush=True)
     with sdpa_policy(torch, args.flash_only, device) as policy:
         settings = bench.Settings(repeats=args.repeats, decode_tokens=args.decode_tokens,
-                                  warmup=args.warmup)
+                                  warmup=args.warmup, record_errors=True,
+                                  piece_tokens=args.piece_tokens)
         rows = bench.run(
             model, methods, lengths, out, model_name=name, settings=settings, progress=False,
             deadline=START + budget, point_limit_s=point_limit,
             matmul_size=256 if args.tiny else None,
             extra={"script": "gpu_bench", "sdpa_policy": policy, "config": cfg,
-                   "n_params": n_params})
+                   "n_params": n_params, **args.row_extra})
     long_n = args.long_length if args.long_length is not None else (
         4096 if args.tiny else MAX_LENGTH)
     if long_n:

@@ -580,3 +580,46 @@ def test_presized_cache_appends_in_place_and_equals_the_dynamic_cache(tiny_llama
         cache.reorder_cache(torch.tensor([0]))
         out = tiny_llama(got[-1].argmax().view(1, 1), use_cache=True, cache=cache)
         assert cache.get_seq_length() == 156 and out.logits.isfinite().all()
+
+
+def test_mesa_decode_step_reads_the_device_once(tiny_llama):
+    """A Mesa decode step on the presized cache reads device values once (the
+    positions), not once a layer: no ``.item()`` or ``torch.equal`` per layer,
+    each a sync that stalls a GPU's queue.  Then a crop of the cache and new
+    tokens at the cropped positions give what a fresh prefill gives."""
+    import collections
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from mesa_viz.application import presized_cache
+
+    class Reads(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name in ("_local_scalar_dense", "equal", "is_nonzero", "nonzero"):
+                self.n[name] += 1
+            return func(*args, **(kwargs or {}))
+
+    ids = _ids(150, seed=19)
+    params = _fixed_params("mesa", 160, 150)
+    with mv.apply(tiny_llama, "mesa", **params), torch.no_grad():
+        out = tiny_llama(ids, use_cache=True, cache=presized_cache(tiny_llama, 150))
+        cache, tok = out.cache, out.logits[:, -1:].argmax(-1)
+        first = tok
+        for _ in range(2):
+            out = tiny_llama(tok, use_cache=True, cache=cache)
+            cache, tok = out.cache, out.logits[:, -1:].argmax(-1)
+        with Reads() as reads:
+            tiny_llama(tok, use_cache=True, cache=cache)
+        assert sum(reads.n.values()) <= 1, reads.n
+        cache.crop(151 - cache.get_seq_length())           # keep the prompt and the first token
+        other = torch.tensor([[7]])
+        got = tiny_llama(other, use_cache=True, cache=cache).logits[0, -1]
+        fresh = tiny_llama(ids, use_cache=True).cache
+        fresh = tiny_llama(first, use_cache=True, cache=fresh).cache
+        want = tiny_llama(other, use_cache=True, cache=fresh).logits[0, -1]
+    assert (got - want).abs().max().item() <= 1e-5

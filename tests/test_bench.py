@@ -23,7 +23,7 @@ POINT_KEYS = {
     "mem_method", "decode_ms_per_token", "decode_ms_all", "gflops_achieved", "useful_flops",
     "attention_pairs", "predicted_mem_bytes", "oom_check_bytes", "available_bytes", "oom",
     "device", "dtype", "model", "backend", "params", "plan", "train_length", "threads", "repeats",
-    "decode_tokens", "time", "sdpa_backends"}
+    "decode_tokens", "time", "sdpa_backends", "piece_tokens"}
 MESA_SMALL = dict(first_chunk=8, chunk_size=32, last_chunk=32)
 ONE = bench.Settings(repeats=1, decode_tokens=2)
 NONE = bench.Settings(repeats=1, decode_tokens=0)
@@ -91,7 +91,7 @@ def test_predicted_oom_is_written_not_run(tiny, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("an OOM point was run")
     monkeypatch.setattr(bench, "measure_point", boom)
-    monkeypatch.setattr(bench, "available_bytes", lambda device=None: 1000)
+    monkeypatch.setattr(bench, "available_bytes", lambda device=None, cap=None: 1000)
     out = tmp_path / "oom.jsonl"
     rows = bench.run(tiny, ["origin"], [64], out, model_name="tiny", settings=NONE,
                      progress=False, matmul_size=128)
@@ -251,3 +251,65 @@ def test_matmul_calibration_takes_the_best_shape():
     rates = bench.matmul_rates("cpu", "float32", 128, shapes=[(64, 32, 48)], min_seconds=0.0)
     assert set(rates) == {"128 x 128 x 128", "64 x 32 x 48"} and min(rates.values()) > 0
     assert bench.model_gemms(DIMS, 10) == [(10, 8, 8), (10, 8, 4), (10, 8, 16), (10, 16, 8)]
+
+
+def test_a_memory_cap_makes_a_point_out_of_memory_without_running_it(tiny, tmp_path,
+                                                                     monkeypatch):
+    """``Settings.memory_cap_bytes`` holds the out-of-memory check to the cap
+    (a smaller card's memory on a larger one): a point predicted past it is
+    written as out of memory, never run."""
+    from mesa_viz.memory import _rss
+
+    def boom(*a, **k):
+        raise AssertionError("a point past the cap was run")
+    monkeypatch.setattr(bench, "measure_point", boom)
+    capped = bench.Settings(repeats=1, decode_tokens=0, memory_cap_bytes=_rss() + 1000)
+    rows = bench.run(tiny, ["origin"], [64], tmp_path / "cap.jsonl", model_name="tiny",
+                     settings=capped, progress=False, machine=False)
+    (r,) = rows
+    assert r["oom"] is True and r["available_bytes"] <= 1000 and r["prefill_s"] is None
+
+
+def test_recorded_errors_keep_the_grid_going(tiny, tmp_path, monkeypatch):
+    """``record_errors``: a point that raises (not out of memory) becomes a row
+    with its error, and the next points run; without it the error stops the run."""
+    measure = bench.measure_point
+
+    def fails_for_mesa(model, method, *a, **k):
+        if method == "mesa":
+            raise RuntimeError("expanded size of the tensor (32) must match")
+        return measure(model, method, *a, **k)
+    monkeypatch.setattr(bench, "measure_point", fails_for_mesa)
+    settings = bench.Settings(repeats=1, decode_tokens=0, record_errors=True)
+    rows = bench.run(tiny, ["mesa", "origin"], [64], tmp_path / "e.jsonl", model_name="tiny",
+                     settings=settings, progress=False, machine=False,
+                     method_params={"mesa": MESA_SMALL}, train_length=128)
+    by = {r["method"]: r for r in rows}
+    assert "RuntimeError: expanded size" in by["mesa"]["error"]
+    assert by["mesa"]["prefill_s"] is None and by["origin"]["prefill_s"] > 0
+    assert "error: RuntimeError" in bench.summary_table(rows)
+    with pytest.raises(RuntimeError, match="expanded size"):
+        bench.run(tiny, ["mesa"], [64], tmp_path / "e2.jsonl", model_name="tiny", settings=NONE,
+                  progress=False, machine=False, method_params={"mesa": MESA_SMALL},
+                  train_length=128)
+
+
+def test_piece_tokens_reach_the_prefill_and_the_rows(tiny, tmp_path):
+    """``Settings.piece_tokens``: Mesa's prefill runs in pieces of at most that
+    many tokens (counted at the decoder stack), and every row says it."""
+    calls = []
+
+    def count(module, args, kwargs):
+        x = kwargs.get("input_ids", args[0] if args else None)
+        calls.append((x if x is not None else kwargs["inputs_embeds"]).shape[1])
+    hook = tiny.get_decoder().register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        settings = bench.Settings(repeats=1, decode_tokens=0, piece_tokens=64)
+        (row,) = bench.run(tiny, ["mesa"], [300], tmp_path / "p.jsonl", model_name="tiny",
+                           settings=settings, progress=False, machine=False, train_length=128,
+                           method_params={"mesa": MESA_SMALL})
+    finally:
+        hook.remove()
+    assert row["piece_tokens"] == 64 and row["prefill_s"] > 0
+    pieces = [n for n in calls if 16 < n < 300]     # not the callers' forwards, the guard's
+    assert pieces and max(pieces) <= 64 and len(pieces) >= 2 * (300 // 64)   # two prefills

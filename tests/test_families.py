@@ -170,3 +170,68 @@ def _assert_untouched(model):
     assert not model._forward_pre_hooks
     assert all(not m._forward_hooks for m in model.modules())
     assert not [k for k in AttentionInterface._global_mapping if k.startswith("mesa_viz")]
+
+
+@pytest.mark.parametrize("family", ["cohere"])
+def test_guard_in_bfloat16_still_refuses_an_unknown_channel_layout(family, monkeypatch):
+    """In half precision the guard also allows a few times the spread of the
+    model's own two attention implementations; a wrong channel layout is
+    still far past it here (37 times; a tiny GLM's, 1.6 times, cannot be told
+    from rounding in bfloat16: ``_judge_guard``)."""
+    monkeypatch.setattr(application, "_CHANNELS", {})
+    model = _model(family).to(torch.bfloat16)
+    with pytest.raises(ValueError, match=r"max \|logit difference\| .* own two attentions "
+                                         r"differ by"):
+        with mv.apply(model, "rerope"):
+            pass
+    _assert_untouched(model)
+
+
+def test_guard_allows_the_models_own_rounding_spread_in_half_precision():
+    """``_judge_guard``: fp32 holds its fixed tolerance; half precision accepts
+    up to ``_GUARD_SPREAD`` times the model's own spread (capped), no more."""
+    llama = _model("llama")
+    own = torch.zeros(1, 4, 8)
+    own[0, 0, 0] = 4.0                                     # logits up to 4
+    layers = llama.config.num_hidden_layers
+    application._judge_guard(llama, layers, own, own + 3e-4)
+    with pytest.raises(ValueError, match="allowed 0.0004"):
+        application._judge_guard(llama, layers, own, own + 5e-4, floor=0.1)
+    half = _model("llama").to(torch.bfloat16)
+    application._judge_guard(half, layers, own, own + 0.35, floor=0.1)     # 4 x 0.1 = 0.4
+    with pytest.raises(ValueError, match="allowed 0.08"):                  # 2 % of 4, no spread
+        application._judge_guard(half, layers, own, own + 0.1)
+    with pytest.raises(ValueError, match=r"allowed 0.4; the model's own two attentions differ "
+                                         r"by 0.1"):
+        application._judge_guard(half, layers, own, own + 0.45, floor=0.1)
+    with pytest.raises(ValueError, match="allowed 0.4"):                  # ceiling: 10 % of 4
+        application._judge_guard(half, layers, own, own + 0.45, floor=1.0)
+
+
+def test_own_spread_is_measured_in_half_precision_only():
+    llama = _model("llama")
+    ids = application._guard_ids(llama)
+    with torch.no_grad():
+        own = llama(ids, use_cache=False).logits.float()
+        assert application._own_spread(llama, ids, own, "sdpa") == 0.0
+        half = _model("llama").to(torch.bfloat16)
+        impl = half.config._attn_implementation
+        own = half(ids, use_cache=False).logits.float()
+        spread = application._own_spread(half, ids, own, impl)
+    assert 0.0 <= spread < 0.1 * max(1.0, float(own.abs().max()))
+    assert half.config._attn_implementation == impl
+
+
+def test_own_spread_is_zero_where_the_other_attention_does_not_run():
+    """A tiny DeepSeek-V3 in bfloat16: transformers' eager attention raises on
+    its heads; the guard measures no spread (its fixed tolerance holds), says
+    so, and leaves the model's own attention set."""
+    model = _model("deepseek_v3").to(torch.bfloat16)
+    impl = model.config._attn_implementation
+    ids = application._guard_ids(model)
+    with torch.no_grad():
+        own = model(ids, use_cache=False).logits.float()
+        assert application._own_spread(model, ids, own, impl) == 0.0
+    assert model.config._attn_implementation == impl
+    with mv.apply(model, "mesa"):
+        pass

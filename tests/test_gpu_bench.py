@@ -40,3 +40,27 @@ def test_gpu_bench_refuses_lengths_past_a_million(tmp_path):
          "--lengths", "2000000", "--out", str(tmp_path)], capture_output=True, text=True,
         timeout=300)
     assert out.returncode != 0 and "allowed 1..1048576" in out.stderr
+
+
+def test_gpu_bench_tiny_checks_every_kernel_in_both_dtypes_and_at_long_positions(tmp_path):
+    """The checks run first: every method's device kernels against the CPU's
+    in fp32 and, relative to the output, in bfloat16; then Mesa's last rows at
+    the long row's positions (fused launch against the torch kernels); rows
+    say which passed, and the grid's rows follow."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu_bench.py"), "--tiny", "--lengths", "64",
+         "--long-length", "0", "--long-check", "2048", "--decode-tokens", "1", "--repeats",
+         "1", "--warmup", "0", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = read_jsonl(tmp_path / "gpu_bench.jsonl")
+    checks = [r for r in rows if r["kind"] == "check"]
+    assert {r["method"] for r in checks} >= {"origin", "mesa", "mesa-anchored", "rerope"}
+    for r in checks:
+        assert r["ok"] and r["error"] is None, r
+        assert set(r["max_abs_diff"]) == {f"{s}{d}" for s in ("prefill", "last-piece", "decode")
+                                          for d in ("", "-bf16-rel")}
+    (long,) = [r for r in rows if r["kind"] == "check-long"]
+    assert long["ok"] and long["fused_used"] and long["n"] == 2048
+    assert long["rows"] >= 1 and long["max_abs_float32"] > 0
+    assert [r["method"] for r in rows if r["kind"] == "point"] == ["origin", "mesa"]

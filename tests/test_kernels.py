@@ -413,3 +413,72 @@ def test_blocked_rows_of_the_new_kernels():
     assert rows("string", 21) == 0 and rows("string", 22) == 22
     assert rows("dual-chunk", 64) == 0 and rows("dual-chunk", 65) == 65
     assert rows("pi", 150) == rows("ntk", 150) == rows("yarn", 150) == 0
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("rows,keys", [(48, 80), (64, 64)])
+def test_lower_right_causal_attention_with_grouped_heads(rows, keys, dtype, tol):
+    """Mesa's middle chunks on the GPU path: query ``x`` sees keys up to
+    ``keys - rows + x``, 8 query heads on 2 key heads, without torch's
+    ``causal_lower_right`` bias (it failed on CUDA under GQA in bfloat16)."""
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(3, 8, rows, 32, generator=g).to(dtype)
+    k, v = (torch.randn(3, 2, keys, 32, generator=g).to(dtype) for _ in range(2))
+    got = attention_sets.causal_lower_right_sdpa(q, k, v, 0.3)
+    kk, vv = (x.repeat_interleave(4, 1).double() for x in (k, v))
+    visible = torch.ones(rows, keys, dtype=torch.bool).tril(keys - rows)
+    w = (q.double() @ kk.transpose(-1, -2) * 0.3).masked_fill(~visible, -math.inf)
+    want = torch.softmax(w, -1) @ vv
+    assert got.shape == (3, 8, rows, 32) and got.dtype == dtype
+    assert (got.double() - want).abs().max().item() <= tol
+
+
+def test_trusted_memo_drops_entries_past_a_cropped_length_and_checks_no_probes():
+    """Under a trusted cache (``forward_starts(length, True)``) the memo keeps
+    no probes of a one-row batch (each comparison is a device sync on GPU):
+    a cache cropped below the memo's keys drops them before the next forward,
+    so a crop and keys written again in place stay exact; an untrusted step
+    after trusted ones rebuilds rather than trust unchecked keys."""
+    m = get_method("mesa", train_length=64, **MESA_CASES[1]).resolve(160, prefill_length=150)
+    q, k, v = _qkv(170, 170, seed=24)
+    memo = kernels.DecodeMemo()
+    for i in (155, 156):
+        memo.forward_starts(i, True)
+        _decode_with_memo(lambda i: m, q, k, v, [i], memo)
+    (entry,) = memo._entries.values()
+    assert entry.probe is kernels._TRUSTED and entry.hi == 157
+    k2 = k.clone()
+    k2[:, :, 153:] += 1.0                               # cropped to 153, written again
+    memo.forward_starts(153, True)
+    assert not memo._entries
+    for i in (153, 154, 157):
+        memo.forward_starts(i, True)
+        got = _decode_with_memo(lambda i: m, q, k2, v, [i], memo)[0]
+        want = _dense(m, q[:, :, i:i + 1], k2[:, :, :i + 1], v[:, :, :i + 1], i, D ** -0.5)
+        assert (got.double() - want).abs().max().item() <= 1e-5, i
+    memo.forward_starts(158, False)
+    _decode_with_memo(lambda i: m, q, k2, v, [158], memo)
+    (entry,) = memo._entries.values()
+    assert isinstance(entry.probe, tuple) and entry.start == 0 and entry.hi == 159
+
+
+def test_memo_sees_frequencies_changed_in_place():
+    """transformers' LongRoPE updates ``inv_freq`` in place (``copy_``): the
+    memo keys its rotations by the tensor and its version, so the step after
+    such an update rotates afresh."""
+    m = get_method("origin", train_length=64).resolve(160)
+    q, k, v = _qkv(170, 170, seed=25)
+    inv = _inv_freq().float().clone()
+    rope, memo = kernels.Rope(inv), kernels.DecodeMemo()
+
+    def step(i):
+        tables = kernels.RopeTables(rope, m, memo)
+        tables.layer = 0
+        return kernels.attend(m, q[:, :, i:i + 1], k[:, :, :i + 1], v[:, :, :i + 1], i, tables,
+                              D ** -0.5)
+    step(155)
+    inv.mul_(0.5)                                       # same tensor, new values
+    got = step(156)
+    want = kernels.attend(m, q[:, :, 156:157], k[:, :, :157], v[:, :, :157], 156,
+                          kernels.RopeTables(kernels.Rope(inv.clone()), m), D ** -0.5)
+    assert (got - want).abs().max().item() <= 1e-6

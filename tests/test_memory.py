@@ -128,6 +128,9 @@ def test_exact_rss_applies_and_restores():
 
 def test_available_bytes_cpu():
     assert available_bytes() > 2**20 and available_bytes("cpu") > 2**20
+    from mesa_viz.memory import _rss
+    assert 0 < available_bytes(cap=_rss() + 2**30) <= 2**30
+    assert available_bytes("cpu", cap=1) == 0
     with pytest.raises(ValueError):
         available_bytes("tpu")
 
