@@ -2,6 +2,7 @@
 the grid, the long Mesa-only row with its decoded tokens, origin's row there,
 every row beside its floor."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,19 @@ def test_gpu_bench_tiny_checks_every_kernel_in_both_dtypes_and_at_long_positions
     assert long["ok"] and long["fused_used"] and long["n"] == 2048
     assert long["rows"] >= 1 and long["max_abs_float32"] > 0
     assert [r["method"] for r in rows if r["kind"] == "point"] == ["origin", "mesa"]
+
+
+def test_host_ops_counts_one_device_read_a_mesa_decode_step():
+    """scripts/host_ops.py: per method the operations and device reads of a
+    decode step and of a prefill piece (Mesa in pieces, origin in one forward);
+    Mesa's step reads the device once (its positions), not once a layer."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "host_ops.py"), "--layers", "3", "--length",
+         "1024", "--train-length", "256", "--json"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {r["method"]: r for r in map(json.loads, out.stdout.splitlines())}
+    assert set(rows) == {"origin", "mesa"}
+    mesa, origin = rows["mesa"], rows["origin"]
+    assert sum(mesa["decode_reads"].values()) <= 1 and mesa["decode_ops"] > origin["decode_ops"]
+    assert mesa["prefill_forwards"] > 2 and mesa["piece_ops"] > 0 and mesa["piece_reads"] == 0
+    assert origin["piece_ops"] is None and origin["prefill_forwards"] == 1
