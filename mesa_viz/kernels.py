@@ -252,10 +252,17 @@ class _MemoEntry:
         if j1 <= self.hi and split <= self.split:
             return
         self._room(k, j1)
+        parts = []
         if split > self.split:
-            self._put(k, self.split, split, far, rope, (rule, "far"))
+            parts.append((self.split, split, far, (rule, "far")))
         if j1 > max(self.hi, split):
-            self._put(k, max(self.hi, split), j1, near, rope, (rule, "near"))
+            parts.append((max(self.hi, split), j1, near, (rule, "near")))
+        if len(parts) == 2 and isinstance(rope, RopeTables) and \
+                sum(b - a for a, b, _, _ in parts) <= 128:
+            self._put_pair(k, parts, rope)        # a decode step: one key leaves, one arrives
+        else:
+            for a, b, position, name in parts:
+                self._put(k, a, b, position, rope, name)
         self.hi, self.split = max(self.hi, j1), split
         if trusted and k.shape[0] == 1:
             self.probe = _TRUSTED
@@ -268,6 +275,19 @@ class _MemoEntry:
             grown = k.new_empty(k.shape[:2] + (need + max(256, need // 8), k.shape[-1]))
             grown[:, :, :self.hi - self.start] = self.buf[:, :, :self.hi - self.start]
             self.buf = grown
+
+    def _put_pair(self, k, parts, rope: "RopeTables") -> None:
+        """Two short key ranges (``parts``: ``(a, b, position, rule)``, few keys
+        each, as a decode step has) rotated in one call and written with one
+        indexed copy: fewer launches than two :meth:`_put` s."""
+        (a1, b1, f1, r1), (a2, b2, f2, r2) = parts
+        dev, name = k.device, ("memo-pair", self.start, r1, a1, b1, r2, a2, b2)
+        idx = rope.table(name + ("idx",), lambda: torch.cat((_arange(a1, b1, dev),
+                                                              _arange(a2, b2, dev))))
+        pos = rope.table(name + ("pos",), lambda: torch.cat((f1(_arange(a1, b1, dev)),
+                                                              f2(_arange(a2, b2, dev)))))
+        at = rope.table(name + ("at",), lambda: idx - self.start)
+        self.buf.index_copy_(2, at, rotate(k.index_select(2, idx), rope, pos, name))
 
     def _put(self, k, a: int, b: int, position, rope, rule) -> None:
         """Keys ``a..b-1`` rotated to ``position(j)`` into the buffer (positions
