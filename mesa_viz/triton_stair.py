@@ -5,7 +5,8 @@ the tests run it on CPU tensors under ``TRITON_INTERPRET=1``).  Each program
 holds ``BLOCK_M`` query rows of one (batch, head) and walks the key blocks up
 to its last row: loads the keys, rotates them in registers to their near
 (``j``) and far positions (:class:`mesa_viz.fused.Rules`), scores both sets
-against the query rotated for each, picks per score by visibility (and, for
+against the query rotated for each (a tile wholly outside a set's distances
+skips that set's rotation and product), picks per score by visibility (and, for
 Stair PE, by ``b_j < E - r``), and folds the tile into an online softmax.
 Same blocking and indexing as :func:`mesa_viz.fused.twin`.
 """
@@ -76,24 +77,33 @@ def _fused_fwd(Q, K, V, O, LSE, INV,
     m_i = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     hi = tl.minimum(i0 + (pid_m + 1) * BLOCK_M, i0 + rows)
+    i_lo = i0 + pid_m * BLOCK_M                  # the block's first and last rows
+    i_hi = hi - 1
     for start in range(0, hi, BLOCK_N):
         j = start + tl.arange(0, BLOCK_N)
         key_ok = j < hi
         k_ptr = K + b * skb + kvh * skh + j[:, None] * skn
         k1 = tl.load(k_ptr + c[None, :], mask=key_ok[:, None], other=0.0).to(tl.float32)
         k2 = tl.load(k_ptr + HALF + c[None, :], mask=key_ok[:, None], other=0.0).to(tl.float32)
-        kn1, kn2 = _rot(k1, k2, j.to(tl.float32), inv)
-        s_near = _dot2(qn1, qn2, kn1, kn2, IEEE)
-        if STAIR:
-            a_j = _floor_div(s0 - sn - j, se)
-            b_j = (s0 - sn - j) - a_j * se
-            kf1, kf2 = _rot(k1, k2, (-(sn + a_j)).to(tl.float32), inv)
-            s_far = tl.where(b_j[None, :] < (se - r)[:, None], _dot2(qa1, qa2, kf1, kf2, IEEE),
-                             _dot2(qb1, qb2, kf1, kf2, IEEE))
-        else:
-            kpos = ka * _floor_div(j + ko, kg).to(tl.float32) + kb
-            kf1, kf2 = _rot(k1, k2, kpos, inv)
-            s_far = _dot2(qa1, qa2, kf1, kf2, IEEE)
+        # a tile scores only the sets it holds: far from the rows (most of a long
+        # prompt's tiles) no near rotation and product, inside the window no far ones
+        s_near = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        if i_lo - (start + BLOCK_N - 1) < near:
+            kn1, kn2 = _rot(k1, k2, j.to(tl.float32), inv)
+            s_near = _dot2(qn1, qn2, kn1, kn2, IEEE)
+        s_far = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        if (i_hi - start >= near) & (start < far_limit):
+            if STAIR:
+                a_j = _floor_div(s0 - sn - j, se)
+                b_j = (s0 - sn - j) - a_j * se
+                kf1, kf2 = _rot(k1, k2, (-(sn + a_j)).to(tl.float32), inv)
+                s_far = tl.where(b_j[None, :] < (se - r)[:, None],
+                                 _dot2(qa1, qa2, kf1, kf2, IEEE),
+                                 _dot2(qb1, qb2, kf1, kf2, IEEE))
+            else:
+                kpos = ka * _floor_div(j + ko, kg).to(tl.float32) + kb
+                kf1, kf2 = _rot(k1, k2, kpos, inv)
+                s_far = _dot2(qa1, qa2, kf1, kf2, IEEE)
         t = i[:, None] - j[None, :]
         vis_near = (t >= 0) & (t < near) & key_ok[None, :]
         vis_far = (t >= near) & (j[None, :] < far_limit) & key_ok[None, :]
