@@ -21,11 +21,19 @@ What it does
     Mesa's rotated keys) at the measured memory bandwidth (``$OUT/floors.txt``);
   * first, a kernel check: every method's prefill (Mesa's last chunk as its own
     forward, the fused Triton path where triton imports) and one decode step on the
-    device against the CPU (fp32, random q/k/v, 1500 tokens past T = 256), since the CUDA
-    branches (near and far key sets concatenated along the head dimension, matmul
-    scores for calls with few query rows, Mesa's middle chunks through the fused causal
-    kernel, the decode output split by stair run) are otherwise only reached by forcing
-    them on CPU in tests/test_kernels.py (``kind: check`` rows; ``--no-check`` skips);
+    device against the CPU (fp32, and bf16 against the fp32 result relative to its
+    scale; random q/k/v, 1500 tokens past T = 256), since the CUDA branches (near and
+    far key sets concatenated along the head dimension, matmul scores for calls with
+    few query rows, Mesa's middle chunks through the causal kernel, the decode output
+    split by stair run) are otherwise only reached by forcing them on CPU in
+    tests/test_kernels.py (``kind: check`` rows; ``--no-check`` skips); then Mesa's
+    last rows at the long row's positions (``--long-check``, default 1,048,576 keys),
+    the fused launch against the torch kernels (``kind: check-long``).  A failed check
+    turns the fused launch off for the run (rows say ``fused_off``) and the checks run
+    again; a point that raises is written with its ``error`` and the grid goes on;
+  * ``--long-memory-cap-gib 79.6`` holds the process to an H100's memory for the long
+    row on a larger card (the out-of-memory check holds the same cap);
+    ``--piece-tokens N`` sets the size of Mesa's prefill pieces (rows say it);
   * SDPA backends: flash attention first (``torch.nn.attention.sdpa_kernel`` with
     priority FLASH > EFFICIENT > CUDNN > MATH).  Origin's causal calls and Mesa's
     first and middle chunks run flash; calls with masks cannot, and fall back (the
