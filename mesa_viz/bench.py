@@ -388,7 +388,7 @@ def measure_point(model, method: str, length: int, *, repeats: int = 3,
 
 def _key(row) -> tuple:
     return (row.get("model"), row.get("device"), row.get("dtype"), row.get("backend"),
-            row.get("method"), int(row.get("length", -1)))
+            row.get("method"), int(row.get("length", -1)), row.get("piece_tokens"))
 
 
 def _plan_summary(m: Method):
@@ -456,13 +456,15 @@ def _common_fields(model, model_name: str, extra: dict) -> dict:
             "backend": model.config._attn_implementation, **extra}
 
 
-def _todo(out: Path, common: dict, methods, lengths) -> list[tuple[str, int]]:
-    """The (method, length) points not measured yet in ``out`` (skipped
-    points are measured again)."""
+def _todo(out: Path, common: dict, methods, lengths,
+          piece_tokens: int | None = None) -> list[tuple[str, int]]:
+    """The (method, length) points not measured yet in ``out`` with this
+    piece size (skipped points are measured again)."""
     done = {_key(r) for r in read_jsonl(out)
             if r.get("kind", "point") == "point" and not r.get("skipped")}
     grid = [(m, int(n)) for n in lengths for m in methods]
-    todo = [(m, n) for m, n in grid if _key({**common, "method": m, "length": n}) not in done]
+    todo = [(m, n) for m, n in grid if _key({**common, "method": m, "length": n,
+                                             "piece_tokens": piece_tokens}) not in done]
     if len(todo) < len(grid):
         log.info("resuming %s: %d of %d points already there", out, len(grid) - len(todo),
                  len(grid))
@@ -611,7 +613,7 @@ def run(model, methods, lengths, out, *, model_name: str = "model",
     out, extra = Path(out), dict(extra or {})
     grid = _Grid(model, train_length or train_length_of(model),
                  _common_fields(model, model_name, extra), settings)
-    todo = _todo(out, grid.common, methods, lengths)
+    todo = _todo(out, grid.common, methods, lengths, settings.piece_tokens)
     if not todo:
         return []
     rows = [machine_row(grid.device, grid.common["dtype"], matmul_size, extra,
@@ -680,6 +682,8 @@ def summary_table(rows, matmul_gflops: float | None = None) -> str:
         pct = None if (g is None or not matmul_gflops) else 100 * g / matmul_gflops
         note = "OOM" if r.get("oom") else ("skipped: " + r["skipped"] if r.get("skipped") else
                                            "error: " + r["error"][:60] if r.get("error") else "")
+        if r.get("piece_tokens"):
+            note = f"pieces of {r['piece_tokens']}" + (f"; {note}" if note else "")
         mem = r.get("peak_mem_bytes")
         lines.append(
             f"{r['method']:<14}{r['length']:>8}{_fmt(r.get('prefill_s'), '.3f'):>11}"

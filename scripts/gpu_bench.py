@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -122,9 +123,11 @@ def parse(argv=None):
                         "1,048,576; tiny 4096; 0: none): the fused launch against the torch "
                         "kernels on the device, fp32 and bf16, positions as large as the long "
                         "row's; the fused launch is turned off for the run where they differ")
-    p.add_argument("--piece-tokens", type=int, default=None,
+    p.add_argument("--piece-tokens", default=None, metavar="N[,N...]",
                    help="most tokens one forward of Mesa's prefill in pieces holds (default: "
-                        "apply's, half the training length; rows say it)")
+                        "apply's, half the training length; rows say it); more than one value: "
+                        "the grid with the first, then Mesa's points again with each other "
+                        "(an A/B in one call)")
     p.add_argument("--long-memory-cap-gib", type=float, default=None, metavar="GIB",
                    help="cap this process's CUDA memory at GIB for the long row "
                         "(torch.cuda.set_per_process_memory_fraction), e.g. 79.6 to hold an "
@@ -405,6 +408,8 @@ def floors_table(rows, config, n_params: int) -> str:
         f = bench.floors(r, machine, config, n_params)
         pre, dec = r.get("prefill_s"), r.get("decode_ms_per_token")
         note = "OOM" if r.get("oom") else (r.get("skipped") or r.get("error") or "")
+        if r.get("piece_tokens"):
+            note = f"pieces of {r['piece_tokens']} " + note
         lines.append(
             f"{r['method']:<8}{r['length']:>9}{bench._fmt(pre, '.3f'):>11}"
             f"{f['prefill_floor_s']:>9.3f}{bench._fmt(pre and pre / f['prefill_floor_s'], '.1f'):>8}"
@@ -447,6 +452,23 @@ def run_checks(torch, args, device: str, out: Path) -> None:
         args.row_extra["fused_off"] = f"checks failed with it: {', '.join(bad)}"
 
 
+def piece_sizes(text: str | None) -> list:
+    """``--piece-tokens``: ``[None]`` (apply's default) or the listed sizes
+    (each an integer >= 1; exits naming a bad one)."""
+    if not text:
+        return [None]
+    sizes = []
+    for part in str(text).split(","):
+        try:
+            size = int(part)
+        except ValueError:
+            size = 0
+        if size < 1:
+            sys.exit(f"gpu_bench: --piece-tokens {text!r}: {part!r} is not an integer >= 1")
+        sizes.append(size)
+    return sizes
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -460,6 +482,8 @@ def main(argv=None) -> int:
         cfg["num_key_value_heads"] = args.kv_heads
     lengths = [int(x) for x in (args.lengths or (TINY_LENGTHS if args.tiny else GPU_LENGTHS))
                .split(",")]
+    pieces = piece_sizes(args.piece_tokens)
+    args.piece_tokens = pieces[0]
     if any(not 1 <= n <= MAX_LENGTH for n in lengths):
         sys.exit(f"gpu_bench: --lengths {lengths}: allowed 1..{MAX_LENGTH}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -496,6 +520,14 @@ def main(argv=None) -> int:
             matmul_size=256 if args.tiny else None,
             extra={"script": "gpu_bench", "sdpa_policy": policy, "config": cfg,
                    "n_params": n_params, **args.row_extra})
+        for size in pieces[1:]:                        # the A/B: Mesa with other pieces
+            if "mesa" in methods:
+                rows += bench.run(
+                    model, ["mesa"], lengths, out, model_name=name,
+                    settings=dataclasses.replace(settings, piece_tokens=size), progress=False,
+                    deadline=START + budget, point_limit_s=point_limit, machine=False,
+                    extra={"script": "gpu_bench", "sdpa_policy": policy, "config": cfg,
+                           "n_params": n_params, **args.row_extra})
     long_n = args.long_length if args.long_length is not None else (
         4096 if args.tiny else MAX_LENGTH)
     if long_n:
@@ -504,7 +536,8 @@ def main(argv=None) -> int:
         if r.get("kind") == "point":
             print(json.dumps({k: r.get(k) for k in (
                 "method", "length", "prefill_s", "peak_mem_bytes", "decode_ms_per_token",
-                "gflops_achieved", "oom", "skipped", "sdpa_backends")}), flush=True)
+                "gflops_achieved", "oom", "skipped", "sdpa_backends", "piece_tokens")}),
+                  flush=True)
     if args.profile:
         text = profile_mesa(torch, model, args.profile, device)
         (out_dir / "profile.txt").write_text(text + "\n")

@@ -313,3 +313,16 @@ def test_piece_tokens_reach_the_prefill_and_the_rows(tiny, tmp_path):
     assert row["piece_tokens"] == 64 and row["prefill_s"] > 0
     pieces = [n for n in calls if 16 < n < 300]     # not the callers' forwards, the guard's
     assert pieces and max(pieces) <= 64 and len(pieces) >= 2 * (300 // 64)   # two prefills
+
+
+def test_resume_tells_piece_sizes_apart(tiny, tmp_path):
+    """Points measured with one piece size do not count as done for another
+    (the resume key holds ``piece_tokens``); the same size is not run again."""
+    out = tmp_path / "r.jsonl"
+
+    def run(size):
+        return bench.run(tiny, ["mesa"], [300], out, model_name="tiny", progress=False,
+                         settings=bench.Settings(repeats=1, decode_tokens=0, piece_tokens=size),
+                         machine=False, train_length=128, method_params={"mesa": MESA_SMALL})
+    assert len(run(64)) == 1 and len(run(128)) == 1 and run(64) == []
+    assert [r["piece_tokens"] for r in read_jsonl(out)] == [64, 128]

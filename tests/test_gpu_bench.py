@@ -81,3 +81,23 @@ def test_host_ops_counts_one_device_read_a_mesa_decode_step():
     assert sum(mesa["decode_reads"].values()) <= 1 and mesa["decode_ops"] > origin["decode_ops"]
     assert mesa["prefill_forwards"] > 2 and mesa["piece_ops"] > 0 and mesa["piece_reads"] == 0
     assert origin["piece_ops"] is None and origin["prefill_forwards"] == 1
+
+
+def test_gpu_bench_piece_sizes_ab_in_one_call(tmp_path):
+    """``--piece-tokens 64,128``: the grid with pieces of 64, then Mesa's points
+    again with pieces of 128, rows saying which; a bad size is refused by name."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu_bench.py"), "--tiny", "--no-check",
+         "--lengths", "256", "--long-length", "0", "--decode-tokens", "1", "--repeats", "1",
+         "--warmup", "0", "--piece-tokens", "64,128", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    points = [(r["method"], r["piece_tokens"]) for r in read_jsonl(tmp_path / "gpu_bench.jsonl")
+              if r["kind"] == "point"]
+    assert points == [("origin", 64), ("mesa", 64), ("mesa", 128)]
+    assert "pieces of 128" in (tmp_path / "floors.txt").read_text()
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu_bench.py"), "--tiny", "--no-check",
+         "--piece-tokens", "64,0", "--out", str(tmp_path / "b")], capture_output=True, text=True,
+        timeout=300)
+    assert bad.returncode != 0 and "'0' is not an integer >= 1" in bad.stderr
