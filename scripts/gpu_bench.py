@@ -514,20 +514,17 @@ def main(argv=None) -> int:
         settings = bench.Settings(repeats=args.repeats, decode_tokens=args.decode_tokens,
                                   warmup=args.warmup, record_errors=True,
                                   piece_tokens=args.piece_tokens)
+        extra = {"script": "gpu_bench", "sdpa_policy": policy, "config": cfg,
+                 "n_params": n_params, **args.row_extra}
         rows = bench.run(
             model, methods, lengths, out, model_name=name, settings=settings, progress=False,
             deadline=START + budget, point_limit_s=point_limit,
-            matmul_size=256 if args.tiny else None,
-            extra={"script": "gpu_bench", "sdpa_policy": policy, "config": cfg,
-                   "n_params": n_params, **args.row_extra})
-        for size in pieces[1:]:                        # the A/B: Mesa with other pieces
-            if "mesa" in methods:
-                rows += bench.run(
-                    model, ["mesa"], lengths, out, model_name=name,
-                    settings=dataclasses.replace(settings, piece_tokens=size), progress=False,
-                    deadline=START + budget, point_limit_s=point_limit, machine=False,
-                    extra={"script": "gpu_bench", "sdpa_policy": policy, "config": cfg,
-                           "n_params": n_params, **args.row_extra})
+            matmul_size=256 if args.tiny else None, extra=extra)
+        for size in pieces[1:] if "mesa" in methods else []:   # the A/B: Mesa, other pieces
+            rows += bench.run(
+                model, ["mesa"], lengths, out, model_name=name,
+                settings=dataclasses.replace(settings, piece_tokens=size), progress=False,
+                deadline=START + budget, point_limit_s=point_limit, machine=False, extra=extra)
     long_n = args.long_length if args.long_length is not None else (
         4096 if args.tiny else MAX_LENGTH)
     if long_n:
