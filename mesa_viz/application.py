@@ -52,7 +52,7 @@ import torch
 
 from . import kernels
 from .compat import check_transformers
-from .methods import Method, Origin, get_method
+from .methods import Method, Origin, default_piece_tokens, get_method
 
 __all__ = ["apply", "Applied", "Capture", "CaptureDone", "decoder_layers", "first_layers",
            "presized_cache", "train_length_of", "find_rotary",
@@ -279,7 +279,8 @@ class Applied:
             return None                                       # not a prefill
         n = x.shape[1]
         m = self.method.resolve(n, self.train_length, prefill_length=n)
-        pieces = m.prefill_pieces(n, self.piece_tokens or max(1, self.train_length // 2))
+        pieces = m.prefill_pieces(n, self.piece_tokens or default_piece_tokens(
+            self.train_length, on_gpu=x.is_cuda))
         if len(pieces) == 1:
             return None
         if args:

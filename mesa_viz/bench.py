@@ -37,7 +37,7 @@ from pathlib import Path
 
 from .checks import check_lengths, check_methods
 from .memory import GiB, PeakMemory, available_bytes, estimate_peak_bytes, model_dims
-from .methods import METHODS, Method, resolve
+from .methods import METHODS, Method, default_piece_tokens, resolve
 from .models import model_device, model_dtype
 from .results import append_jsonl, read_jsonl
 
@@ -347,7 +347,7 @@ def measure_point(model, method: str, length: int, *, repeats: int = 3,
     memory net of what was allocated before, decode seconds per greedy step
     and the resolved parameters.  Raises on OOM.  ``piece_tokens``: the most
     tokens a forward of a prefill in pieces holds (``apply``'s; None: its
-    default, half the training length).
+    default, :func:`mesa_viz.methods.default_piece_tokens`).
 
     CUDA: the peak is ``max_memory_allocated`` over the timed prefills.  CPU
     with ``exact_memory``: one untimed prefill first, measured inside
@@ -521,6 +521,8 @@ def _plan_point(grid: _Grid, method: str, n: int, params: dict) -> dict:
             **grid.common, "params": resolved.params(), "plan": _plan_summary(resolved),
             "train_length": grid.train_length, "threads": torch.get_num_threads(),
             "piece_tokens": s.piece_tokens,
+            "piece_tokens_used": s.piece_tokens or default_piece_tokens(
+                grid.train_length, on_gpu=str(dev).startswith("cuda")),
             "repeats": s.repeats, "decode_tokens": s.decode_tokens,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
@@ -682,8 +684,9 @@ def summary_table(rows, matmul_gflops: float | None = None) -> str:
         pct = None if (g is None or not matmul_gflops) else 100 * g / matmul_gflops
         note = "OOM" if r.get("oom") else ("skipped: " + r["skipped"] if r.get("skipped") else
                                            "error: " + r["error"][:60] if r.get("error") else "")
-        if r.get("piece_tokens"):
-            note = f"pieces of {r['piece_tokens']}" + (f"; {note}" if note else "")
+        if r.get("piece_tokens") or r.get("piece_tokens_used"):
+            size = r.get("piece_tokens") or f"{r['piece_tokens_used']} (default)"
+            note = f"pieces of {size}" + (f"; {note}" if note else "")
         mem = r.get("peak_mem_bytes")
         lines.append(
             f"{r['method']:<14}{r['length']:>8}{_fmt(r.get('prefill_s'), '.3f'):>11}"

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Rules", "twin", "rotate_halves", "positions"]
+__all__ = ["Rules", "twin", "rotate_halves", "positions", "decode_rows", "DECODE_ROWS"]
 
 #: ``near`` of a method without far keys (origin): every causal key is near.
 ALL_NEAR = 2 ** 62
@@ -65,6 +65,20 @@ class Rules:
     stair: tuple[int, int, int] | None = None
 
 
+#: Most packed rows (query heads of a KV group times query rows) one decode tile holds.
+DECODE_ROWS = 64
+
+
+def decode_rows(q_heads: int, kv_heads: int, rows: int) -> int:
+    """The tile rows of the split-key decode launch (``triton_stair.fused_decode``)
+    for ``rows`` query rows: the KV group's rows packed, rounded up to a power
+    of two of at least 16 (``tl.dot``'s least); 0 where they exceed
+    :data:`DECODE_ROWS` (the one-launch kernel over query blocks serves)."""
+    need = (q_heads // kv_heads) * rows
+    block = max(16, 1 << (need - 1).bit_length())
+    return block if block <= DECODE_ROWS else 0
+
+
 def _floor_div(x: torch.Tensor, g: int) -> torch.Tensor:
     return torch.div(x, g, rounding_mode="floor") if g != 1 else x
 
@@ -87,14 +101,26 @@ def positions(rules: Rules, i: torch.Tensor, j: torch.Tensor):
     return i.float(), qf, qf, kf, None
 
 
+#: Keys :func:`rotate_halves` rotates per step (bounds its float32 temporaries).
+ROTATE_STEP = 1 << 16
+
+
 def rotate_halves(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
     """``x [..., L, d]`` rotated to ``pos [L]`` (half-split RoPE, full rotary),
-    as the kernel does in registers: ``(x1 cos - x2 sin, x2 cos + x1 sin)``."""
-    ang = pos[:, None] * inv_freq[None, :].to(torch.float32)            # [L, d/2]
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    as the kernels do in registers: ``(x1 cos - x2 sin, x2 cos + x1 sin)`` in
+    float32, rounded once to ``x``'s dtype; a new contiguous tensor, made
+    ``ROTATE_STEP`` positions at a time."""
     half = inv_freq.shape[0]
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    inv = inv_freq.to(device=x.device, dtype=torch.float32)
+    for a in range(0, x.shape[-2], ROTATE_STEP):
+        b = min(x.shape[-2], a + ROTATE_STEP)
+        ang = pos[a:b, None].to(torch.float32) * inv[None, :]          # [L, d/2]
+        cos, sin = ang.cos(), ang.sin()
+        x1, x2 = x[..., a:b, :half].float(), x[..., a:b, half:].float()
+        out[..., a:b, :half] = x1 * cos - x2 * sin
+        out[..., a:b, half:] = x2 * cos + x1 * sin
+    return out
 
 
 def _tile_scores(rules: Rules, q, kt, i, j, inv_freq):

@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 from . import attention_sets as sets
-from .fused import Rules
+from .fused import Rules, decode_rows
 from .methods import (DualChunk, DynamicNTK, LeakyReRoPE, LMInfinite, Mesa, Method, NTKAware,
                       Origin, PositionInterpolation, ReRoPE, SelfExtend, Stair, StreamingLLM,
                       String, YaRN)
@@ -112,8 +112,9 @@ class RopeTables:
         self.rope, self.method, self._tables = rope, method, {}
         self.memo, self.layer = memo, None
 
-    def table(self, key, make: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """A table of this forward shared by its layers: ``make()`` once per ``key``."""
+    def table(self, key, make: Callable[[], object]):
+        """A table of this forward shared by its layers (positions, rules, a
+        launch's buffers): ``make()`` once per ``key``."""
         if key not in self._tables:
             self._tables[key] = make()
         return self._tables[key]
@@ -387,11 +388,22 @@ def attend(method: Method, q, k, v, i0: int, rope: "Rope | RopeTables", scale: f
     if tables.method != method:
         raise ValueError(f"RopeTables made for {tables.method!r} cannot serve {method!r}: "
                          "make one per forward and method")
-    rules = fused_rules(method, i0) if q.shape[2] > 1 and use_fused(q, tables) else None
+    rules = tables.table(("fused-rules", i0), lambda: fused_rules(method, i0)) \
+        if use_fused(q, tables) else None
     if rules is not None:
-        from .triton_stair import fused_attention
-        return fused_attention(q, k, v, i0, tables.rope.inv_freq, scale, rules)[0]
+        return _fused(q, k, v, i0, tables, scale, rules)
     return entry.run(method, q, k, v, i0, tables, scale, backend)
+
+
+def _fused(q, k, v, i0: int, tables: RopeTables, scale: float, rules: "Rules"):
+    """The Triton launches (``mesa_viz.triton_stair``): a few rows (a decode
+    step) split over the keys, with what the launch needs made once a forward
+    (its layers share it: ``tables.table``); more rows one launch over query blocks."""
+    from .triton_stair import fused_attention, fused_decode
+    inv = tables.rope.inv_freq
+    if decode_rows(q.shape[1], k.shape[1], q.shape[2]):
+        return fused_decode(q, k, v, i0, inv, scale, rules, keep=tables.table)
+    return fused_attention(q, k, v, i0, inv, scale, rules)[0]
 
 
 def fused_rules(method: Method, i0: int) -> "Rules | None":

@@ -48,7 +48,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .methods import Method, resolve
+from .methods import Method, default_piece_tokens, resolve
 from .models import model_device, model_dtype
 
 __all__ = ["available_bytes", "estimate_peak_bytes", "check_fits", "LengthTooLong",
@@ -249,8 +249,8 @@ def estimate_peak_bytes(config, method_name, seq_len: int, *, dtype_bytes: int =
     layer is live at a time, and within it the MLP and the attention run one
     after the other, so the peak is the cache plus the larger of two phases.
     A prefill the method runs in pieces (:meth:`Method.prefill_pieces`, at
-    most ``piece_tokens`` tokens a forward, default ``train_length // 2`` as
-    ``apply`` does: Mesa past ``T``) holds the activations of its longest
+    most ``piece_tokens`` tokens a forward, default
+    :func:`mesa_viz.methods.default_piece_tokens` as ``apply`` does: Mesa past ``T``) holds the activations of its longest
     piece, ``p`` tokens, in place of ``n`` (``p = n`` otherwise):
 
     * KV cache ``2 * layers * kv_heads * head_dim * (n + decode_tokens) * b``
@@ -296,7 +296,7 @@ def estimate_peak_bytes(config, method_name, seq_len: int, *, dtype_bytes: int =
     L, H, I = dims.layers, dims.hidden, dims.intermediate
     h, kvh, d = dims.heads, dims.kv_heads, dims.head_dim
 
-    p = _longest_piece(m, n, piece_tokens, capture=False)
+    p = _longest_piece(m, n, piece_tokens, capture=False, on_gpu=not cpu)
 
     def phase(w):
         return p * b * (w[0] * I * (1 if dims.gated_mlp or w[0] == 0 else 0.75)
@@ -329,12 +329,13 @@ def estimate_peak_bytes(config, method_name, seq_len: int, *, dtype_bytes: int =
     return int(batch) * int(peak) + int(batch) * logits
 
 
-def _longest_piece(m: Method, n: int, piece_tokens: int | None, capture: bool) -> int:
+def _longest_piece(m: Method, n: int, piece_tokens: int | None, capture: bool,
+                   on_gpu: bool = False) -> int:
     """Tokens of the longest forward of a prefill of ``n`` tokens under the
     resolved ``m`` (``apply``'s pieces; ``n`` for native attention)."""
     if _native(m, capture):
         return n
-    budget = piece_tokens or max(1, m.train_length // 2)
+    budget = piece_tokens or default_piece_tokens(m.train_length, on_gpu)
     return max(b - a for a, b in m.prefill_pieces(n, budget))
 
 

@@ -125,9 +125,13 @@ def parse(argv=None):
                         "row's; the fused launch is turned off for the run where they differ")
     p.add_argument("--piece-tokens", default=None, metavar="N[,N...]",
                    help="most tokens one forward of Mesa's prefill in pieces holds (default: "
-                        "apply's, half the training length; rows say it); more than one value: "
+                        "apply's: half the training length, at least 16,384 on a GPU; rows say it); more than one value: "
                         "the grid with the first, then Mesa's points again with each other "
                         "(an A/B in one call)")
+    p.add_argument("--kernel-times", default=None, metavar="N[,N...]",
+                   help="after the grid, time Mesa's two Triton launches alone at these key "
+                        "counts under a few launch settings (rows kind kernel-time; needs CUDA "
+                        "or TRITON_INTERPRET=1)")
     p.add_argument("--long-memory-cap-gib", type=float, default=None, metavar="GIB",
                    help="cap this process's CUDA memory at GIB for the long row "
                         "(torch.cuda.set_per_process_memory_fraction), e.g. 79.6 to hold an "
@@ -226,7 +230,8 @@ def _check_steps(kernels, get_method, base, params, q, k, v, inv, n, T, d, devic
 
 def check_long(torch, device: str, n: int, rows: int = 64, T: int = 8192) -> dict:
     """Mesa (``T``, resolved for ``n``) on its last ``rows`` queries at
-    ``n - rows .. n - 1`` over all ``n`` keys: the fused launch (``kernels.attend``)
+    ``n - rows .. n - 1`` over all ``n`` keys, and on the last query alone (a
+    decode step's split-key launch): the fused launches (``kernels.attend``)
     against the method's torch kernel (its registry entry) on ``device``, random
     q/k/v (8 heads, 2 KV heads, head size 64), fp32 and bf16.  The check of
     :func:`check_kernels` reaches positions of 1,500; this one those of the long
@@ -241,20 +246,89 @@ def check_long(torch, device: str, n: int, rows: int = 64, T: int = 8192) -> dic
     inv = 1.0 / (10000 ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
     row = {"kind": "check-long", "method": "mesa", "n": n, "rows": rows, "train_length": T,
            "device": device, "fused_used": bool(kernels.fused_rules(m, i0))}
+    ok = True
     for dt in (torch.float32, torch.bfloat16):
         q = torch.randn(1, 8, rows, d, generator=g, device=device).to(dt)
         k = torch.randn(1, 2, n, d, generator=g, device=device).to(dt)
         v = torch.randn(1, 2, n, d, generator=g, device=device).to(dt)
-        tables = kernels.RopeTables(kernels.Rope(inv), m)
-        ref = kernels.kernel_for(m).run(m, q, k, v, i0, tables, d ** -0.5, "sdpa").float()
-        got = kernels.attend(m, q, k, v, i0, kernels.Rope(inv), d ** -0.5).float()
         name = str(dt).replace("torch.", "")
-        row[f"max_abs_diff_{name}"] = float((got - ref).abs().max())
-        row[f"max_abs_{name}"] = float(ref.abs().max())
-        del q, k, v, ref, got
-    row["ok"] = (row["max_abs_diff_float32"] <= 1e-3 and
-                 row["max_abs_diff_bfloat16"] <= 0.03 * row["max_abs_bfloat16"])
+        for what, a in (("", i0), ("decode_", n - 1)):
+            tables = kernels.RopeTables(kernels.Rope(inv), m)
+            qa = q[:, :, a - i0:]
+            ref = kernels.kernel_for(m).run(m, qa, k, v, a, tables, d ** -0.5, "sdpa").float()
+            got = kernels.attend(m, qa, k, v, a, kernels.Rope(inv), d ** -0.5).float()
+            diff, top = float((got - ref).abs().max()), float(ref.abs().max())
+            row[f"{what}max_abs_diff_{name}"], row[f"{what}max_abs_{name}"] = diff, top
+            ok &= diff <= (1e-3 if dt == torch.float32 else 0.03 * top)
+            del ref, got
+        del q, k, v
+    row["ok"] = ok
     return row
+
+
+#: Launch settings timed by --kernel-times: (block_m, block_n, num_warps) of the rows
+#: launch, (block_n, num_warps, programs) of the decode launch; the first are the defaults.
+ROWS_SETTINGS = ((64, 64, 4), (128, 64, 8))
+DECODE_SETTINGS = ((32, 4, 512), (64, 4, 512), (32, 4, 2048))
+
+
+def _time_ms(torch, fn, device: str, reps: int = 5) -> float:
+    """Median milliseconds of ``fn()`` over ``reps`` calls after two (CUDA events)."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(reps):
+        if device.startswith("cuda"):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t0))
+    return sorted(times)[len(times) // 2]
+
+
+def kernel_times(torch, device: str, lengths: list[int], cfg: dict, T: int) -> list[dict]:
+    """Mesa's two Triton launches alone, at the model's attention shape (bf16,
+    random q/k/v): the last chunk's rows over ``n`` keys (``fused_attention``,
+    keys rotated before it included) and one decode query (``fused_decode``,
+    with its fold), under each of :data:`ROWS_SETTINGS` and
+    :data:`DECODE_SETTINGS`; rows ``kind: kernel-time`` with milliseconds."""
+    from mesa_viz import kernels
+    from mesa_viz import triton_stair as ts
+    from mesa_viz.methods import get_method
+    h, kvh = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    d = cfg["hidden_size"] // h
+    inv = 1.0 / (cfg["rope_theta"] ** (torch.arange(0, d, 2, dtype=torch.float32,
+                                                     device=device) / d))
+    rows = []
+    for n in lengths:
+        m = get_method("mesa", train_length=T).resolve(n, prefill_length=n)
+        s = m.plan().last_start
+        g = torch.Generator(device=device).manual_seed(n)
+        q = torch.randn(1, h, n - s, d, generator=g, device=device).to(torch.bfloat16)
+        k = torch.randn(1, kvh, n, d, generator=g, device=device).to(torch.bfloat16)
+        v = torch.randn(1, kvh, n, d, generator=g, device=device).to(torch.bfloat16)
+        last, one = kernels.fused_rules(m, s), kernels.fused_rules(m, n - 1)
+        for bm, bn, w in ROWS_SETTINGS:
+            ms = _time_ms(torch, lambda: ts.fused_attention(
+                q, k, v, s, inv, d ** -0.5, last, block_m=bm, block_n=bn, num_warps=w), device)
+            rows.append({"kind": "kernel-time", "launch": "rows", "n": n, "rows": n - s,
+                         "block_m": bm, "block_n": bn, "num_warps": w, "ms": ms})
+        for bn, w, programs in DECODE_SETTINGS:
+            ms = _time_ms(torch, lambda: ts.fused_decode(
+                q[:, :, -1:], k, v, n - 1, inv, d ** -0.5, one, programs=programs, block_n=bn,
+                num_warps=w), device)
+            rows.append({"kind": "kernel-time", "launch": "decode", "n": n, "rows": 1,
+                         "block_n": bn, "num_warps": w, "programs": programs, "ms": ms})
+        for r in rows[-len(ROWS_SETTINGS) - len(DECODE_SETTINGS):]:
+            print("gpu_bench: kernel-time " + json.dumps(r), flush=True)
+        del q, k, v
+    return rows
 
 
 def fused_off(why: str) -> None:
@@ -535,6 +609,12 @@ def main(argv=None) -> int:
                 "method", "length", "prefill_s", "peak_mem_bytes", "decode_ms_per_token",
                 "gflops_achieved", "oom", "skipped", "sdpa_backends", "piece_tokens")}),
                   flush=True)
+    if args.kernel_times:
+        from mesa_viz.results import append_jsonl
+        T = cfg["max_position_embeddings"]
+        for r in kernel_times(torch, device, [int(x) for x in args.kernel_times.split(",")],
+                              cfg, T):
+            append_jsonl(out, {**r, **args.row_extra})
     if args.profile:
         text = profile_mesa(torch, model, args.profile, device)
         (out_dir / "profile.txt").write_text(text + "\n")

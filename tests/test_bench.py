@@ -23,7 +23,7 @@ POINT_KEYS = {
     "mem_method", "decode_ms_per_token", "decode_ms_all", "gflops_achieved", "useful_flops",
     "attention_pairs", "predicted_mem_bytes", "oom_check_bytes", "available_bytes", "oom",
     "device", "dtype", "model", "backend", "params", "plan", "train_length", "threads", "repeats",
-    "decode_tokens", "time", "sdpa_backends", "piece_tokens"}
+    "decode_tokens", "time", "sdpa_backends", "piece_tokens", "piece_tokens_used"}
 MESA_SMALL = dict(first_chunk=8, chunk_size=32, last_chunk=32)
 ONE = bench.Settings(repeats=1, decode_tokens=2)
 NONE = bench.Settings(repeats=1, decode_tokens=0)

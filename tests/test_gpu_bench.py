@@ -2,6 +2,7 @@
 the grid, the long Mesa-only row with its decoded tokens, origin's row there,
 every row beside its floor."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -14,6 +15,14 @@ from mesa_viz.results import read_jsonl
 pytestmark = pytest.mark.tiny
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_gpu_bench():
+    """scripts/gpu_bench.py as a module (its settings tables)."""
+    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "scripts" / "gpu_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_gpu_bench_tiny_runs_the_grid_the_long_row_and_the_floors(tmp_path):
@@ -101,3 +110,25 @@ def test_gpu_bench_piece_sizes_ab_in_one_call(tmp_path):
          "--piece-tokens", "64,0", "--out", str(tmp_path / "b")], capture_output=True, text=True,
         timeout=300)
     assert bad.returncode != 0 and "'0' is not an integer >= 1" in bad.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_gpu_bench_times_the_two_launches_under_each_setting(tmp_path):
+    """``--kernel-times``: Mesa's rows launch and decode launch alone, once per
+    launch setting, each a row with its milliseconds (here under Triton's
+    interpreter on CPU tensors, as on the device with CUDA)."""
+    import os
+    gpu_bench = _load_gpu_bench()
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu_bench.py"), "--tiny", "--no-check",
+         "--lengths", "128", "--long-length", "0", "--long-check", "0", "--decode-tokens", "1",
+         "--repeats", "1", "--warmup", "0", "--kernel-times", "200", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, TRITON_INTERPRET="1"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [r for r in read_jsonl(tmp_path / "gpu_bench.jsonl") if r["kind"] == "kernel-time"]
+    assert [(r["launch"], r["n"]) for r in rows] == \
+        [("rows", 200)] * len(gpu_bench.ROWS_SETTINGS) + \
+        [("decode", 200)] * len(gpu_bench.DECODE_SETTINGS)
+    assert all(r["ms"] > 0 for r in rows)
+    assert {(r["block_m"], r["block_n"], r["num_warps"]) for r in rows
+            if r["launch"] == "rows"} == set(gpu_bench.ROWS_SETTINGS)

@@ -216,6 +216,24 @@ def test_mesa_estimate_at_32k_is_the_cache_and_one_piece():
     assert small < mesa
 
 
+def test_default_pieces_are_larger_on_a_gpu():
+    """Unless told, a piece holds half the training length, and on a GPU at
+    least GPU_PIECE_TOKENS (launch-bound below); the estimate follows the
+    device's default."""
+    from mesa_viz.methods import GPU_PIECE_TOKENS, default_piece_tokens
+    assert default_piece_tokens(8192) == 4096 and default_piece_tokens(1) == 1
+    assert default_piece_tokens(8192, on_gpu=True) == GPU_PIECE_TOKENS == 16384
+    assert default_piece_tokens(65536, on_gpu=True) == 32768
+    kw = dict(fragmentation=0.0, train_length=8192, dtype_bytes=2)
+    gpu = estimate_peak_bytes(SMOL, "mesa", 131072, device="cuda", **kw)
+    assert gpu == estimate_peak_bytes(SMOL, "mesa", 131072, device="cuda", piece_tokens=16384,
+                                      **kw)
+    assert gpu > estimate_peak_bytes(SMOL, "mesa", 131072, device="cuda", piece_tokens=4096,
+                                     **kw)
+    assert estimate_peak_bytes(SMOL, "mesa", 131072, **kw) == estimate_peak_bytes(
+        SMOL, "mesa", 131072, piece_tokens=4096, **kw)
+
+
 @pytest.mark.parametrize("backend,method", [
     ("sdpa", "origin"), ("sdpa", "rerope"), ("sdpa", "stair"), ("eager", "origin")])
 def test_estimate_matches_a_measured_prefill(backend, method):
