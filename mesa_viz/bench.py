@@ -27,6 +27,7 @@ resumed: measured and OOM points are not run again.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import statistics
@@ -324,18 +325,104 @@ def _memory_of(prefills: list[_Prefill], cpu_exact: bool, warmup: int) -> tuple[
     return [p.peak_bytes for p in kept], (kept[-1].mem_method if kept else None)
 
 
+def _step(model, cache, token, dev: str):
+    """One timed greedy step on ``cache``: ``(seconds, next token, cache)``."""
+    t0 = time.perf_counter()
+    step = model(token, use_cache=True, **{_cache_kwarg(model): cache})
+    _sync(dev)
+    return time.perf_counter() - t0, step.logits[:, -1:].argmax(-1), _out_cache(step)
+
+
 def _decode(model, cache, token, steps: int, dev: str) -> list[float]:
     """Seconds of each of ``steps`` greedy one-token steps on ``cache``."""
-    cache_arg = _cache_kwarg(model)
     seconds = []
     for _ in range(steps):
-        t0 = time.perf_counter()
-        step = model(token, use_cache=True, **{cache_arg: cache})
-        _sync(dev)
-        seconds.append(time.perf_counter() - t0)
-        token = step.logits[:, -1:].argmax(-1)
-        cache = _out_cache(step)
+        dt, token, cache = _step(model, cache, token, dev)
+        seconds.append(dt)
     return seconds
+
+
+def interleaved_decode(runs: dict, length: int, steps: int, *, train_length: int | None = None,
+                       seed: int = 0, piece_tokens: int | None = None) -> dict:
+    """Greedy decode steps of several runs taken in turn, one step of each
+    run before the next step of any, on caches prefilled with the same random
+    prompt of ``length`` tokens: a host whose speed drifts (other processes,
+    clocks) then slows every run alike, and a step's ratio pairs steps taken
+    moments apart (:func:`paired_ratio`).
+
+    ``runs``: ``{label: (model, method)}`` with one model object per run
+    (``apply`` holds one method per model; models may share their weights,
+    e.g. ``b.load_state_dict(a.state_dict(), assign=True)``).  Returns
+    ``{label: {"seconds": [...], "tokens": [...]}}`` per step.
+    """
+    import torch
+
+    from .application import apply, presized_cache, train_length_of
+    got = {label: {"seconds": [], "tokens": []} for label in runs}
+    with torch.no_grad(), contextlib.ExitStack() as stack:
+        state = {}
+        for label, (model, method) in runs.items():
+            T = train_length or train_length_of(model)
+            stack.enter_context(apply(model, method, train_length=T, piece_tokens=piece_tokens))
+            ids = random_ids(model.config.vocab_size, length, seed, model_device(model))
+            out = model(ids, use_cache=True, logits_to_keep=1,
+                        **{_cache_kwarg(model): presized_cache(model, length)})
+            state[label] = (_out_cache(out), out.logits[:, -1:].argmax(-1))
+            del out
+        for _ in range(steps):
+            for label, (model, _) in runs.items():
+                cache, token = state[label]
+                dt, token, cache = _step(model, cache, token, model_device(model))
+                state[label] = (cache, token)
+                got[label]["seconds"].append(dt)
+                got[label]["tokens"].append(int(token[0, 0]))
+    return got
+
+
+def weight_sharing_twin(model):
+    """A second model object holding the same parameter tensors (no copy of
+    the weights; its own modules and buffers), so that ``apply`` can hold
+    another method on it beside the first model's."""
+    return copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
+
+
+def decode_ab(model, methods, lengths, steps: int, *, train_length: int | None = None,
+              seed: int = 0, piece_tokens: int | None = None) -> list[dict]:
+    """Rows ``kind: decode-ab``: at each length the two ``methods``' greedy
+    decode, one step of each in turn (:func:`interleaved_decode`, the second
+    on a :func:`weight_sharing_twin`): every step's milliseconds, the medians
+    (first step left out: compiles, first rotations) and the median of the
+    per-step ratios, second over first (:func:`paired_ratio`)."""
+    a, b = _two_methods(methods)
+    twin = weight_sharing_twin(model)
+    rows = []
+    for n in lengths:
+        got = interleaved_decode({a: (model, a), b: (twin, b)}, n, steps,
+                                 train_length=train_length, seed=seed, piece_tokens=piece_tokens)
+        ms = {k: [1e3 * x for x in v["seconds"]] for k, v in got.items()}
+        med = {k: statistics.median(v[1:]) for k, v in ms.items()}
+        rows.append({"kind": "decode-ab", "length": n, "steps": steps, "methods": [a, b],
+                     "device": model_device(model), "ms_all": ms, "ms": med,
+                     "ratio_paired": paired_ratio(ms[b], ms[a]),
+                     "ratio_of_medians": med[b] / med[a],
+                     "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return rows
+
+
+def _two_methods(methods) -> tuple[str, str]:
+    names = list(methods)
+    if len(names) != 2 or names[0] == names[1]:
+        raise ValueError(f"decode A/B takes two different methods: got {names}")
+    return names[0], names[1]
+
+
+def paired_ratio(a: list[float], b: list[float], skip: int = 1) -> float:
+    """Median over steps of ``a[i] / b[i]`` (steps taken in turn, the first
+    ``skip`` left out: first calls compile and fill caches)."""
+    pairs = sorted(x / y for x, y in zip(a[skip:], b[skip:]))
+    if not pairs:
+        raise ValueError(f"paired_ratio needs more than skip={skip} steps: got {len(a)}")
+    return pairs[len(pairs) // 2]
 
 
 def measure_point(model, method: str, length: int, *, repeats: int = 3,

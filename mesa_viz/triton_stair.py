@@ -166,7 +166,21 @@ def _tile_rotated(KN, KF, skn, V, svn, start, hi, near_lo, far_hi, acc, m_i, l_i
                  DV, IEEE)
 
 
-@triton.jit
+#: Sizes and positions that change from call to call (prompt lengths, decode steps):
+#: not specialised on (``== 1``, ``% 16``), or a new value would compile the kernel
+#: again mid-run (seconds: measured as 2.8-3.5 s stalls of a decode step on an H200).
+#: Pointer offsets stay aligned through the specialised strides.
+_MOVING = ("H", "REP", "KVH", "rows", "i0", "split", "splits", "near_lo", "far_hi", "near",
+           "far_limit", "qo", "qg", "ko", "kg", "s0", "sn", "se")
+
+
+def _jit(fn):
+    """``triton.jit`` without specialising on the :data:`_MOVING` arguments."""
+    names = [n for n in fn.__code__.co_varnames[:fn.__code__.co_argcount] if n in _MOVING]
+    return triton.jit(do_not_specialize=names)(fn)
+
+
+@_jit
 def _fused_fwd(Q, KN, KF, V, O, LSE, INV,
                sqb, sqh, sqm, sknb, sknh, skfb, skfh, skn, svb, svh, svn, sob, soh, som,
                H, REP, rows, i0, scale, near_lo, far_hi,
@@ -251,7 +265,7 @@ def _tile_far(K, V, skn, svn, start, acc, m_i, l_i, r, inv, qa1, qa2, qb1, qb2, 
     return acc, m_new, l_i * alpha + tl.sum(p, 1)
 
 
-@triton.jit
+@_jit
 def _decode_fwd(Q, K, V, PO, PML, INV,
                 sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
                 KVH, REP, rows, i0, split, scale,
@@ -303,7 +317,7 @@ def _decode_fwd(Q, K, V, PO, PML, INV,
     tl.store(PML + base * 2 * BLOCK_M + BLOCK_M + t, l_i)
 
 
-@triton.jit
+@_jit
 def _decode_fold(PO, PML, O, sob, soh, som, splits, KVH, REP, rows,
                  DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr):
     """Program ``(b * KVH + g, t)``: tile row ``t``'s partial sums over the
@@ -367,15 +381,35 @@ def _rotated_keys(k, inv_freq, rules: Rules, i0: int, rows: int):
     return kn, near_lo, kf, far_hi
 
 
+#: Launch settings by head size: ``(block_m, block_n, num_warps)`` of the rows launch,
+#: ``(block_n, num_warps)`` of the decode launch.  Head size 64: the fastest of those timed
+#: on an H200 (benchmarks/h200-run6, ``gpu_bench --kernel-times``); 128: the largest tiles
+#: Triton (3.6 and 3.9) compiles for sm_90 without spilling registers (64 x 64 with 4 warps
+#: spills 504 bytes a thread there), not yet timed.  Other sizes take the next larger entry.
+ROWS_LAUNCH = {64: (64, 64, 4), 128: (64, 32, 8)}
+DECODE_LAUNCH = {64: (32, 4), 128: (32, 8)}
+
+
+def launch_settings(table: dict, head_dim: int) -> tuple:
+    """The entry of ``table`` for ``head_dim``: the smallest size at least it, else the largest."""
+    fits = [d for d in sorted(table) if d >= head_dim]
+    return table[fits[0] if fits else max(table)]
+
+
 def fused_attention(q, k, v, i0: int, inv_freq, scale: float, rules: Rules,
-                    block_m: int = 64, block_n: int = 64, num_warps: int = 4):
+                    block_m: int | None = None, block_n: int | None = None,
+                    num_warps: int | None = None):
     """``(out [b, h, rows, d_v], lse [b, h, rows])`` in one launch (module
     doc) over keys rotated once before it (:func:`_rotated_keys`).  ``q [b, h,
     rows, d]`` at ``i0..``; ``k, v [b, kv_h, i0 + rows, d]``; full rotary
-    (``d == 2 * len(inv_freq)``, a power of two)."""
+    (``d == 2 * len(inv_freq)``, a power of two); tiles and warps by head size
+    (:data:`ROWS_LAUNCH`) unless given."""
     b, h, rows, d = q.shape
     half = inv_freq.shape[0]
     _check_rotary(d, half)
+    default = launch_settings(ROWS_LAUNCH, d)
+    block_m, block_n, num_warps = (x if x is not None else y for x, y in
+                                   zip((block_m, block_n, num_warps), default))
     inv = inv_freq.to(device=q.device, dtype=torch.float32).contiguous()
     kn, near_lo, kf, far_hi = _rotated_keys(k, inv, rules, i0, rows)
     out = torch.empty(q.shape[:3] + (v.shape[-1],), dtype=q.dtype, device=q.device)
@@ -432,15 +466,20 @@ def _decode_launch(q, k, v, i0: int, inv_freq, rules: Rules, programs: int, bloc
 
 
 def fused_decode(q, k, v, i0: int, inv_freq, scale: float, rules: Rules, keep=None,
-                 programs: int = 512, block_n: int = 32, num_warps: int = 4):
+                 programs: int = 512, block_n: int | None = None,
+                 num_warps: int | None = None):
     """``out [b, h, rows, d_v]`` of a few query rows (module doc) in two
     launches; ``rows * h / kv_h <= DECODE_ROWS`` (:func:`mesa_viz.fused.decode_rows`).
     ``q [b, h, rows, d]`` at ``i0..``; ``k, v [b, kv_h, i0 + rows, d]``;
-    about ``programs`` programs share the keys.  ``keep(key, make)``: where
+    about ``programs`` programs share the keys; tiles and warps by head size
+    (:data:`DECODE_LAUNCH`) unless given.  ``keep(key, make)``: where
     the forward keeps what its layers share (``kernels.RopeTables.table``:
     the launch's sizes and its buffer of partial sums), else made here."""
-    b, h, rows, _ = q.shape
+    b, h, rows, d = q.shape
     kvh, dv = k.shape[1], v.shape[-1]
+    default = launch_settings(DECODE_LAUNCH, d)
+    block_n = block_n if block_n is not None else default[0]
+    num_warps = num_warps if num_warps is not None else default[1]
     key = ("decode-launch", i0, tuple(q.shape), kvh, dv, q.dtype, rules, programs, block_n)
     def make():
         return _decode_launch(q, k, v, i0, inv_freq, rules, programs, block_n)

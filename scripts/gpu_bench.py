@@ -132,6 +132,10 @@ def parse(argv=None):
                    help="after the grid, time Mesa's two Triton launches alone at these key "
                         "counts under a few launch settings (rows kind kernel-time; needs CUDA "
                         "or TRITON_INTERPRET=1)")
+    p.add_argument("--decode-ab", default=None, metavar="N[,N...]",
+                   help="after the grid, origin's and Mesa's decode at these lengths one step "
+                        "of each in turn (--decode-tokens steps each; rows kind decode-ab with "
+                        "the paired ratio)")
     p.add_argument("--long-memory-cap-gib", type=float, default=None, metavar="GIB",
                    help="cap this process's CUDA memory at GIB for the long row "
                         "(torch.cuda.set_per_process_memory_fraction), e.g. 79.6 to hold an "
@@ -267,7 +271,8 @@ def check_long(torch, device: str, n: int, rows: int = 64, T: int = 8192) -> dic
 
 
 #: Launch settings timed by --kernel-times: (block_m, block_n, num_warps) of the rows
-#: launch, (block_n, num_warps, programs) of the decode launch; the first are the defaults.
+#: launch, (block_n, num_warps, programs) of the decode launch; the first are the defaults
+#: at the benchmark's head size, 64 (``triton_stair.ROWS_LAUNCH``, ``DECODE_LAUNCH``).
 ROWS_SETTINGS = ((64, 64, 4), (128, 64, 8))
 DECODE_SETTINGS = ((32, 4, 512), (64, 4, 512), (32, 4, 2048))
 
@@ -328,6 +333,23 @@ def kernel_times(torch, device: str, lengths: list[int], cfg: dict, T: int) -> l
         for r in rows[-len(ROWS_SETTINGS) - len(DECODE_SETTINGS):]:
             print("gpu_bench: kernel-time " + json.dumps(r), flush=True)
         del q, k, v
+    return rows
+
+
+def decode_ab(torch, model, device: str, lengths: list[int], steps: int, T: int,
+              piece_tokens: int | None) -> list[dict]:
+    """Origin's and Mesa's decode at each length, one step of each in turn
+    (``bench.decode_ab``: the host's drift between points does not enter the
+    ratio), printed and returned as rows."""
+    from mesa_viz import bench
+    rows = []
+    for n in lengths:
+        rows += bench.decode_ab(model, ["origin", "mesa"], [n], steps, train_length=T,
+                                piece_tokens=piece_tokens)
+        print("gpu_bench: decode-ab " + json.dumps({k: v for k, v in rows[-1].items()
+                                                   if k != "ms_all"}), flush=True)
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -609,6 +631,12 @@ def main(argv=None) -> int:
                 "method", "length", "prefill_s", "peak_mem_bytes", "decode_ms_per_token",
                 "gflops_achieved", "oom", "skipped", "sdpa_backends", "piece_tokens")}),
                   flush=True)
+    if args.decode_ab:
+        from mesa_viz.results import append_jsonl
+        for r in decode_ab(torch, model, device, [int(x) for x in args.decode_ab.split(",")],
+                           max(2, args.decode_tokens), cfg["max_position_embeddings"],
+                           args.piece_tokens):
+            append_jsonl(out, {**r, **args.row_extra})
     if args.kernel_times:
         from mesa_viz.results import append_jsonl
         T = cfg["max_position_embeddings"]

@@ -11,7 +11,9 @@ random Llama with the shape of the GPU benchmark's layer stack (22 layers;
 small widths: the counts do not depend on them), with the kernels' CUDA branches
 taken (``attention_sets.uses_cpu_paths`` forced False, as the kernel tests do).
 Mesa's last chunk runs its torch kernels here (the fused Triton launch serves it
-on CUDA: one launch a layer), so the prefill count is per *middle* piece.
+on CUDA: one launch a layer), so the prefill count is per *middle* piece; and a
+decode step here is the torch kernels' (the decode memo's), where on CUDA the
+split-key Triton launch and its fold serve it (two launches a layer, no memo).
 
     python scripts/host_ops.py                 # 22 layers, 4096-token prompt past T = 512
     python scripts/host_ops.py --layers 2 --json

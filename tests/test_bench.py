@@ -326,3 +326,33 @@ def test_resume_tells_piece_sizes_apart(tiny, tmp_path):
                          machine=False, train_length=128, method_params={"mesa": MESA_SMALL})
     assert len(run(64)) == 1 and len(run(128)) == 1 and run(64) == []
     assert [r["piece_tokens"] for r in read_jsonl(out)] == [64, 128]
+
+
+def test_interleaved_decode_takes_steps_in_turn_and_decodes_as_alone(tiny):
+    """Two runs on two models sharing one set of weights, origin and Mesa
+    past the training length, decoded step by step in turn: each run's greedy
+    tokens are those of its run alone (the two ``apply`` scopes do not touch
+    each other), every step is timed, and the paired ratio is the median of
+    the per-step ratios."""
+    import torch
+
+    from mesa_viz.application import apply
+    twin = bench.weight_sharing_twin(tiny)
+    assert twin is not tiny and twin.model.layers[0] is not tiny.model.layers[0]
+    assert all(p is q for p, q in zip(twin.parameters(), tiny.parameters()))
+    got = bench.interleaved_decode({"origin": (tiny, "origin"), "mesa": (twin, "mesa")}, 160, 4,
+                                   train_length=128)
+    assert set(got) == {"origin", "mesa"}
+    assert all(len(r["seconds"]) == 4 and min(r["seconds"]) > 0 for r in got.values())
+    ids = bench.random_ids(tiny.config.vocab_size, 160)
+    for label in got:
+        with torch.no_grad(), apply(tiny, label, train_length=128):
+            alone = tiny.generate(ids, max_new_tokens=5, do_sample=False)[0, 161:].tolist()
+        assert got[label]["tokens"] == alone, label
+    assert bench.paired_ratio([2.0, 4.0, 9.0, 3.0], [1.0, 1.0, 3.0, 2.0]) == 3.0
+    with pytest.raises(ValueError, match="more than skip=1"):
+        bench.paired_ratio([1.0], [1.0])
+    with pytest.raises(ValueError, match="two different methods"):
+        bench.decode_ab(tiny, ["mesa", "mesa"], [160], 3)
+    rows = bench.decode_ab(tiny, ["origin", "mesa"], [160], 3, train_length=128)
+    assert rows[0]["methods"] == ["origin", "mesa"] and rows[0]["ratio_paired"] > 0

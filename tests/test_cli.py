@@ -96,3 +96,21 @@ def test_only_widgets_report_and_cli_import_plots():
                if any(n.endswith("plots") for n in _imports(p))}
     assert drawing <= {"widgets.py", "report.py", "plots.py"}, drawing
     assert {"widgets.py", "report.py"} <= drawing
+
+
+def test_bench_decode_ab_writes_paired_rows(tmp_path, capsys):
+    """``mesa-viz bench --decode-ab``: no grid; per length one decode-ab row
+    (two methods, steps taken in turn) and a line with the paired ratio;
+    three methods are refused by name."""
+    from mesa_viz.results import read_jsonl
+    out = tmp_path / "ab.jsonl"
+    assert main(["bench", "--tiny", "--methods", "origin,mesa", "--lengths", "160",
+                 "--train-length", "128", "--decode-tokens", "3", "--decode-ab",
+                 "--out", str(out)]) == 0
+    rows = read_jsonl(out)
+    assert [(r["kind"], r["length"], r["methods"]) for r in rows] == [
+        ("decode-ab", 160, ["origin", "mesa"])]
+    assert "mesa/origin paired" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="two different methods"):
+        main(["bench", "--tiny", "--methods", "origin,mesa,rerope", "--lengths", "160",
+              "--decode-ab", "--out", str(tmp_path / "x.jsonl")])

@@ -238,7 +238,8 @@ def test_triton_launches_through_a_model_equal_the_torch_kernels():
 def test_triton_kernels_compile_for_hopper_without_a_gpu():
     """Triton's own compiler (to a cubin for sm_90, no GPU needed) takes every
     kernel in bfloat16 as the model runs them: the interpreter above does not
-    type-check what the compiler does (loop-carried types, layouts)."""
+    type-check what the compiler does (loop-carried types, layouts).  The
+    sizes and positions that move between calls are not specialised on."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -255,10 +256,20 @@ def test_triton_kernels_compile_for_hopper_without_a_gpu():
                                 target=GPUTarget("cuda", 90, 32))
         return kernel.asm["cubin"]
 
-    common = dict(HALF=32, DV=64, IEEE=False)
-    for stair in (True, False):
-        assert compile_(ts._fused_fwd, dict(common, STAIR=stair, BLOCK_M=64, BLOCK_N=64))
-        for one in (True, False):
-            assert compile_(ts._decode_fwd, dict(common, STAIR=stair, BLOCK_M=16, BLOCK_N=32,
-                                                 ONE_ROW=one))
-    assert compile_(ts._decode_fold, dict(DV=64, BLOCK_M=16, BLOCK_S=ts.FOLD_SLICES))
+    for d in (64, 128):                              # TinyLlama's head size, a 7B Llama's
+        common = dict(HALF=d // 2, DV=d, IEEE=False)
+        block_m, block_n, _ = ts.launch_settings(ts.ROWS_LAUNCH, d)
+        for stair in (True, False):
+            assert compile_(ts._fused_fwd, dict(common, STAIR=stair, BLOCK_M=block_m,
+                                                BLOCK_N=block_n))
+        for stair, one in ((True, True), (True, False), (False, True)):
+            assert compile_(ts._decode_fwd, dict(common, STAIR=stair, BLOCK_M=16, ONE_ROW=one,
+                                                 BLOCK_N=ts.launch_settings(ts.DECODE_LAUNCH,
+                                                                            d)[0]))
+        assert compile_(ts._decode_fold, dict(DV=d, BLOCK_M=16, BLOCK_S=ts.FOLD_SLICES))
+    assert ts.launch_settings(ts.ROWS_LAUNCH, 32) == ts.ROWS_LAUNCH[64]
+    assert ts.launch_settings(ts.ROWS_LAUNCH, 256) == ts.ROWS_LAUNCH[128]
+    # a new prompt length or decode step does not compile a kernel again
+    for fn in (ts._fused_fwd, ts._decode_fwd, ts._decode_fold):
+        moving = [n for n in fn.arg_names if n in ts._MOVING]
+        assert "rows" in moving and sorted(fn.do_not_specialize) == sorted(moving)

@@ -132,3 +132,21 @@ def test_gpu_bench_times_the_two_launches_under_each_setting(tmp_path):
     assert all(r["ms"] > 0 for r in rows)
     assert {(r["block_m"], r["block_n"], r["num_warps"]) for r in rows
             if r["launch"] == "rows"} == set(gpu_bench.ROWS_SETTINGS)
+
+
+def test_gpu_bench_decode_ab_pairs_steps_taken_in_turn(tmp_path):
+    """``--decode-ab``: origin and Mesa decoded one step of each in turn at
+    each length, a row per length with every step and the paired ratio."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu_bench.py"), "--tiny", "--no-check",
+         "--lengths", "128", "--long-length", "0", "--long-check", "0", "--decode-tokens", "3",
+         "--repeats", "1", "--warmup", "0", "--decode-ab", "256", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [r for r in read_jsonl(tmp_path / "gpu_bench.jsonl") if r["kind"] == "decode-ab"]
+    assert [r["length"] for r in rows] == [256]
+    r = rows[0]
+    assert r["methods"] == ["origin", "mesa"]
+    assert len(r["ms_all"]["origin"]) == len(r["ms_all"]["mesa"]) == 3
+    pairs = sorted(a / b for a, b in zip(r["ms_all"]["mesa"][1:], r["ms_all"]["origin"][1:]))
+    assert r["ratio_paired"] == pairs[len(pairs) // 2] > 0

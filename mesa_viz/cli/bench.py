@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-budget", type=float, default=None,
                         help="seconds; points predicted to pass it are skipped")
     parser.add_argument("--figure", default=None, help="also write this HTML figure")
+    parser.add_argument("--decode-ab", action="store_true",
+                        help="instead of the grid: the two --methods' decode at each length, "
+                             "one step of each in turn (--decode-tokens steps), rows kind "
+                             "decode-ab with the paired ratio (a drifting machine slows both)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
 
@@ -43,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     params = parse_params(args.param)
     bench.check_grid(args.methods, args.lengths, params)
     model, _, name = load(args)
+    if args.decode_ab:
+        return _decode_ab(model, args)
     deadline = None if args.time_budget is None else time.monotonic() + args.time_budget
     settings = bench.Settings(repeats=args.repeats, decode_tokens=args.decode_tokens,
                               warmup=args.warmup, seed=args.seed,
@@ -54,6 +60,20 @@ def run(args: argparse.Namespace) -> int:
     if args.figure:
         _figure(rows, args.figure, name)
     print(bench.summary_table(rows))
+    return 0
+
+
+def _decode_ab(model, args) -> int:
+    from .. import bench
+    from ..results import append_jsonl
+    for n in args.lengths:
+        for row in bench.decode_ab(model, args.methods, [n], max(2, args.decode_tokens),
+                                   train_length=args.train_length, seed=args.seed):
+            append_jsonl(args.out, row)
+            a, b = row["methods"]
+            print(f"{n} tokens: {a} {row['ms'][a]:.1f} ms, {b} {row['ms'][b]:.1f} ms a step "
+                  f"(median of {row['steps'] - 1}); {b}/{a} paired {row['ratio_paired']:.2f}, "
+                  f"of medians {row['ratio_of_medians']:.2f}")
     return 0
 
 
