@@ -176,7 +176,7 @@ def decode_bytes(config, length: int, *, dtype_bytes: int, n_params: int,
                  rotated_keys: bool = False) -> int:
     """Bytes one decode step must read at ``length`` cached tokens: every
     weight once and the KV cache (plus one rotated copy of the keys where a
-    method keeps one, ``rotated_keys``: Mesa's decode memo)."""
+    method keeps one, ``rotated_keys``: the torch kernels' decode memo)."""
     d = model_dims(config)
     kv = (3 if rotated_keys else 2) * d.layers * d.kv_heads * d.head_dim * length
     return int(dtype_bytes * (n_params + kv))
@@ -190,9 +190,19 @@ def floors(row: dict, machine: dict, config, n_params: int) -> dict:
     if machine.get("memory_gbps"):
         b = decode_bytes(config, row["length"], dtype_bytes=2 if row["dtype"] in (
             "bfloat16", "float16") else 4, n_params=n_params,
-            rotated_keys=not METHODS[row["method"]].native)
+            rotated_keys=_keeps_rotated_keys(row))
         out["decode_floor_ms"] = 1e3 * b / (machine["memory_gbps"] * 1e9)
     return out
+
+
+def _keeps_rotated_keys(row: dict) -> bool:
+    """Whether a point's decode reads a rotated copy of the keys (the torch
+    kernels' decode memo): methods with kernels, except on CUDA, where the
+    split-key Triton launch rotates the keys it reads instead (unless the row
+    says the launch was turned off)."""
+    if METHODS[row["method"]].native:
+        return False
+    return not (str(row.get("device", "")).startswith("cuda") and not row.get("fused_off"))
 
 
 def model_gemms(config, rows: int = 4096) -> list[tuple[int, int, int]]:

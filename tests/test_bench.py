@@ -356,3 +356,22 @@ def test_interleaved_decode_takes_steps_in_turn_and_decodes_as_alone(tiny):
         bench.decode_ab(tiny, ["mesa", "mesa"], [160], 3)
     rows = bench.decode_ab(tiny, ["origin", "mesa"], [160], 3, train_length=128)
     assert rows[0]["methods"] == ["origin", "mesa"] and rows[0]["ratio_paired"] > 0
+
+
+def test_decode_floor_counts_a_rotated_key_copy_only_where_one_is_read():
+    """The decode floor's bytes: weights and the KV cache, plus a rotated copy
+    of the keys for a kernel method on CPU (the decode memo), not on CUDA (the
+    split-key launch rotates what it reads) unless the row says that launch was
+    off; origin never."""
+    from mesa_viz.memory import ModelDims
+    dims = ModelDims(layers=2, hidden=64, intermediate=128, heads=4, kv_heads=2, head_dim=16,
+                     vocab=100, max_positions=128)
+    machine = {"matmul_gflops": 1.0, "memory_gbps": 1.0}
+
+    def floor(method, device, **extra):
+        row = {"method": method, "length": 1000, "dtype": "float32", "useful_flops": 1,
+               "device": device, **extra}
+        return bench.floors(row, machine, dims, n_params=0)["decode_floor_ms"]
+    kv = floor("origin", "cpu")
+    assert kv == floor("origin", "cuda") == floor("mesa", "cuda")
+    assert floor("mesa", "cpu") == floor("mesa", "cuda", fused_off="check failed") == 1.5 * kv
