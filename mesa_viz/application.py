@@ -469,8 +469,7 @@ def _prefill_layer(capacity: int):
 def _span(pos: torch.Tensor) -> tuple[int, int]:
     """``(pos[0], pos[-1] + 1)`` of positions ``pos [q_len]`` in one read (one
     device sync on GPU)."""
-    first, last = pos[::max(1, pos.shape[0] - 1)].tolist() if pos.shape[0] > 1 else \
-        (int(pos[0]),) * 2
+    first, last = pos[[0, -1]].tolist()
     return int(first), int(last) + 1
 
 

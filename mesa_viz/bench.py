@@ -361,8 +361,8 @@ def interleaved_decode(runs: dict, length: int, steps: int, *, train_length: int
     moments apart (:func:`paired_ratio`).
 
     ``runs``: ``{label: (model, method)}`` with one model object per run
-    (``apply`` holds one method per model; models may share their weights,
-    e.g. ``b.load_state_dict(a.state_dict(), assign=True)``).  Returns
+    (``apply`` holds one method per model; :func:`weight_sharing_twin` gives
+    a second one on the same weights).  Returns
     ``{label: {"seconds": [...], "tokens": [...]}}`` per step.
     """
     import torch
@@ -397,26 +397,24 @@ def weight_sharing_twin(model):
 
 
 def decode_ab(model, methods, lengths, steps: int, *, train_length: int | None = None,
-              seed: int = 0, piece_tokens: int | None = None) -> list[dict]:
-    """Rows ``kind: decode-ab``: at each length the two ``methods``' greedy
-    decode, one step of each in turn (:func:`interleaved_decode`, the second
-    on a :func:`weight_sharing_twin`): every step's milliseconds, the medians
-    (first step left out: compiles, first rotations) and the median of the
-    per-step ratios, second over first (:func:`paired_ratio`)."""
+              seed: int = 0, piece_tokens: int | None = None):
+    """Rows ``kind: decode-ab``, yielded length by length (save each as it
+    comes): the two ``methods``' greedy decode, one step of each in turn
+    (:func:`interleaved_decode`, the second on a :func:`weight_sharing_twin`):
+    every step's milliseconds, the medians (first step left out: compiles,
+    first rotations) and the median of the per-step ratios, second over first
+    (:func:`paired_ratio`)."""
     a, b = _two_methods(methods)
     twin = weight_sharing_twin(model)
-    rows = []
     for n in lengths:
         got = interleaved_decode({a: (model, a), b: (twin, b)}, n, steps,
                                  train_length=train_length, seed=seed, piece_tokens=piece_tokens)
         ms = {k: [1e3 * x for x in v["seconds"]] for k, v in got.items()}
         med = {k: statistics.median(v[1:]) for k, v in ms.items()}
-        rows.append({"kind": "decode-ab", "length": n, "steps": steps, "methods": [a, b],
-                     "device": model_device(model), "ms_all": ms, "ms": med,
-                     "ratio_paired": paired_ratio(ms[b], ms[a]),
-                     "ratio_of_medians": med[b] / med[a],
-                     "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    return rows
+        yield {"kind": "decode-ab", "length": n, "steps": steps, "methods": [a, b],
+               "device": model_device(model), "ms_all": ms, "ms": med,
+               "ratio_paired": paired_ratio(ms[b], ms[a]), "ratio_of_medians": med[b] / med[a],
+               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 def _two_methods(methods) -> tuple[str, str]:
@@ -429,10 +427,10 @@ def _two_methods(methods) -> tuple[str, str]:
 def paired_ratio(a: list[float], b: list[float], skip: int = 1) -> float:
     """Median over steps of ``a[i] / b[i]`` (steps taken in turn, the first
     ``skip`` left out: first calls compile and fill caches)."""
-    pairs = sorted(x / y for x, y in zip(a[skip:], b[skip:]))
+    pairs = [x / y for x, y in zip(a[skip:], b[skip:])]
     if not pairs:
         raise ValueError(f"paired_ratio needs more than skip={skip} steps: got {len(a)}")
-    return pairs[len(pairs) // 2]
+    return statistics.median(pairs)
 
 
 def measure_point(model, method: str, length: int, *, repeats: int = 3,

@@ -55,6 +55,14 @@ def _floor_div(x, g):
 
 
 @triton.jit
+def _stair_key(j, s0, sn, se):
+    """Keys ``j``'s ``(a_j, b_j)``: ``s - N - j = E a_j + b_j``, ``0 <= b_j < E``
+    (``mesa_viz.fused.positions``); the far position is ``-(N + a_j)``."""
+    a_j = _floor_div(s0 - sn - j, se)
+    return a_j, (s0 - sn - j) - a_j * se
+
+
+@triton.jit
 def _query_rotations(q1, q2, i, inv, qa, qb, qo, qg, qmax, s0, se, STAIR: tl.constexpr):
     """Queries (halves ``q1, q2``, rows at positions ``i``) rotated for the
     near set and for the far set's two choices, and the rows' stair class ``r``."""
@@ -95,8 +103,7 @@ def _tile(K, V, skn, svn, start, hi, acc, m_i, l_i, i, i_lo, i_hi, r, inv,
     s_far = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if (i_hi - start >= near) & (start < far_limit):
         if STAIR:
-            a_j = _floor_div(s0 - sn - j, se)
-            b_j = (s0 - sn - j) - a_j * se
+            a_j, b_j = _stair_key(j, s0, sn, se)
             kf1, kf2 = _rot(k1, k2, (-(sn + a_j)).to(tl.float32), inv)
             s_far = tl.where(b_j[None, :] < (se - r)[:, None],
                              _dot2(qa1, qa2, kf1, kf2, IEEE),
@@ -158,8 +165,7 @@ def _tile_rotated(KN, KF, skn, V, svn, start, hi, near_lo, far_hi, acc, m_i, l_i
         kf2 = tl.load(k_ptr + HALF + c[None, :], mask=ok[:, None], other=0.0)
         s_far = _dot2(qa1, qa2, kf1, kf2, IEEE)
         if STAIR:
-            a_j = _floor_div(s0 - sn - j, se)
-            b_j = (s0 - sn - j) - a_j * se
+            a_j, b_j = _stair_key(j, s0, sn, se)
             s_far = tl.where(b_j[None, :] < (se - r)[:, None], s_far,
                              _dot2(qb1, qb2, kf1, kf2, IEEE))
     return _fold(V, svn, j, key_ok, i, s_near, s_far, acc, m_i, l_i, scale, near, far_limit,
@@ -240,14 +246,12 @@ def _tile_far(K, V, skn, svn, start, acc, m_i, l_i, r, inv, qa1, qa2, qb1, qb2, 
         # one query position: its class r is every row's, so the key turns one
         # step further where the query would take m + 1 (R(m+1)^T R(p) = R(m)^T R(p-1)):
         # one product
-        a_j = _floor_div(s0 - sn - j, se)
-        b_j = (s0 - sn - j) - a_j * se
+        a_j, b_j = _stair_key(j, s0, sn, se)
         shift = (b_j >= se - tl.max(r, 0)).to(tl.int32)
         kf1, kf2 = _rot(k1, k2, (-(sn + a_j) - shift).to(tl.float32), inv)
         s = _dot2(qa1, qa2, kf1, kf2, IEEE) * scale
     elif STAIR:
-        a_j = _floor_div(s0 - sn - j, se)
-        b_j = (s0 - sn - j) - a_j * se
+        a_j, b_j = _stair_key(j, s0, sn, se)
         kf1, kf2 = _rot(k1, k2, (-(sn + a_j)).to(tl.float32), inv)
         s = tl.where(b_j[None, :] < (se - r)[:, None], _dot2(qa1, qa2, kf1, kf2, IEEE),
                      _dot2(qb1, qb2, kf1, kf2, IEEE)) * scale

@@ -343,11 +343,11 @@ def decode_ab(torch, model, device: str, lengths: list[int], steps: int, T: int,
     ratio), printed and returned as rows."""
     from mesa_viz import bench
     rows = []
-    for n in lengths:
-        rows += bench.decode_ab(model, ["origin", "mesa"], [n], steps, train_length=T,
-                                piece_tokens=piece_tokens)
-        print("gpu_bench: decode-ab " + json.dumps({k: v for k, v in rows[-1].items()
+    for row in bench.decode_ab(model, ["origin", "mesa"], lengths, steps, train_length=T,
+                               piece_tokens=piece_tokens):
+        print("gpu_bench: decode-ab " + json.dumps({k: v for k, v in row.items()
                                                    if k != "ms_all"}), flush=True)
+        rows.append(row)
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
     return rows

@@ -353,8 +353,8 @@ def test_interleaved_decode_takes_steps_in_turn_and_decodes_as_alone(tiny):
     with pytest.raises(ValueError, match="more than skip=1"):
         bench.paired_ratio([1.0], [1.0])
     with pytest.raises(ValueError, match="two different methods"):
-        bench.decode_ab(tiny, ["mesa", "mesa"], [160], 3)
-    rows = bench.decode_ab(tiny, ["origin", "mesa"], [160], 3, train_length=128)
+        next(bench.decode_ab(tiny, ["mesa", "mesa"], [160], 3))
+    rows = list(bench.decode_ab(tiny, ["origin", "mesa"], [160], 3, train_length=128))
     assert rows[0]["methods"] == ["origin", "mesa"] and rows[0]["ratio_paired"] > 0
 
 

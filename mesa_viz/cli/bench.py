@@ -66,14 +66,13 @@ def run(args: argparse.Namespace) -> int:
 def _decode_ab(model, args) -> int:
     from .. import bench
     from ..results import append_jsonl
-    for n in args.lengths:
-        for row in bench.decode_ab(model, args.methods, [n], max(2, args.decode_tokens),
-                                   train_length=args.train_length, seed=args.seed):
-            append_jsonl(args.out, row)
-            a, b = row["methods"]
-            print(f"{n} tokens: {a} {row['ms'][a]:.1f} ms, {b} {row['ms'][b]:.1f} ms a step "
-                  f"(median of {row['steps'] - 1}); {b}/{a} paired {row['ratio_paired']:.2f}, "
-                  f"of medians {row['ratio_of_medians']:.2f}")
+    for row in bench.decode_ab(model, args.methods, args.lengths, max(2, args.decode_tokens),
+                               train_length=args.train_length, seed=args.seed):
+        append_jsonl(args.out, row)
+        a, b = row["methods"]
+        print(f"{row['length']} tokens: {a} {row['ms'][a]:.1f} ms, {b} {row['ms'][b]:.1f} ms a "
+              f"step (median of {row['steps'] - 1}); {b}/{a} paired {row['ratio_paired']:.2f}, "
+              f"of medians {row['ratio_of_medians']:.2f}")
     return 0
 
 
