@@ -38,7 +38,7 @@ from pathlib import Path
 
 from .checks import check_lengths, check_methods
 from .memory import GiB, PeakMemory, available_bytes, estimate_peak_bytes, model_dims
-from .methods import METHODS, Method, default_piece_tokens, resolve
+from .methods import METHODS, Method, _check_int, default_piece_tokens, resolve
 from .models import model_device, model_dtype
 from .results import append_jsonl, read_jsonl
 
@@ -417,6 +417,58 @@ def decode_ab(model, methods, lengths, steps: int, *, train_length: int | None =
                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
+def interleaved_prefill(runs: dict, length: int, rounds: int, *,
+                        train_length: int | None = None, seed: int = 0,
+                        piece_tokens: int | None = None, progress: bool = False) -> dict:
+    """Prefills of several runs taken in turn, one of each run a round, of the
+    same random prompt of ``length`` tokens; each is timed alone (the last
+    prefill's cache is freed first), on a presized cache like
+    :func:`measure_point`'s.  ``runs``: as for :func:`interleaved_decode`.
+    Returns ``{label: [seconds, ...]}`` (one a round)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .application import apply, train_length_of
+    got = {label: [] for label in runs}
+    with torch.no_grad(), contextlib.ExitStack() as stack:
+        for model, method in runs.values():
+            T = train_length or train_length_of(model)
+            stack.enter_context(apply(model, method, train_length=T, piece_tokens=piece_tokens))
+        for _ in tqdm(range(rounds), desc=f"prefill A/B, {length} tokens", unit="round",
+                      disable=not progress):
+            for label, (model, _) in runs.items():
+                dev = model_device(model)
+                ids = random_ids(model.config.vocab_size, length, seed, dev)
+                out, p = _prefill(model, ids, dev, exact=False, record_sdpa=False)
+                del out
+                got[label].append(p.seconds)
+    return got
+
+
+def prefill_ab(model, methods, lengths, repeats: int, *, warmup: int = 1,
+               train_length: int | None = None, seed: int = 0,
+               piece_tokens: int | None = None, progress: bool = False):
+    """Rows ``kind: prefill-ab``, yielded length by length (save each as it
+    comes): the two ``methods``' prefills taken in turn (:func:`interleaved_prefill`,
+    the second on a :func:`weight_sharing_twin`), ``warmup`` rounds and then
+    ``repeats`` timed ones: every prefill's seconds, the medians of the timed
+    ones and the median of the per-round ratios, second over first
+    (:func:`paired_ratio`): a machine whose speed drifts slows both alike."""
+    _check_int("repeats", repeats, 1)
+    _check_int("warmup", warmup, 0)
+    a, b = _two_methods(methods)
+    twin = weight_sharing_twin(model)
+    for n in lengths:
+        s = interleaved_prefill({a: (model, a), b: (twin, b)}, n, warmup + repeats,
+                                train_length=train_length, seed=seed, piece_tokens=piece_tokens,
+                                progress=progress)
+        med = {k: statistics.median(v[warmup:]) for k, v in s.items()}
+        yield {"kind": "prefill-ab", "length": n, "repeats": repeats, "warmup": warmup,
+               "methods": [a, b], "device": model_device(model), "s_all": s, "s": med,
+               "ratio_paired": paired_ratio(s[b], s[a], skip=warmup),
+               "ratio_of_medians": med[b] / med[a], "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
 def _two_methods(methods) -> tuple[str, str]:
     names = list(methods)
     if len(names) != 2 or names[0] == names[1]:
@@ -605,6 +657,8 @@ def _plan_point(grid: _Grid, method: str, n: int, params: dict) -> dict:
     kw = dict(dtype_bytes=model_dtype(model).itemsize, backend=grid.common["backend"],
               decode_tokens=s.decode_tokens, device=dev)
     flops = prefill_flops(dims, resolved, n)
+    pieces_of = s.piece_tokens or default_piece_tokens(grid.train_length,
+                                                       on_gpu=str(dev).startswith("cuda"))
     return {"kind": "point", "method": method, "length": n, "prefill_s": None,
             "prefill_s_all": None, "peak_mem_bytes": None, "decode_ms_per_token": None,
             "gflops_achieved": None, "useful_flops": flops,
@@ -615,9 +669,8 @@ def _plan_point(grid: _Grid, method: str, n: int, params: dict) -> dict:
             "available_bytes": available_bytes(dev, cap=s.memory_cap_bytes), "oom": False,
             **grid.common, "params": resolved.params(), "plan": _plan_summary(resolved),
             "train_length": grid.train_length, "threads": torch.get_num_threads(),
-            "piece_tokens": s.piece_tokens,
-            "piece_tokens_used": s.piece_tokens or default_piece_tokens(
-                grid.train_length, on_gpu=str(dev).startswith("cuda")),
+            "piece_tokens": s.piece_tokens, "piece_tokens_used": pieces_of,
+            "prefill_pieces": len(resolved.prefill_pieces(n, pieces_of)),
             "repeats": s.repeats, "decode_tokens": s.decode_tokens,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
@@ -765,6 +818,19 @@ def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
+def _pieces_note(row: dict) -> str:
+    """"N pieces of at most S tokens" where the prefill ran in more than one
+    forward (rows before ``prefill_pieces`` was recorded: the size alone)."""
+    size = row.get("piece_tokens") or row.get("piece_tokens_used")
+    if not size:
+        return ""
+    label = f"{size}" if row.get("piece_tokens") else f"{size} (default)"
+    count = row.get("prefill_pieces")
+    if count is None:
+        return f"pieces of {label}"
+    return f"{count} pieces of <= {label}" if count > 1 else ""
+
+
 def summary_table(rows, matmul_gflops: float | None = None) -> str:
     """A plain-text table of point rows (and the machine's matmul rate)."""
     pts = [r for r in rows if r.get("kind", "point") == "point"]
@@ -779,9 +845,7 @@ def summary_table(rows, matmul_gflops: float | None = None) -> str:
         pct = None if (g is None or not matmul_gflops) else 100 * g / matmul_gflops
         note = "OOM" if r.get("oom") else ("skipped: " + r["skipped"] if r.get("skipped") else
                                            "error: " + r["error"][:60] if r.get("error") else "")
-        if r.get("piece_tokens") or r.get("piece_tokens_used"):
-            size = r.get("piece_tokens") or f"{r['piece_tokens_used']} (default)"
-            note = f"pieces of {size}" + (f"; {note}" if note else "")
+        note = "; ".join(x for x in (_pieces_note(r), note) if x)
         mem = r.get("peak_mem_bytes")
         lines.append(
             f"{r['method']:<14}{r['length']:>8}{_fmt(r.get('prefill_s'), '.3f'):>11}"

@@ -504,8 +504,7 @@ def floors_table(rows, config, n_params: int) -> str:
         f = bench.floors(r, machine, config, n_params)
         pre, dec = r.get("prefill_s"), r.get("decode_ms_per_token")
         note = "OOM" if r.get("oom") else (r.get("skipped") or r.get("error") or "")
-        if r.get("piece_tokens"):
-            note = f"pieces of {r['piece_tokens']} " + note
+        note = "; ".join(x for x in (bench._pieces_note(r), note) if x)
         lines.append(
             f"{r['method']:<8}{r['length']:>9}{bench._fmt(pre, '.3f'):>11}"
             f"{f['prefill_floor_s']:>9.3f}{bench._fmt(pre and pre / f['prefill_floor_s'], '.1f'):>8}"

@@ -623,3 +623,73 @@ def test_mesa_decode_step_reads_the_device_once(tiny_llama):
         fresh = tiny_llama(first, use_cache=True, cache=fresh).cache
         want = tiny_llama(other, use_cache=True, cache=fresh).logits[0, -1]
     assert (got - want).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "phi", "cohere", "glm"])
+def test_identity_rope_skipped_exactly_and_restored(family, monkeypatch):
+    """Under a kernel the family's ``apply_rotary_pos_emb`` gives queries and
+    keys back untouched for the marked identity tables (the model's rotation
+    by ones and zeros is skipped): logits bit-equal to the family's own
+    function doing it (half split, partial rotary sliced inside the function
+    or by the module, float32 upcast, interleaved pairs); the function is
+    restored on exit, and a native method leaves it alone."""
+    import sys
+
+    from mesa_viz import application
+    model = tiny_model(family)[0]
+    module = sys.modules[type(model).__module__]
+    own = module.apply_rotary_pos_emb
+    ids = torch.randint(0, 512, (1, 300), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), mv.apply(model, "mesa", train_length=128):
+        assert module.apply_rotary_pos_emb is not own
+        skipped = model(ids).logits
+    assert module.apply_rotary_pos_emb is own
+    monkeypatch.setattr(application, "_is_rotation", lambda *a: False)
+    with torch.no_grad(), mv.apply(model, "mesa", train_length=128):
+        assert module.apply_rotary_pos_emb is own
+        rotated = model(ids).logits
+    assert torch.equal(skipped, rotated)
+    monkeypatch.undo()
+    with mv.apply(model, "origin", train_length=128):
+        assert module.apply_rotary_pos_emb is own
+
+
+def test_identity_rope_only_for_a_rotation_and_shared_by_applications():
+    """``_is_rotation`` takes a function giving random q, k back under identity
+    tables and refuses one that permutes channels or fails; a second
+    application on the same family finds the swap in place and leaves it; the
+    first one's exit restores the family's function, the second still runs
+    the same logits."""
+    import sys
+
+    from mesa_viz import application, bench
+    from transformers.models.llama.modeling_llama import rotate_half
+    model = tiny_model("llama")[0]
+
+    def rotation(q, k, cos, sin, unsqueeze_dim=1):
+        cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+    def permuting(q, k, cos, sin):
+        return rotation(q.flip(-1), k.flip(-1), cos, sin)
+
+    def failing(q, k, cos, sin):
+        raise TypeError("not this signature")
+    assert application._is_rotation(rotation, model, 16)
+    assert not application._is_rotation(permuting, model, 16)
+    assert not application._is_rotation(failing, model, 16)
+    module = sys.modules[type(model).__module__]
+    own, twin = module.apply_rotary_pos_emb, bench.weight_sharing_twin(model)
+    ids = torch.randint(0, 512, (1, 300), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        with mv.apply(twin, "mesa", train_length=128):
+            alone = twin(ids).logits
+        first = mv.apply(model, "mesa", train_length=128)
+        first.__enter__()
+        swapped = module.apply_rotary_pos_emb
+        with mv.apply(twin, "mesa", train_length=128):
+            assert module.apply_rotary_pos_emb is swapped
+            first.__exit__(None, None, None)
+            assert module.apply_rotary_pos_emb is own
+            assert torch.equal(twin(ids).logits, alone)
+    assert module.apply_rotary_pos_emb is own

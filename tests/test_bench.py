@@ -1,6 +1,8 @@
 """The benchmark on a tiny random model: rows, resume, predicted OOM, the FLOP
 formula against hand counts, the CLI.  No timing is asserted."""
 
+import statistics
+
 import numpy as np
 import pytest
 
@@ -23,7 +25,8 @@ POINT_KEYS = {
     "mem_method", "decode_ms_per_token", "decode_ms_all", "gflops_achieved", "useful_flops",
     "attention_pairs", "predicted_mem_bytes", "oom_check_bytes", "available_bytes", "oom",
     "device", "dtype", "model", "backend", "params", "plan", "train_length", "threads", "repeats",
-    "decode_tokens", "time", "sdpa_backends", "piece_tokens", "piece_tokens_used"}
+    "decode_tokens", "time", "sdpa_backends", "piece_tokens", "piece_tokens_used",
+    "prefill_pieces"}
 MESA_SMALL = dict(first_chunk=8, chunk_size=32, last_chunk=32)
 ONE = bench.Settings(repeats=1, decode_tokens=2)
 NONE = bench.Settings(repeats=1, decode_tokens=0)
@@ -313,6 +316,23 @@ def test_piece_tokens_reach_the_prefill_and_the_rows(tiny, tmp_path):
     assert row["piece_tokens"] == 64 and row["prefill_s"] > 0
     pieces = [n for n in calls if 16 < n < 300]     # not the callers' forwards, the guard's
     assert pieces and max(pieces) <= 64 and len(pieces) >= 2 * (300 // 64)   # two prefills
+    per_prefill = len(pieces) // 2 + 1              # the last piece runs in the caller's forward
+    assert row["prefill_pieces"] == per_prefill
+    assert f"{per_prefill} pieces of <= 64" in bench.summary_table([row])
+
+
+def test_pieces_note_only_where_the_prefill_ran_in_pieces():
+    """The table says "N pieces of <= S" for a prefill of several forwards, nothing
+    for one forward (origin, or a prompt within one piece); rows written before
+    ``prefill_pieces`` was recorded keep the size alone."""
+    assert bench._pieces_note({"piece_tokens_used": 16384, "prefill_pieces": 1}) == ""
+    assert bench._pieces_note({"piece_tokens_used": 16384, "prefill_pieces": 17}) == \
+        "17 pieces of <= 16384 (default)"
+    assert bench._pieces_note({"piece_tokens": 64, "piece_tokens_used": 64,
+                               "prefill_pieces": 5}) == "5 pieces of <= 64"
+    assert bench._pieces_note({"piece_tokens": None, "piece_tokens_used": 4096}) == \
+        "pieces of 4096 (default)"
+    assert bench._pieces_note({}) == ""
 
 
 def test_resume_tells_piece_sizes_apart(tiny, tmp_path):
@@ -356,6 +376,42 @@ def test_interleaved_decode_takes_steps_in_turn_and_decodes_as_alone(tiny):
         next(bench.decode_ab(tiny, ["mesa", "mesa"], [160], 3))
     rows = list(bench.decode_ab(tiny, ["origin", "mesa"], [160], 3, train_length=128))
     assert rows[0]["methods"] == ["origin", "mesa"] and rows[0]["ratio_paired"] > 0
+
+
+def test_prefill_ab_takes_the_prefills_in_turn_each_under_its_method(tiny, monkeypatch):
+    """``bench.prefill_ab``: per length, warm-up rounds and timed rounds, one
+    prefill of each method a round in turn (the second on the weight-sharing
+    twin), each giving the logits of its method run alone; medians of the timed
+    ones and the per-round ratio; bad counts and one method refused by name."""
+    import torch
+
+    from mesa_viz.application import apply
+    seen, real = [], bench._prefill
+
+    def spy(model, ids, dev, **kw):
+        out, p = real(model, ids, dev, **kw)
+        seen.append((model, out.logits[0, -1].clone()))
+        return out, p
+    monkeypatch.setattr(bench, "_prefill", spy)
+    (row,) = bench.prefill_ab(tiny, ["origin", "mesa"], [160], 2, warmup=1, train_length=128)
+    assert row["kind"] == "prefill-ab" and row["methods"] == ["origin", "mesa"]
+    assert [len(row["s_all"][m]) for m in ("origin", "mesa")] == [3, 3]
+    assert row["s"]["mesa"] == statistics.median(row["s_all"]["mesa"][1:])
+    assert row["ratio_paired"] == bench.paired_ratio(row["s_all"]["mesa"],
+                                                     row["s_all"]["origin"], skip=1)
+    assert [m is tiny for m, _ in seen] == [True, False] * 3           # in turn, two objects
+    ids = bench.random_ids(tiny.config.vocab_size, 160)
+    for label, (_, logits) in zip(("origin", "mesa"), seen[:2]):
+        with torch.no_grad(), apply(tiny, label, train_length=128):
+            alone = tiny(ids).logits[0, -1]
+        assert torch.allclose(logits, alone, atol=1e-5), label
+    assert not torch.allclose(seen[0][1], seen[1][1], atol=1e-3)       # the methods differ here
+    for bad, match in (({"repeats": 0}, "repeats=0"), ({"warmup": -1}, "warmup=-1")):
+        kw = {"repeats": 1, **bad}
+        with pytest.raises(ValueError, match=match):
+            next(bench.prefill_ab(tiny, ["origin", "mesa"], [160], kw.pop("repeats"), **kw))
+    with pytest.raises(ValueError, match="two different methods"):
+        next(bench.prefill_ab(tiny, ["mesa"], [160], 1))
 
 
 def test_decode_floor_counts_a_rotated_key_copy_only_where_one_is_read():

@@ -98,6 +98,24 @@ def test_only_widgets_report_and_cli_import_plots():
     assert {"widgets.py", "report.py"} <= drawing
 
 
+def test_bench_prefill_ab_writes_paired_rows(tmp_path, capsys):
+    """``mesa-viz bench --prefill-ab``: no grid; per length one prefill-ab row
+    (warm-up and timed rounds) and a line with the paired ratio; asked with
+    --decode-ab too, refused."""
+    from mesa_viz.results import read_jsonl
+    out = tmp_path / "pab.jsonl"
+    assert main(["bench", "--tiny", "--methods", "origin,mesa", "--lengths", "160",
+                 "--train-length", "128", "--repeats", "2", "--warmup", "1", "--prefill-ab",
+                 "--out", str(out)]) == 0
+    (row,) = read_jsonl(out)
+    assert (row["kind"], row["length"], row["repeats"], row["warmup"]) == ("prefill-ab", 160, 2, 1)
+    assert len(row["s_all"]["mesa"]) == 3
+    assert "mesa/origin paired" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="two runs"):
+        main(["bench", "--tiny", "--methods", "origin,mesa", "--lengths", "160",
+              "--decode-ab", "--prefill-ab", "--out", str(tmp_path / "x.jsonl")])
+
+
 def test_bench_decode_ab_writes_paired_rows(tmp_path, capsys):
     """``mesa-viz bench --decode-ab``: no grid; per length one decode-ab row
     (two methods, steps taken in turn) and a line with the paired ratio;

@@ -38,17 +38,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instead of the grid: the two --methods' decode at each length, "
                              "one step of each in turn (--decode-tokens steps), rows kind "
                              "decode-ab with the paired ratio (a drifting machine slows both)")
+    parser.add_argument("--prefill-ab", action="store_true",
+                        help="instead of the grid: the two --methods' prefills at each length "
+                             "taken in turn, --warmup rounds then --repeats timed ones, rows kind "
+                             "prefill-ab with the paired ratio (a drifting machine slows both)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import bench
+    if args.decode_ab and args.prefill_ab:
+        raise SystemExit("mesa-viz bench: --decode-ab and --prefill-ab are two runs: give one")
     params = parse_params(args.param)
     bench.check_grid(args.methods, args.lengths, params)
     model, _, name = load(args)
     if args.decode_ab:
         return _decode_ab(model, args)
+    if args.prefill_ab:
+        return _prefill_ab(model, args)
     deadline = None if args.time_budget is None else time.monotonic() + args.time_budget
     settings = bench.Settings(repeats=args.repeats, decode_tokens=args.decode_tokens,
                               warmup=args.warmup, seed=args.seed,
@@ -65,14 +73,29 @@ def run(args: argparse.Namespace) -> int:
 
 def _decode_ab(model, args) -> int:
     from .. import bench
+    return _save_ab(args.out, bench.decode_ab(
+        model, args.methods, args.lengths, max(2, args.decode_tokens),
+        train_length=args.train_length, seed=args.seed), "ms", "step")
+
+
+def _prefill_ab(model, args) -> int:
+    from .. import bench
+    return _save_ab(args.out, bench.prefill_ab(
+        model, args.methods, args.lengths, args.repeats, warmup=args.warmup,
+        train_length=args.train_length, seed=args.seed, progress=not args.no_progress),
+        "s", "prefill")
+
+
+def _save_ab(out: str, rows, unit: str, what: str) -> int:
+    """Append each A/B row to ``out`` as it comes and print its line."""
     from ..results import append_jsonl
-    for row in bench.decode_ab(model, args.methods, args.lengths, max(2, args.decode_tokens),
-                               train_length=args.train_length, seed=args.seed):
-        append_jsonl(args.out, row)
+    for row in rows:
+        append_jsonl(out, row)
         a, b = row["methods"]
-        print(f"{row['length']} tokens: {a} {row['ms'][a]:.1f} ms, {b} {row['ms'][b]:.1f} ms a "
-              f"step (median of {row['steps'] - 1}); {b}/{a} paired {row['ratio_paired']:.2f}, "
-              f"of medians {row['ratio_of_medians']:.2f}")
+        timed = row.get("repeats") or row["steps"] - 1
+        print(f"{row['length']} tokens: {a} {row[unit][a]:.2f} {unit}, {b} {row[unit][b]:.2f} "
+              f"{unit} a {what} (median of {timed}); {b}/{a} paired {row['ratio_paired']:.3f}, "
+              f"of medians {row['ratio_of_medians']:.3f}")
     return 0
 
 
