@@ -42,9 +42,7 @@ so no architecture, known or not, gives silently wrong results.
 from __future__ import annotations
 
 import copy
-import functools
 import logging
-import sys
 import uuid
 import weakref
 from contextlib import ExitStack, contextmanager
@@ -233,7 +231,7 @@ class Applied:
             return None
         self.tables = kernels.RopeTables(self.rope(), self.resolved, self.memo)  # this forward's
         cos, sin = output
-        return _identity_rotation(cos, sin)
+        return torch.ones_like(cos), torch.zeros_like(sin)
 
     def whole_length(self, kv_len: int) -> int:
         """The keys this forward stands for: ``kv_len``, or during a prefill in
@@ -830,84 +828,11 @@ def _install(undo: ExitStack, model, state: Applied, path: str) -> None:
                        decoder.register_forward_pre_hook(state.on_decoder, with_kwargs=True),
                        decoder.register_forward_hook(state.after_decoder, with_kwargs=True)):
             undo.callback(handle.remove)
-        _skip_identity_rope(undo, model, state)
         name = f"mesa_viz_{uuid.uuid4().hex[:12]}"
         _register(name, state)
         undo.callback(_unregister, name)
         model.set_attn_implementation(name)
         undo.callback(model.set_attn_implementation, state.backend)
-
-
-#: Marks the identity tables :meth:`Applied.on_rotary` hands the attention modules.
-_IDENTITY = "_mesa_viz_identity_rotation"
-#: The function of a family's modeling module that rotates queries and keys.
-_ROPE_FUNCTION = "apply_rotary_pos_emb"
-
-
-def _identity_rotation(cos: torch.Tensor, sin: torch.Tensor):
-    """``(ones, zeros)`` shaped like the model's tables, marked as this package's
-    identity rotation (:func:`_skip_identity_rope`)."""
-    one, zero = torch.ones_like(cos), torch.zeros_like(sin)
-    setattr(one, _IDENTITY, True)
-    setattr(zero, _IDENTITY, True)
-    return one, zero
-
-
-def _skip_identity_rope(undo: ExitStack, model, state: Applied) -> None:
-    """For the block, the family's ``apply_rotary_pos_emb`` returns queries and
-    keys as they are when handed the marked identity tables
-    (:func:`_identity_rotation`) and runs as before otherwise: the model's own
-    rotation by ones and zeros, which gives them back unchanged, then costs
-    nothing (SmolLM2 at 16k tokens on a CPU: 95 ms a layer, 8 % of Mesa's
-    prefill).  Installed only where that function gives back random queries and
-    keys bit for bit under identity tables (:func:`_is_rotation`); an
-    application finding another's installed leaves it, and whoever installed it
-    restores the family's function on exit: calls after that run the family's
-    own code, the same identity (only the time changes); :func:`guard` runs
-    the model through it against the model's own attention."""
-    module = sys.modules.get(type(model).__module__)
-    original = getattr(module, _ROPE_FUNCTION, None)
-    if original is None or getattr(original, _IDENTITY, False) \
-            or not _is_rotation(original, model, state.model_rope["rotary_dim"]):
-        return
-
-    @functools.wraps(original)
-    def skipping(q, k, cos, sin, *args, **kwargs):
-        if getattr(cos, _IDENTITY, False) and getattr(sin, _IDENTITY, False):
-            return q, k
-        return original(q, k, cos, sin, *args, **kwargs)
-    setattr(skipping, _IDENTITY, True)
-    setattr(module, _ROPE_FUNCTION, skipping)
-    undo.callback(_restore_rope_function, module, skipping, original)
-
-
-def _restore_rope_function(module, skipping, original) -> None:
-    if getattr(module, _ROPE_FUNCTION, None) is skipping:
-        setattr(module, _ROPE_FUNCTION, original)
-
-
-def _is_rotation(fn, model, rot: int) -> bool:
-    """Whether ``fn(q, k, ones, zeros)`` gives back random ``q, k`` bit for
-    bit: with the rotary channels alone, and with the whole head where the
-    function takes it (a function that permutes channels, or keeps some
-    elsewhere, does not qualify).  ``rot``: the rotary channels of a head."""
-    param = next(model.parameters())
-    cfg = model.config
-    head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    gen = torch.Generator().manual_seed(0)
-    one = torch.ones(1, 3, rot, dtype=param.dtype, device=param.device)
-    for width in dict.fromkeys((rot, head)):
-        q, k = (torch.randn(1, n, 3, width, generator=gen).to(param) for n in (2, 1))
-        try:
-            got = fn(q, k, one, torch.zeros_like(one))
-        except (RuntimeError, ValueError, TypeError, IndexError):
-            if width == rot:
-                return False
-            continue                                     # the module slices the head itself
-        if not (isinstance(got, tuple) and len(got) == 2 and torch.equal(got[0], q)
-                and torch.equal(got[1], k)):
-            return False
-    return True
 
 
 class _RuleRotary(torch.nn.Module):
