@@ -547,21 +547,25 @@ def run_checks(torch, args, device: str, out: Path) -> None:
         args.row_extra["fused_off"] = f"checks failed with it: {', '.join(bad)}"
 
 
-def piece_sizes(text: str | None) -> list:
-    """``--piece-tokens``: ``[None]`` (apply's default) or the listed sizes
-    (each an integer >= 1; exits naming a bad one)."""
-    if not text:
-        return [None]
-    sizes = []
+def int_list(flag: str, text: str, high: int | None = None) -> list[int]:
+    """A comma-separated list of integers ``>= 1`` (``<= high`` where given);
+    exits naming a bad one, before anything runs."""
+    values = []
     for part in str(text).split(","):
         try:
-            size = int(part)
+            value = int(part)
         except ValueError:
-            size = 0
-        if size < 1:
-            sys.exit(f"gpu_bench: --piece-tokens {text!r}: {part!r} is not an integer >= 1")
-        sizes.append(size)
-    return sizes
+            value = 0
+        if value < 1 or (high is not None and value > high):
+            allowed = ">= 1" if high is None else f"allowed 1..{high}"
+            sys.exit(f"gpu_bench: {flag} {text!r}: {part!r} is not an integer {allowed}")
+        values.append(value)
+    return values
+
+
+def piece_sizes(text: str | None) -> list:
+    """``--piece-tokens``: ``[None]`` (apply's default) or the listed sizes."""
+    return int_list("--piece-tokens", text) if text else [None]
 
 
 def main(argv=None) -> int:
@@ -575,12 +579,13 @@ def main(argv=None) -> int:
         cfg["num_hidden_layers"] = args.layers
     if args.kv_heads:
         cfg["num_key_value_heads"] = args.kv_heads
-    lengths = [int(x) for x in (args.lengths or (TINY_LENGTHS if args.tiny else GPU_LENGTHS))
-               .split(",")]
+    lengths = int_list("--lengths", args.lengths or (TINY_LENGTHS if args.tiny else GPU_LENGTHS),
+                       MAX_LENGTH)
+    ab_lengths = int_list("--decode-ab", args.decode_ab, MAX_LENGTH) if args.decode_ab else []
+    kernel_keys = int_list("--kernel-times", args.kernel_times, MAX_LENGTH) \
+        if args.kernel_times else []
     pieces = piece_sizes(args.piece_tokens)
     args.piece_tokens = pieces[0]
-    if any(not 1 <= n <= MAX_LENGTH for n in lengths):
-        sys.exit(f"gpu_bench: --lengths {lengths}: allowed 1..{MAX_LENGTH}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     budget = args.budget if args.budget is not None else (120.0 if args.tiny else 400.0)
     point_limit = args.point_limit if args.point_limit is not None else (
@@ -630,18 +635,13 @@ def main(argv=None) -> int:
                 "method", "length", "prefill_s", "peak_mem_bytes", "decode_ms_per_token",
                 "gflops_achieved", "oom", "skipped", "sdpa_backends", "piece_tokens")}),
                   flush=True)
-    if args.decode_ab:
-        from mesa_viz.results import append_jsonl
-        for r in decode_ab(torch, model, device, [int(x) for x in args.decode_ab.split(",")],
-                           max(2, args.decode_tokens), cfg["max_position_embeddings"],
-                           args.piece_tokens):
-            append_jsonl(out, {**r, **args.row_extra})
-    if args.kernel_times:
-        from mesa_viz.results import append_jsonl
-        T = cfg["max_position_embeddings"]
-        for r in kernel_times(torch, device, [int(x) for x in args.kernel_times.split(",")],
-                              cfg, T):
-            append_jsonl(out, {**r, **args.row_extra})
+    from mesa_viz.results import append_jsonl
+    T = cfg["max_position_embeddings"]
+    for r in decode_ab(torch, model, device, ab_lengths, max(2, args.decode_tokens), T,
+                       args.piece_tokens) if ab_lengths else []:
+        append_jsonl(out, {**r, **args.row_extra})
+    for r in kernel_times(torch, device, kernel_keys, cfg, T):
+        append_jsonl(out, {**r, **args.row_extra})
     if args.profile:
         text = profile_mesa(torch, model, args.profile, device)
         (out_dir / "profile.txt").write_text(text + "\n")

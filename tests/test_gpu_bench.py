@@ -51,6 +51,13 @@ def test_gpu_bench_refuses_lengths_past_a_million(tmp_path):
          "--lengths", "2000000", "--out", str(tmp_path)], capture_output=True, text=True,
         timeout=300)
     assert out.returncode != 0 and "allowed 1..1048576" in out.stderr
+    for flag in ("--decode-ab", "--kernel-times"):               # refused before any grid
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "gpu_bench.py"), "--tiny", "--no-check",
+             "--lengths", "64", flag, "512,x", "--out", str(tmp_path / flag)],
+            capture_output=True, text=True, timeout=300)
+        assert out.returncode != 0 and f"{flag} '512,x': 'x' is not an integer" in out.stderr
+        assert not (tmp_path / flag / "gpu_bench.jsonl").exists()
 
 
 def test_gpu_bench_tiny_checks_every_kernel_in_both_dtypes_and_at_long_positions(tmp_path):
