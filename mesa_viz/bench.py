@@ -352,6 +352,15 @@ def _decode(model, cache, token, steps: int, dev: str) -> list[float]:
     return seconds
 
 
+def _applied(stack: contextlib.ExitStack, runs: dict, train_length: int | None,
+             piece_tokens: int | None) -> None:
+    """Enter ``apply(model, method)`` for every run of ``runs`` on ``stack``."""
+    from .application import apply, train_length_of
+    for model, method in runs.values():
+        T = train_length or train_length_of(model)
+        stack.enter_context(apply(model, method, train_length=T, piece_tokens=piece_tokens))
+
+
 def interleaved_decode(runs: dict, length: int, steps: int, *, train_length: int | None = None,
                        seed: int = 0, piece_tokens: int | None = None) -> dict:
     """Greedy decode steps of several runs taken in turn, one step of each
@@ -366,17 +375,14 @@ def interleaved_decode(runs: dict, length: int, steps: int, *, train_length: int
     ``{label: {"seconds": [...], "tokens": [...]}}`` per step.
     """
     import torch
-
-    from .application import apply, presized_cache, train_length_of
     got = {label: {"seconds": [], "tokens": []} for label in runs}
     with torch.no_grad(), contextlib.ExitStack() as stack:
+        _applied(stack, runs, train_length, piece_tokens)
         state = {}
-        for label, (model, method) in runs.items():
-            T = train_length or train_length_of(model)
-            stack.enter_context(apply(model, method, train_length=T, piece_tokens=piece_tokens))
-            ids = random_ids(model.config.vocab_size, length, seed, model_device(model))
-            out = model(ids, use_cache=True, logits_to_keep=1,
-                        **{_cache_kwarg(model): presized_cache(model, length)})
+        for label, (model, _) in runs.items():
+            dev = model_device(model)
+            out, _ = _prefill(model, random_ids(model.config.vocab_size, length, seed, dev), dev,
+                              exact=False, record_sdpa=False)
             state[label] = (_out_cache(out), out.logits[:, -1:].argmax(-1))
             del out
         for _ in range(steps):
@@ -389,34 +395,6 @@ def interleaved_decode(runs: dict, length: int, steps: int, *, train_length: int
     return got
 
 
-def weight_sharing_twin(model):
-    """A second model object holding the same parameter tensors (no copy of
-    the weights; its own modules and buffers), so that ``apply`` can hold
-    another method on it beside the first model's."""
-    return copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
-
-
-def decode_ab(model, methods, lengths, steps: int, *, train_length: int | None = None,
-              seed: int = 0, piece_tokens: int | None = None):
-    """Rows ``kind: decode-ab``, yielded length by length (save each as it
-    comes): the two ``methods``' greedy decode, one step of each in turn
-    (:func:`interleaved_decode`, the second on a :func:`weight_sharing_twin`):
-    every step's milliseconds, the medians (first step left out: compiles,
-    first rotations) and the median of the per-step ratios, second over first
-    (:func:`paired_ratio`)."""
-    a, b = _two_methods(methods)
-    twin = weight_sharing_twin(model)
-    for n in lengths:
-        got = interleaved_decode({a: (model, a), b: (twin, b)}, n, steps,
-                                 train_length=train_length, seed=seed, piece_tokens=piece_tokens)
-        ms = {k: [1e3 * x for x in v["seconds"]] for k, v in got.items()}
-        med = {k: statistics.median(v[1:]) for k, v in ms.items()}
-        yield {"kind": "decode-ab", "length": n, "steps": steps, "methods": [a, b],
-               "device": model_device(model), "ms_all": ms, "ms": med,
-               "ratio_paired": paired_ratio(ms[b], ms[a]), "ratio_of_medians": med[b] / med[a],
-               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-
-
 def interleaved_prefill(runs: dict, length: int, rounds: int, *,
                         train_length: int | None = None, seed: int = 0,
                         piece_tokens: int | None = None, progress: bool = False) -> dict:
@@ -427,22 +405,56 @@ def interleaved_prefill(runs: dict, length: int, rounds: int, *,
     Returns ``{label: [seconds, ...]}`` (one a round)."""
     import torch
     from tqdm.auto import tqdm
-
-    from .application import apply, train_length_of
     got = {label: [] for label in runs}
+    ids = {label: random_ids(model.config.vocab_size, length, seed, model_device(model))
+           for label, (model, _) in runs.items()}
     with torch.no_grad(), contextlib.ExitStack() as stack:
-        for model, method in runs.values():
-            T = train_length or train_length_of(model)
-            stack.enter_context(apply(model, method, train_length=T, piece_tokens=piece_tokens))
+        _applied(stack, runs, train_length, piece_tokens)
         for _ in tqdm(range(rounds), desc=f"prefill A/B, {length} tokens", unit="round",
                       disable=not progress):
             for label, (model, _) in runs.items():
-                dev = model_device(model)
-                ids = random_ids(model.config.vocab_size, length, seed, dev)
-                out, p = _prefill(model, ids, dev, exact=False, record_sdpa=False)
+                out, p = _prefill(model, ids[label], model_device(model), exact=False,
+                                  record_sdpa=False)
                 del out
                 got[label].append(p.seconds)
     return got
+
+
+def weight_sharing_twin(model):
+    """A second model object holding the same parameter tensors (no copy of
+    the weights; its own modules and buffers), so that ``apply`` can hold
+    another method on it beside the first model's."""
+    return copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
+
+
+def _ab_runs(model, methods) -> tuple[str, str, dict]:
+    """``(a, b, runs)``: two different methods, ``a`` on ``model`` and ``b``
+    on its :func:`weight_sharing_twin`."""
+    names = list(methods)
+    if len(names) != 2 or names[0] == names[1]:
+        raise ValueError(f"an A/B takes two different methods: got {names}")
+    a, b = names
+    return a, b, {a: (model, a), b: (weight_sharing_twin(model), b)}
+
+
+def decode_ab(model, methods, lengths, steps: int, *, train_length: int | None = None,
+              seed: int = 0, piece_tokens: int | None = None):
+    """Rows ``kind: decode-ab``, yielded length by length (save each as it
+    comes): the two ``methods``' greedy decode, one step of each in turn
+    (:func:`interleaved_decode`, the second on a :func:`weight_sharing_twin`):
+    every step's milliseconds, the medians (first step left out: compiles,
+    first rotations) and the median of the per-step ratios, second over first
+    (:func:`paired_ratio`)."""
+    a, b, runs = _ab_runs(model, methods)
+    for n in lengths:
+        got = interleaved_decode(runs, n, steps, train_length=train_length, seed=seed,
+                                 piece_tokens=piece_tokens)
+        ms = {k: [1e3 * x for x in v["seconds"]] for k, v in got.items()}
+        med = {k: statistics.median(v[1:]) for k, v in ms.items()}
+        yield {"kind": "decode-ab", "length": n, "steps": steps, "methods": [a, b],
+               "device": model_device(model), "ms_all": ms, "ms": med,
+               "ratio_paired": paired_ratio(ms[b], ms[a]), "ratio_of_medians": med[b] / med[a],
+               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 def prefill_ab(model, methods, lengths, repeats: int, *, warmup: int = 1,
@@ -456,24 +468,15 @@ def prefill_ab(model, methods, lengths, repeats: int, *, warmup: int = 1,
     (:func:`paired_ratio`): a machine whose speed drifts slows both alike."""
     _check_int("repeats", repeats, 1)
     _check_int("warmup", warmup, 0)
-    a, b = _two_methods(methods)
-    twin = weight_sharing_twin(model)
+    a, b, runs = _ab_runs(model, methods)
     for n in lengths:
-        s = interleaved_prefill({a: (model, a), b: (twin, b)}, n, warmup + repeats,
-                                train_length=train_length, seed=seed, piece_tokens=piece_tokens,
-                                progress=progress)
+        s = interleaved_prefill(runs, n, warmup + repeats, train_length=train_length, seed=seed,
+                                piece_tokens=piece_tokens, progress=progress)
         med = {k: statistics.median(v[warmup:]) for k, v in s.items()}
         yield {"kind": "prefill-ab", "length": n, "repeats": repeats, "warmup": warmup,
                "methods": [a, b], "device": model_device(model), "s_all": s, "s": med,
                "ratio_paired": paired_ratio(s[b], s[a], skip=warmup),
                "ratio_of_medians": med[b] / med[a], "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-
-
-def _two_methods(methods) -> tuple[str, str]:
-    names = list(methods)
-    if len(names) != 2 or names[0] == names[1]:
-        raise ValueError(f"decode A/B takes two different methods: got {names}")
-    return names[0], names[1]
 
 
 def paired_ratio(a: list[float], b: list[float], skip: int = 1) -> float:

@@ -250,8 +250,9 @@ def estimate_peak_bytes(config, method_name, seq_len: int, *, dtype_bytes: int =
     after the other, so the peak is the cache plus the larger of two phases.
     A prefill the method runs in pieces (:meth:`Method.prefill_pieces`, at
     most ``piece_tokens`` tokens a forward, default
-    :func:`mesa_viz.methods.default_piece_tokens` as ``apply`` does: Mesa past ``T``) holds the activations of its longest
-    piece, ``p`` tokens, in place of ``n`` (``p = n`` otherwise):
+    :func:`mesa_viz.methods.default_piece_tokens` as ``apply`` does: Mesa past
+    ``T``) holds the activations of its longest piece, ``p`` tokens, in place
+    of ``n`` (``p = n`` otherwise):
 
     * KV cache ``2 * layers * kv_heads * head_dim * (n + decode_tokens) * b``
       (times ``1 + fragmentation``);

@@ -125,9 +125,9 @@ def parse(argv=None):
                         "row's; the fused launch is turned off for the run where they differ")
     p.add_argument("--piece-tokens", default=None, metavar="N[,N...]",
                    help="most tokens one forward of Mesa's prefill in pieces holds (default: "
-                        "apply's: half the training length, at least 16,384 on a GPU; rows say it); more than one value: "
-                        "the grid with the first, then Mesa's points again with each other "
-                        "(an A/B in one call)")
+                        "apply's: half the training length, at least 16,384 on a GPU; rows say "
+                        "it); more than one value: the grid with the first, then Mesa's points "
+                        "again with each other (an A/B in one call)")
     p.add_argument("--kernel-times", default=None, metavar="N[,N...]",
                    help="after the grid, time Mesa's two Triton launches alone at these key "
                         "counts under a few launch settings (rows kind kernel-time; needs CUDA "
