@@ -134,19 +134,22 @@ SMALL_ROTATION = 1 << 16
 
 
 def rotate(x: torch.Tensor, rope: "Rope | RopeTables", pos: torch.Tensor,
-           key=None) -> torch.Tensor:
+           key=None, out: torch.Tensor | None = None) -> torch.Tensor:
     """``x [..., len(pos), head_dim]`` rotated to positions ``pos``: channel
     ``c`` pairs with ``c + rot_dim/2`` (half-split RoPE); channels past
-    ``rot_dim`` pass through (partial rotary).  ``key``: see :class:`RopeTables`."""
+    ``rot_dim`` pass through (partial rotary).  ``key``: see :class:`RopeTables`.
+    ``out`` (optional, any strides): written there and returned."""
     C, S = rope.cos_sin(pos, x.dtype) if key is None else rope.cos_sin(pos, x.dtype, key)
     half = C.shape[-1]
     xr = x[..., :2 * half].unflatten(-1, (2, half))                 # [..., L, 2, half]
     if (torch.is_grad_enabled() and x.requires_grad) or x.numel() <= SMALL_ROTATION:
         # autograd (no out= ops), or a few rows (a decode step's): fewer, smaller launches
-        out = torch.addcmul(xr * C, xr.flip(-2), S).flatten(-2)
-        return torch.cat((out, x[..., 2 * half:]), dim=-1) if 2 * half < x.shape[-1] else out
+        y = torch.addcmul(xr * C, xr.flip(-2), S).flatten(-2)
+        y = torch.cat((y, x[..., 2 * half:]), dim=-1) if 2 * half < x.shape[-1] else y
+        return y if out is None else out.copy_(y)
     shape = x.shape[:-2] + (C.shape[0], x.shape[-1])          # x has len(pos) rows, or 1
-    out = torch.empty(shape, dtype=x.dtype, device=x.device)   # written in place: no temporaries
+    if out is None:                                           # written in place: no temporaries
+        out = torch.empty(shape, dtype=x.dtype, device=x.device)
     o = out[..., :2 * half].unflatten(-1, (2, half))
     torch.mul(xr, C, out=o)
     o[..., 0, :].addcmul_(xr[..., 1, :], S[..., 0, :])
@@ -676,13 +679,21 @@ class StairGeometry:
     scores exactly ``P(i - j)``, for ``E`` rotations of the far keys instead of
     one per query.  Near keys (``i - j < N``) keep their linear positions.
 
+    Key groups.  Read the same identity by the key: within group ``b`` (the
+    far keys with ``b_j = b``, every ``E``-th key) the stair position is the
+    difference of the key position ``-(N + a_j)`` and the query position ``m +
+    [r >= E - b]``.  So the far keys are rotated once, grouped by ``b_j``
+    (:func:`_far_groups`), and each group is scored for all the rows of a block
+    at once, with the queries rotated to that group's positions (two values per
+    query, ``m`` or ``m + 1``): ``E`` calls of every row against a ``1/E`` of the
+    keys, instead of ``E`` classes of ``1/E`` of the rows against all keys (which
+    the CPU's flash kernel runs at half the rate: few rows over many keys).
+    Near keys (``i - j < N``) keep their linear positions.
+
     ``deep = D``: keys ``0..D-1`` are far for every query of a call from
-    ``i0`` (``D = max(0, i0 - N + 1)``).  They are rotated once, to ``-(N +
-    a_j)``, and sorted by ``b_j``; class ``r`` scores those with ``b_j < E - r``
-    with its query at ``m`` and the rest at ``m + 1`` (two contiguous ranges).
-    Far keys past ``D`` are rotated per class.  A single query (a decode step)
-    needs no classes: far keys with the same step form runs of ``E``, and the
-    query is rotated to each step instead (:func:`_stair_one`).
+    ``i0`` (``D = max(0, i0 - N + 1)``), never near.  A single query (a decode
+    step) needs no groups: far keys with the same step form runs of ``E``, and
+    the query is rotated to each step instead (:func:`_stair_one`).
     """
 
     last_start: int
@@ -715,113 +726,86 @@ def _stair_rows(q, k, v, i0, rope, scale, backend, last_start, stair_start, stai
     Stair PE (:class:`StairGeometry`).  ``q [b, h, q_len, d]``, ``k, v [b,
     kv_h, i0 + q_len, d]``; returns ``[b, h, q_len, d_v]``.
 
-    Near keys (``i - j < N``) are scored for all rows at once at their own
-    positions (:func:`_stair_near`), far keys by residue class
-    (:func:`_stair_far`); the two merge by log-sum-exp."""
+    In blocks of rows, one softmax over several key sets
+    (:func:`attention_sets.attend_sets`): the near keys (``i - j < N``) at
+    their own positions, and the far keys group by group
+    (:func:`_far_groups`), each with the queries rotated to its positions."""
     if q.shape[2] == 1:                                   # a generated token
         return _stair_one(q, k, v, i0, rope, scale, backend, last_start, stair_start,
                           stair_width)
     geo = StairGeometry.for_queries(i0, last_start, stair_start, stair_width)
     pos = _arange(i0, k.shape[2], q.device)
-    parts = [_stair_near(q, k, v, pos, rope, scale, backend, geo)] if stair_start else []
-    if k.shape[2] - 1 >= stair_start:                     # some row has far keys
-        parts.append(_stair_far(q, k, v, pos, rope, scale, backend, geo))
-    return sets.merge_lse(parts)[0]
+    n_far = k.shape[2] - stair_start                      # far keys of the last query
+    near = _near_keys(q, k, pos, rope, geo) if stair_start else None
+    far = _far_groups(k, v, rope, geo, n_far) if n_far > 0 else None
+    B = sets.block_size(q, k.shape[2], backend)
+    out = [sets.attend_sets(_block_sets(q, v, pos[a:a + B], a, rope, geo, near, far),
+                            scale, backend)
+           for a in range(0, len(pos), B)]
+    return torch.cat(out, dim=2) if len(out) > 1 else out[0]
 
 
-def _stair_near(q, k, v, pos, rope, scale, backend, geo: StairGeometry):
-    """``(out, lse)`` of queries at ``pos`` over their near keys ``0 <= i - j
-    < N`` at linear positions, in blocks of rows (keys past the deep ones)."""
-    N, D, dev = geo.stair_start, geo.deep, q.device
-    i0, Lk = int(pos[0]), k.shape[2]
-    kn = rotate(k[:, :, D:], rope, _arange(D, Lk, dev), ("lin", D, Lk))
-    qn = rotate(q, rope, pos, ("lin", i0, Lk))
-    B = sets.block_size(q, 2 * N, backend)
+def _near_keys(q, k, pos, rope, geo: StairGeometry):
+    """``(q, k)`` at linear positions: the queries at ``pos`` and the keys
+    from ``deep`` on (the only ones any of them sees as near)."""
+    D, Lk, i0 = geo.deep, k.shape[2], int(pos[0])
+    return (rotate(q, rope, pos, ("lin", i0, Lk)),
+            rotate(k[:, :, D:], rope, _arange(D, Lk, q.device), ("lin", D, Lk)))
+
+
+def _far_groups(k, v, rope, geo: StairGeometry, n_far: int):
+    """The far keys ``0..n_far-1`` of a call grouped by ``b_j``
+    (:class:`StairGeometry`), each group in key order and rotated once to
+    ``-(N + a_j)``: ``(keys, values, groups)``, ``groups[b] = (lo, j)`` the
+    group's first row in ``keys`` and its key positions ``j``.  Group ``b``
+    holds ``j = c, c + E, ...`` with ``c = (s - N - b) mod E``: one strided
+    slice each, copied (and rotated) straight into its place."""
+    E = geo.stair_width
+    keys = k.new_empty(k.shape[:2] + (n_far, k.shape[-1]))
+    values = v.new_empty(v.shape[:2] + (n_far, v.shape[-1]))
+    groups, lo = [], 0
+    for b in range(E):
+        c = (geo.last_start - geo.stair_start - b) % E
+        j = torch.arange(c, max(c, n_far), E, device=k.device)
+        hi = lo + len(j)
+        rotate(k[:, :, c:n_far:E], rope, geo.key_position(j, 0),
+               ("far", n_far, geo.last_start, geo.stair_start, E, b), out=keys[:, :, lo:hi])
+        values[:, :, lo:hi] = v[:, :, c:n_far:E]
+        groups.append((lo, j))
+        lo = hi
+    return keys, values, groups
+
+
+def _block_sets(q, v, ib, a, rope, geo: StairGeometry, near, far):
+    """The key sets of the query rows ``a..`` at positions ``ib`` for
+    :func:`attention_sets.attend_sets`: ``(q, k, v, mask)`` of the near keys
+    they see, then of each far group's keys that the block's last row sees (a
+    prefix of the group): those the first row sees too without a mask, the
+    rest with ``mask [rows, keys]``."""
+    N, E, D, dev = geo.stair_start, geo.stair_width, geo.deep, q.device
+    rows, i_last = slice(a, a + len(ib)), int(ib[-1])
     out = []
-    for a in range(0, len(pos), B):
-        ib = pos[a:a + B]
-        n0, n1 = max(D, int(ib[0]) - N + 1), int(ib[-1]) + 1
+    if near is not None:
+        n0, n1 = max(D, int(ib[0]) - N + 1), i_last + 1
         jn = _arange(n0, n1, dev)
         mask = (jn[None, :] <= ib[:, None]) & (ib[:, None] - jn[None, :] < N)
-        out.append(sets.attend_lse(qn[:, :, a:a + B], kn[:, :, n0 - D:n1 - D], v[:, :, n0:n1],
-                                   mask, scale, backend))
-    return _cat_lse(out)
-
-
-def _cat_lse(parts):
-    """``(out, lse)`` pieces of consecutive rows joined along the rows."""
-    return tuple(torch.cat(x, dim=2) for x in zip(*parts)) if len(parts) > 1 else parts[0]
-
-
-def _no_keys(q, v):
-    """``(out, lse)`` of rows that see no key of a set (weight 0 in a merge)."""
-    shape = q.shape[:3]
-    return (q.new_zeros(shape + (v.shape[-1],)),
-            torch.full(shape, -math.inf, dtype=torch.float32, device=q.device))
-
-
-def _stair_far(q, k, v, pos, rope, scale, backend, geo: StairGeometry):
-    """``(out, lse)`` of queries at ``pos`` over their far keys (``i - j >=
-    N``), one residue class at a time (:class:`StairGeometry`); ``lse =
-    -inf`` for rows without far keys."""
-    E, Lq = geo.stair_width, q.shape[2]
-    deep = _deep_keys(k, v, rope, geo) if geo.deep else None
-    out, lse = _no_keys(q, v)
-    for x in range(min(E, Lq)):                           # one residue class each
-        idx = torch.arange(x, Lq, E, device=q.device)
-        out[:, :, idx], lse[:, :, idx] = _stair_class(geo, q[:, :, idx], pos[idx], k, v, deep,
-                                                      rope, scale, backend)
-    return out, lse
-
-
-def _deep_keys(k, v, rope, geo: StairGeometry):
-    """Far keys ``0..D-1``, seen by every query of the call, rotated once to
-    ``-(N + a_j)`` and sorted by ``b_j`` (:class:`StairGeometry`).  Returns
-    ``(k_deep, v_deep, bounds)``, ``bounds[b]`` the start of group ``b``
-    (``bounds[E] = D``)."""
-    D, E = geo.deep, geo.stair_width
-    j = _arange(0, D, k.device)
-    b = torch.remainder(geo.last_start - geo.stair_start - j, E)
-    order = torch.argsort(b * D + j)                      # by group, then by position
-    kd = rotate(k.index_select(2, order), rope, geo.key_position(j[order], 0),
-                ("deep", D, geo.last_start, geo.stair_start, E))
-    bounds = [0] + torch.cumsum(torch.bincount(b, minlength=E), 0).tolist()
-    return kd, v.index_select(2, order), bounds
-
-
-def _stair_class(geo: StairGeometry, q, i, k, v, deep, rope, scale, backend):
-    """``(out, lse)`` of the queries ``q [b, h, R, d]`` at positions ``i`` of
-    one residue class ``r`` over their far keys: the deep keys (:func:`_deep_keys`,
-    query at ``m`` for groups ``b_j < E - r``, at ``m + 1`` for the rest; no
-    mask) and the far keys past them, rotated here to
-    :meth:`StairGeometry.key_position` (masked ``i - j >= N``), in row blocks."""
-    N, D, dev = geo.stair_start, geo.deep, q.device
-    r, name = geo.residue(int(i[0])), (int(i[0]), int(i[-1]), len(i))
-    step = geo.step(i)
-    q_step = rotate(q, rope, step, ("stair-q", *name))
-    f_all = max(D, int(i[-1]) - N + 1)                    # far keys of the last query
-    je = _arange(D, f_all, dev)
-    k_edge = rotate(k[:, :, D:f_all], rope, geo.key_position(je, r), ("stair-k", r, D, f_all))
-    deep_sets = []
-    if deep is not None:
-        kd, vd, bounds = deep
-        cut = bounds[geo.stair_width - r]
-        deep_sets = [(q_step, kd[:, :, :cut], vd[:, :, :cut]),
-                     (rotate(q, rope, step + 1, ("stair-q1", *name)), kd[:, :, cut:],
-                      vd[:, :, cut:])]
-    B = sets.block_size(q, k.shape[2], backend)
-    out = []
-    for a in range(0, len(i), B):
-        ib = i[a:a + B]
-        parts = [sets.attend_lse(qx[:, :, a:a + B], kx, vx, None, scale, backend)
-                 for qx, kx, vx in deep_sets if kx.shape[2]]
-        f1 = max(D, int(ib[-1]) - N + 1)
-        if f1 > D:
-            mask = ib[:, None] - je[None, :f1 - D] >= N
-            parts.append(sets.attend_lse(q_step[:, :, a:a + B], k_edge[:, :, :f1 - D],
-                                         v[:, :, D:f1], mask, scale, backend))
-        out.append(sets.merge_lse(parts) if parts else _no_keys(q[:, :, a:a + B], v))
-    return _cat_lse(out)
+        out.append((near[0][:, :, rows], near[1][:, :, n0 - D:n1 - D], v[:, :, n0:n1], mask))
+    if far is None:
+        return out
+    keys, values, groups = far
+    m, r = geo.step(ib), torch.remainder(ib - geo.last_start, E)
+    for b, (lo, j) in enumerate(groups):
+        n0, n = (int(x) for x in torch.searchsorted(j, ib[[0, -1]] - N, right=True))
+        if n == 0:                                        # j <= i - N: none for the last row
+            continue
+        qb = rotate(q[:, :, rows], rope, m + (r >= E - b).to(m.dtype),
+                    ("stair-q", int(ib[0]), len(ib), b))
+        if n0:
+            out.append((qb, keys[:, :, lo:lo + n0], values[:, :, lo:lo + n0], None))
+        if n > n0:
+            out.append((qb, keys[:, :, lo + n0:lo + n], values[:, :, lo + n0:lo + n],
+                        j[None, n0:n] <= ib[:, None] - N))
+    return out
 
 
 def _stair_one(q, k, v, i, rope, scale, backend, last_start, stair_start, stair_width):
@@ -940,8 +924,8 @@ def _mesa_blocked_rows(method: Mesa, seq_len: int) -> int:
     return 0
 
 
-#: The last piece's O(n) copies of one layer: the deep keys and their values
-#: (:func:`_deep_keys`) and transients (the cache is presized by ``apply``).
+#: The last piece's O(n) copies of one layer: the far keys and their values grouped
+#: (:func:`_far_groups`) and transients (the cache is presized by ``apply``).
 MESA_KV_COPIES = 3
 
 
@@ -967,17 +951,28 @@ def mesa(method, q, k, v, i0, rope, scale, backend):
         return origin(method, q, k, v, i0, rope, scale, backend)
     end, s, F = i0 + q.shape[2], plan.last_start, method.first_chunk
     _check_piece(plan, i0, end)
-    parts = []
+    if i0 >= s:                                           # last-chunk rows only
+        return _mesa_last(method, q, k, v, i0, rope, scale, backend)
+    out = _model_layout(q, v)
     if i0 == 0:
-        parts.append(origin(method, q[:, :, :F], k[:, :, :F], v[:, :, :F], 0, rope, scale,
-                            backend))
+        out[:, :, :F] = origin(method, q[:, :, :F], k[:, :, :F], v[:, :, :F], 0, rope, scale,
+                               backend)
     middle = [c for c in plan.middle if i0 <= c[0] and c[1] <= end]
     if middle:
-        parts.append(_mesa_middle(method, q, k, v, i0, middle, rope, scale, backend))
+        _mesa_middle(method, q, k, v, i0, middle, rope, scale, backend,
+                     out[:, :, middle[0][0] - i0:middle[-1][1] - i0])
     if end > s:
-        a = max(i0, s)
-        parts.append(_mesa_last(method, q[:, :, a - i0:], k, v, a, rope, scale, backend))
-    return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+        out[:, :, s - i0:] = _mesa_last(method, q[:, :, s - i0:], k, v, s, rope, scale,
+                                        backend)
+    return out
+
+
+def _model_layout(q, v) -> torch.Tensor:
+    """An empty output ``[b, h, q_len, d_v]`` laid out as the model reads it
+    (``[b, q_len, h, d_v]`` contiguous), so that its parts are written in place
+    and the application's ``transpose(1, 2).contiguous()`` copies nothing."""
+    b, h, L, _ = q.shape
+    return q.new_empty(b, L, h, v.shape[-1]).transpose(1, 2)
 
 
 def _check_piece(plan, i0: int, end: int) -> None:
@@ -1001,7 +996,7 @@ def _log_scale(q, method: Mesa, i):
     return q * f.to(q.dtype)[:, None]
 
 
-def _mesa_middle(method: Mesa, q, k, v, i0, middle, rope, scale, backend):
+def _mesa_middle(method: Mesa, q, k, v, i0, middle, rope, scale, backend, out):
     """Whole middle chunks ``middle`` (consecutive ``(start, stop)`` pairs) of
     the queries from ``i0``, as one batch ``[b * chunks, h, C, d]``: each
     chunk's queries see the first chunk at ``0..first-1`` and themselves
@@ -1010,7 +1005,7 @@ def _mesa_middle(method: Mesa, q, k, v, i0, middle, rope, scale, backend):
     causal attention aligned at the bottom right: CPU in 256-row sub-blocks
     (:func:`attention_sets.causal_rows_cpu`), GPU SDPA with a lower-right
     causal bias, eager a ``[C, first + C]`` mask.  No query of the first chunk
-    is recomputed.  Returns ``[b, h, chunks * C, d_v]``."""
+    is recomputed.  Writes ``out [b, h, chunks * C, d_v]`` (any strides)."""
     F, C, nc = method.first_chunk, method.chunk_size, len(middle)
     a, b = middle[0][0], middle[-1][1]
     bs, dev = q.shape[0], q.device
@@ -1028,17 +1023,20 @@ def _mesa_middle(method: Mesa, q, k, v, i0, middle, rope, scale, backend):
     kk = behind_first(rotate(k[:, :, :F], rope, _arange(0, F, dev), ("lin", 0, F)),
                       rotate(chunks(k, 0), rope, _arange(F, F + C, dev), own))
     vv = behind_first(v[:, :, :F], chunks(v, 0))
+    by_chunk = out.unflatten(2, (nc, C)).transpose(1, 2)  # [bs, nc, h, C, d_v], views
     if backend in sets.FUSED_BACKENDS and sets.uses_cpu_paths(q, backend):
-        o = sets.causal_rows_cpu(qc, kk, vv, F, scale)
-    elif backend in sets.FUSED_BACKENDS:
+        for x in range(bs):                                # each chunk straight into out
+            rows = slice(x * nc, (x + 1) * nc)
+            sets.causal_rows_cpu(qc[rows], kk[rows], vv[rows], F, scale, out=by_chunk[x])
+        return
+    if backend in sets.FUSED_BACKENDS:
         o = sets.causal_lower_right_sdpa(qc, kk, vv, scale, backend)
     else:
         mask = torch.ones(F + C, F + C, dtype=torch.bool, device=dev).tril()[F:]
         g = max(1, sets.block_size(q, F + C, backend) // C)
         o = torch.cat([sets.sdpa(qc[c:c + g], kk[c:c + g], vv[c:c + g], mask, scale, backend)
                        for c in range(0, bs * nc, g)], dim=0)
-    o = o.reshape(bs, nc, o.shape[1], C, -1).transpose(1, 2)
-    return o.reshape(bs, o.shape[1], nc * C, -1)
+    by_chunk.copy_(o.unflatten(0, (bs, nc)))
 
 
 def _mesa_last(method: Mesa, q, k, v, i0, rope, scale, backend):

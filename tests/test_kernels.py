@@ -168,6 +168,22 @@ def test_gpu_paths_match_dense(case, few_rows, monkeypatch):
         assert (gpu.double() - want).abs().max().item() <= 1e-5, i0
 
 
+@pytest.mark.parametrize("case", ["mesa", "stair", "stair-from-0"])
+@pytest.mark.parametrize("block", [7, 16, 33])
+def test_stair_row_blocks_match_dense(case, block, monkeypatch):
+    """Per-query Stair PE on CPU in several row blocks (``CPU_BLOCK`` made
+    small): each far key group is seen by a block's rows through a prefix of
+    the group, unmasked where the first row sees it too, masked at the edge,
+    and not at all by rows too early for it; all exact against the reference."""
+    method = _method_of(case)
+    m = get_method(method, train_length=64, **PREFILL_CASES[case]).resolve(150,
+                                                                            prefill_length=150)
+    q, k, v = _qkv(150, 150, seed=11)
+    monkeypatch.setattr(attention_sets, "CPU_BLOCK", block)
+    got = _attend(m, q, k, v, 0)
+    assert (got.double() - _dense(m, q, k, v, 0, D ** -0.5)).abs().max().item() <= 1e-5
+
+
 def test_forced_gpu_origin_blocks_run(monkeypatch):
     """The forced GPU path of a continued prompt really runs blocked masked SDPA
     (not the fused causal kernel, which serves only a prefill from 0)."""
