@@ -372,10 +372,12 @@ def interleaved_decode(runs: dict, length: int, steps: int, *, train_length: int
     ``runs``: ``{label: (model, method)}`` with one model object per run
     (``apply`` holds one method per model; :func:`weight_sharing_twin` gives
     a second one on the same weights).  Returns
-    ``{label: {"seconds": [...], "tokens": [...]}}`` per step.
+    ``{label: {"seconds": [...], "tokens": [...], "sdpa": {...}}}``: per step,
+    and the SDPA backends the first step's calls went to (:func:`sdpa_choices`;
+    that step is left out of the medians).
     """
     import torch
-    got = {label: {"seconds": [], "tokens": []} for label in runs}
+    got = {label: {"seconds": [], "tokens": [], "sdpa": {}} for label in runs}
     with torch.no_grad(), contextlib.ExitStack() as stack:
         _applied(stack, runs, train_length, piece_tokens)
         state = {}
@@ -385,10 +387,12 @@ def interleaved_decode(runs: dict, length: int, steps: int, *, train_length: int
                               exact=False, record_sdpa=False)
             state[label] = (_out_cache(out), out.logits[:, -1:].argmax(-1))
             del out
-        for _ in range(steps):
+        for n in range(steps):
             for label, (model, _) in runs.items():
                 cache, token = state[label]
-                dt, token, cache = _step(model, cache, token, model_device(model))
+                with sdpa_choices() if n == 0 else contextlib.nullcontext({}) as counts:
+                    dt, token, cache = _step(model, cache, token, model_device(model))
+                got[label]["sdpa"].update(counts)
                 state[label] = (cache, token)
                 got[label]["seconds"].append(dt)
                 got[label]["tokens"].append(int(token[0, 0]))
@@ -444,7 +448,7 @@ def decode_ab(model, methods, lengths, steps: int, *, train_length: int | None =
     (:func:`interleaved_decode`, the second on a :func:`weight_sharing_twin`):
     every step's milliseconds, the medians (first step left out: compiles,
     first rotations) and the median of the per-step ratios, second over first
-    (:func:`paired_ratio`)."""
+    (:func:`paired_ratio`), and the SDPA backends of each method's first step."""
     a, b, runs = _ab_runs(model, methods)
     for n in lengths:
         got = interleaved_decode(runs, n, steps, train_length=train_length, seed=seed,
@@ -454,6 +458,7 @@ def decode_ab(model, methods, lengths, steps: int, *, train_length: int | None =
         yield {"kind": "decode-ab", "length": n, "steps": steps, "methods": [a, b],
                "device": model_device(model), "ms_all": ms, "ms": med,
                "ratio_paired": paired_ratio(ms[b], ms[a]), "ratio_of_medians": med[b] / med[a],
+               "sdpa_backends": {k: v["sdpa"] for k, v in got.items()},
                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 

@@ -136,6 +136,11 @@ def parse(argv=None):
                    help="after the grid, origin's and Mesa's decode at these lengths one step "
                         "of each in turn (--decode-tokens steps each; rows kind decode-ab with "
                         "the paired ratio)")
+    p.add_argument("--prefill-ab", default=None, metavar="N[,N...]",
+                   help="after the grid, origin's and Mesa's prefills at these lengths taken in "
+                        "turn (two warm-up rounds, then --prefill-ab-rounds; rows kind "
+                        "prefill-ab with the paired ratio)")
+    p.add_argument("--prefill-ab-rounds", type=int, default=5, metavar="N")
     p.add_argument("--long-memory-cap-gib", type=float, default=None, metavar="GIB",
                    help="cap this process's CUDA memory at GIB for the long row "
                         "(torch.cuda.set_per_process_memory_fraction), e.g. 79.6 to hold an "
@@ -336,21 +341,19 @@ def kernel_times(torch, device: str, lengths: list[int], cfg: dict, T: int) -> l
     return rows
 
 
-def decode_ab(torch, model, device: str, lengths: list[int], steps: int, T: int,
-              piece_tokens: int | None) -> list[dict]:
-    """Origin's and Mesa's decode at each length, one step of each in turn
-    (``bench.decode_ab``: the host's drift between points does not enter the
-    ratio), printed and returned as rows."""
-    from mesa_viz import bench
-    rows = []
-    for row in bench.decode_ab(model, ["origin", "mesa"], lengths, steps, train_length=T,
-                               piece_tokens=piece_tokens):
-        print("gpu_bench: decode-ab " + json.dumps({k: v for k, v in row.items()
-                                                   if k != "ms_all"}), flush=True)
-        rows.append(row)
+def ab_rows(torch, device: str, label: str, rows) -> list[dict]:
+    """The rows of an A/B (``bench.decode_ab``, ``bench.prefill_ab``: two methods
+    taken in turn, so the host's drift between points does not enter the
+    ratio), each printed as it comes (without its per-step list) and the
+    device's cache emptied after it."""
+    got = []
+    for row in rows:
+        print(f"gpu_bench: {label} " + json.dumps({k: v for k, v in row.items()
+                                                  if k not in ("ms_all", "s_all")}), flush=True)
+        got.append(row)
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
-    return rows
+    return got
 
 
 def fused_off(why: str) -> None:
@@ -582,6 +585,8 @@ def main(argv=None) -> int:
     lengths = int_list("--lengths", args.lengths or (TINY_LENGTHS if args.tiny else GPU_LENGTHS),
                        MAX_LENGTH)
     ab_lengths = int_list("--decode-ab", args.decode_ab, MAX_LENGTH) if args.decode_ab else []
+    prefill_ab_lengths = int_list("--prefill-ab", args.prefill_ab, MAX_LENGTH) \
+        if args.prefill_ab else []
     kernel_keys = int_list("--kernel-times", args.kernel_times, MAX_LENGTH) \
         if args.kernel_times else []
     pieces = piece_sizes(args.piece_tokens)
@@ -637,9 +642,15 @@ def main(argv=None) -> int:
                   flush=True)
     from mesa_viz.results import append_jsonl
     T = cfg["max_position_embeddings"]
-    for r in decode_ab(torch, model, device, ab_lengths, max(2, args.decode_tokens), T,
-                       args.piece_tokens) if ab_lengths else []:
-        append_jsonl(out, {**r, **args.row_extra})
+    ab = [("decode-ab", lambda: bench.decode_ab(
+              model, ["origin", "mesa"], ab_lengths, max(2, args.decode_tokens), train_length=T,
+              piece_tokens=args.piece_tokens)) if ab_lengths else None,
+          ("prefill-ab", lambda: bench.prefill_ab(
+              model, ["origin", "mesa"], prefill_ab_lengths, args.prefill_ab_rounds, warmup=2,
+              train_length=T, piece_tokens=args.piece_tokens)) if prefill_ab_lengths else None]
+    for label, rows_of in filter(None, ab):
+        for r in ab_rows(torch, device, label, rows_of()):
+            append_jsonl(out, {**r, **args.row_extra})
     for r in kernel_times(torch, device, kernel_keys, cfg, T):
         append_jsonl(out, {**r, **args.row_extra})
     if args.profile:

@@ -376,6 +376,9 @@ def test_interleaved_decode_takes_steps_in_turn_and_decodes_as_alone(tiny):
         next(bench.decode_ab(tiny, ["mesa", "mesa"], [160], 3))
     rows = list(bench.decode_ab(tiny, ["origin", "mesa"], [160], 3, train_length=128))
     assert rows[0]["methods"] == ["origin", "mesa"] and rows[0]["ratio_paired"] > 0
+    # the first step's SDPA backends: origin's layers through SDPA, Mesa's kernels never
+    assert sum(rows[0]["sdpa_backends"]["origin"].values()) == tiny.config.num_hidden_layers
+    assert rows[0]["sdpa_backends"]["mesa"] == {}
 
 
 def test_prefill_ab_takes_the_prefills_in_turn_each_under_its_method(tiny, monkeypatch):
