@@ -232,31 +232,23 @@ def lse_parts(q, k, v, mask, scale, backend):
             if b > a]
 
 
-def merge_lse(parts, out=None):
+def merge_lse(parts):
     """Combine ``(out, lse)`` of disjoint key sets into one softmax: its
     ``(out, lse)``.  A set a row cannot see has ``lse = -inf`` and weight 0
     (its ``out`` rows must be finite: :func:`attn_lse` gives zeros); a row that
-    sees no set gets ``lse = -inf`` and zeros.  ``out`` (optional, any
-    strides, the parts' shape and dtype): the output written there, in float32
-    without a temporary the size of the output."""
+    sees no set gets ``lse = -inf`` and zeros."""
     if len(parts) == 1:
-        return parts[0] if out is None else (out.copy_(parts[0][0]), parts[0][1])
+        return parts[0]
     lse = torch.stack([p[1] for p in parts]).float()
     top = lse.max(0).values
     top = torch.where(torch.isfinite(top), top, 0.0)
     w = torch.exp(lse - top)                                # [parts, b, h, Lq]
     total = w.sum(0)
     w = (w / torch.where(total > 0, total, 1.0))[..., None]
-    dtype = parts[0][0].dtype
-    into = out is not None and dtype == torch.float32 and not (     # out= ops: no autograd
-        torch.is_grad_enabled() and any(p[0].requires_grad for p in parts))
-    acc = torch.mul(parts[0][0].float(), w[0], out=out if into else None)
+    out = parts[0][0].float() * w[0]
     for (o, _), wi in zip(parts[1:], w[1:]):
-        acc.addcmul_(o.float(), wi)
-    lse = top + torch.log(total)
-    if acc is out:
-        return out, lse
-    return (acc.to(dtype), lse) if out is None else (out.copy_(acc), lse)
+        out.addcmul_(o.float(), wi)
+    return out.to(parts[0][0].dtype), top + torch.log(total)
 
 
 def merge(parts):
@@ -311,17 +303,15 @@ def attend_sets(sets, scale, backend):
     return sdpa(q, k, torch.cat([x[2] for x in sets], dim=2), mask, scale, backend)
 
 
-def causal_rows_cpu(q, k, v, start, scale, sub=256, out=None):
+def causal_rows_cpu(q, k, v, start, scale, sub=256):
     """Causal attention of the queries ``q [B, h, R, d]`` at key rows
     ``start..start+R-1`` of ``k, v [B, kv_h, start + R, d]`` (query ``x`` sees
     keys ``0..start+x``) in sub-blocks of ``sub`` rows: all earlier keys without
     a mask, the diagonal block causally, merged by log-sum-exp.  The CPU flash
     kernel works in 512-key blocks, so one causal call over ``R`` keys would
     compute about a third more than needed; this computes at most ``sub / 2``
-    extra keys per row.  Returns ``[B, h, R, d_v]``: ``out`` (any strides)
-    when given, each sub-block merged straight into it."""
-    if out is None:
-        out = q.new_empty(q.shape[:3] + (v.shape[-1],))
+    extra keys per row.  Returns ``[B, h, R, d_v]``."""
+    out = []
     for a in range(0, q.shape[2], sub):
         e = min(q.shape[2], a + sub)
         qa = q[:, :, a:e].contiguous()
@@ -329,5 +319,5 @@ def causal_rows_cpu(q, k, v, start, scale, sub=256, out=None):
         parts = [attn_lse(qa, k[:, :, ka:ke], v[:, :, ka:ke], None, scale, "sdpa", causal=True)]
         if ka:
             parts.insert(0, attn_lse(qa, k[:, :, :ka], v[:, :, :ka], None, scale, "sdpa"))
-        merge_lse(parts, out=out[:, :, a:e])
-    return out
+        out.append(merge(parts))
+    return torch.cat(out, dim=2)

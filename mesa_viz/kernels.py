@@ -951,28 +951,17 @@ def mesa(method, q, k, v, i0, rope, scale, backend):
         return origin(method, q, k, v, i0, rope, scale, backend)
     end, s, F = i0 + q.shape[2], plan.last_start, method.first_chunk
     _check_piece(plan, i0, end)
-    if i0 >= s:                                           # last-chunk rows only
-        return _mesa_last(method, q, k, v, i0, rope, scale, backend)
-    out = _model_layout(q, v)
+    parts = []
     if i0 == 0:
-        out[:, :, :F] = origin(method, q[:, :, :F], k[:, :, :F], v[:, :, :F], 0, rope, scale,
-                               backend)
+        parts.append(origin(method, q[:, :, :F], k[:, :, :F], v[:, :, :F], 0, rope, scale,
+                            backend))
     middle = [c for c in plan.middle if i0 <= c[0] and c[1] <= end]
     if middle:
-        _mesa_middle(method, q, k, v, i0, middle, rope, scale, backend,
-                     out[:, :, middle[0][0] - i0:middle[-1][1] - i0])
+        parts.append(_mesa_middle(method, q, k, v, i0, middle, rope, scale, backend))
     if end > s:
-        out[:, :, s - i0:] = _mesa_last(method, q[:, :, s - i0:], k, v, s, rope, scale,
-                                        backend)
-    return out
-
-
-def _model_layout(q, v) -> torch.Tensor:
-    """An empty output ``[b, h, q_len, d_v]`` laid out as the model reads it
-    (``[b, q_len, h, d_v]`` contiguous), so that its parts are written in place
-    and the application's ``transpose(1, 2).contiguous()`` copies nothing."""
-    b, h, L, _ = q.shape
-    return q.new_empty(b, L, h, v.shape[-1]).transpose(1, 2)
+        a = max(i0, s)
+        parts.append(_mesa_last(method, q[:, :, a - i0:], k, v, a, rope, scale, backend))
+    return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
 
 
 def _check_piece(plan, i0: int, end: int) -> None:
@@ -996,7 +985,7 @@ def _log_scale(q, method: Mesa, i):
     return q * f.to(q.dtype)[:, None]
 
 
-def _mesa_middle(method: Mesa, q, k, v, i0, middle, rope, scale, backend, out):
+def _mesa_middle(method: Mesa, q, k, v, i0, middle, rope, scale, backend):
     """Whole middle chunks ``middle`` (consecutive ``(start, stop)`` pairs) of
     the queries from ``i0``, as one batch ``[b * chunks, h, C, d]``: each
     chunk's queries see the first chunk at ``0..first-1`` and themselves
@@ -1005,7 +994,7 @@ def _mesa_middle(method: Mesa, q, k, v, i0, middle, rope, scale, backend, out):
     causal attention aligned at the bottom right: CPU in 256-row sub-blocks
     (:func:`attention_sets.causal_rows_cpu`), GPU SDPA with a lower-right
     causal bias, eager a ``[C, first + C]`` mask.  No query of the first chunk
-    is recomputed.  Writes ``out [b, h, chunks * C, d_v]`` (any strides)."""
+    is recomputed.  Returns ``[b, h, chunks * C, d_v]``."""
     F, C, nc = method.first_chunk, method.chunk_size, len(middle)
     a, b = middle[0][0], middle[-1][1]
     bs, dev = q.shape[0], q.device
@@ -1023,20 +1012,17 @@ def _mesa_middle(method: Mesa, q, k, v, i0, middle, rope, scale, backend, out):
     kk = behind_first(rotate(k[:, :, :F], rope, _arange(0, F, dev), ("lin", 0, F)),
                       rotate(chunks(k, 0), rope, _arange(F, F + C, dev), own))
     vv = behind_first(v[:, :, :F], chunks(v, 0))
-    by_chunk = out.unflatten(2, (nc, C)).transpose(1, 2)  # [bs, nc, h, C, d_v], views
     if backend in sets.FUSED_BACKENDS and sets.uses_cpu_paths(q, backend):
-        for x in range(bs):                                # each chunk straight into out
-            rows = slice(x * nc, (x + 1) * nc)
-            sets.causal_rows_cpu(qc[rows], kk[rows], vv[rows], F, scale, out=by_chunk[x])
-        return
-    if backend in sets.FUSED_BACKENDS:
+        o = sets.causal_rows_cpu(qc, kk, vv, F, scale)
+    elif backend in sets.FUSED_BACKENDS:
         o = sets.causal_lower_right_sdpa(qc, kk, vv, scale, backend)
     else:
         mask = torch.ones(F + C, F + C, dtype=torch.bool, device=dev).tril()[F:]
         g = max(1, sets.block_size(q, F + C, backend) // C)
         o = torch.cat([sets.sdpa(qc[c:c + g], kk[c:c + g], vv[c:c + g], mask, scale, backend)
                        for c in range(0, bs * nc, g)], dim=0)
-    by_chunk.copy_(o.unflatten(0, (bs, nc)))
+    o = o.reshape(bs, nc, o.shape[1], C, -1).transpose(1, 2)
+    return o.reshape(bs, o.shape[1], nc * C, -1)
 
 
 def _mesa_last(method: Mesa, q, k, v, i0, rope, scale, backend):

@@ -341,19 +341,18 @@ def kernel_times(torch, device: str, lengths: list[int], cfg: dict, T: int) -> l
     return rows
 
 
-def ab_rows(torch, device: str, label: str, rows) -> list[dict]:
-    """The rows of an A/B (``bench.decode_ab``, ``bench.prefill_ab``: two methods
-    taken in turn, so the host's drift between points does not enter the
-    ratio), each printed as it comes (without its per-step list) and the
-    device's cache emptied after it."""
-    got = []
+def ab_rows(torch, device: str, label: str, rows, out: Path, extra: dict) -> None:
+    """Save the rows of an A/B (``bench.decode_ab``, ``bench.prefill_ab``: two
+    methods taken in turn, so the host's drift between points does not enter
+    the ratio) as they come, print each (without its per-step list) and empty
+    the device's cache after it."""
+    from mesa_viz.results import append_jsonl
     for row in rows:
+        append_jsonl(out, {**row, **extra})
         print(f"gpu_bench: {label} " + json.dumps({k: v for k, v in row.items()
                                                   if k not in ("ms_all", "s_all")}), flush=True)
-        got.append(row)
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
-    return got
 
 
 def fused_off(why: str) -> None:
@@ -587,6 +586,7 @@ def main(argv=None) -> int:
     ab_lengths = int_list("--decode-ab", args.decode_ab, MAX_LENGTH) if args.decode_ab else []
     prefill_ab_lengths = int_list("--prefill-ab", args.prefill_ab, MAX_LENGTH) \
         if args.prefill_ab else []
+    int_list("--prefill-ab-rounds", str(args.prefill_ab_rounds))
     kernel_keys = int_list("--kernel-times", args.kernel_times, MAX_LENGTH) \
         if args.kernel_times else []
     pieces = piece_sizes(args.piece_tokens)
@@ -642,15 +642,14 @@ def main(argv=None) -> int:
                   flush=True)
     from mesa_viz.results import append_jsonl
     T = cfg["max_position_embeddings"]
-    ab = [("decode-ab", lambda: bench.decode_ab(
-              model, ["origin", "mesa"], ab_lengths, max(2, args.decode_tokens), train_length=T,
-              piece_tokens=args.piece_tokens)) if ab_lengths else None,
-          ("prefill-ab", lambda: bench.prefill_ab(
-              model, ["origin", "mesa"], prefill_ab_lengths, args.prefill_ab_rounds, warmup=2,
-              train_length=T, piece_tokens=args.piece_tokens)) if prefill_ab_lengths else None]
-    for label, rows_of in filter(None, ab):
-        for r in ab_rows(torch, device, label, rows_of()):
-            append_jsonl(out, {**r, **args.row_extra})
+    if ab_lengths:
+        ab_rows(torch, device, "decode-ab", bench.decode_ab(
+            model, ["origin", "mesa"], ab_lengths, max(2, args.decode_tokens), train_length=T,
+            piece_tokens=args.piece_tokens), out, args.row_extra)
+    if prefill_ab_lengths:
+        ab_rows(torch, device, "prefill-ab", bench.prefill_ab(
+            model, ["origin", "mesa"], prefill_ab_lengths, args.prefill_ab_rounds, warmup=2,
+            train_length=T, piece_tokens=args.piece_tokens), out, args.row_extra)
     for r in kernel_times(torch, device, kernel_keys, cfg, T):
         append_jsonl(out, {**r, **args.row_extra})
     if args.profile:
