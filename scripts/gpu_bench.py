@@ -7,7 +7,7 @@ What it does
   * builds ``LlamaConfig(hidden 2048, MLP 5632, 22 layers, 32 heads / 4 KV heads,
     vocab 32000, max_position_embeddings 8192)`` (TinyLlama-1.1B's shape; T = 8192)
     with random weights straight on the GPU (no hub, no download);
-  * runs ``mesa_viz.bench.run`` for origin and mesa at 8k, 16k, 32k, 64k, 128k,
+  * runs ``mesa_viz.analyses.bench.run`` for origin and mesa at 8k, 16k, 32k, 64k, 128k,
     256k: median prefill of ``--repeats`` after ``--warmup``, peak CUDA memory
     net of the weights (``max_memory_allocated``), decode ms/token, useful GFLOP/s,
     and which SDPA backend each attention call got (``sdpa_backends`` per row);
@@ -19,18 +19,12 @@ What it does
     measured matmul rate (the best of several square sizes and the model's own
     linear shapes), and for decode the bytes a step must read (weights, KV cache,
     Mesa's rotated keys) at the measured memory bandwidth (``$OUT/floors.txt``);
-  * first, a kernel check: every method's prefill (Mesa's last chunk as its own
-    forward, the fused Triton path where triton imports) and one decode step on the
-    device against the CPU (fp32, and bf16 against the fp32 result relative to its
-    scale; random q/k/v, 1500 tokens past T = 256), since the CUDA branches (near and
-    far key sets concatenated along the head dimension, matmul scores for calls with
-    few query rows, Mesa's middle chunks through the causal kernel, the decode output
-    split by stair run) are otherwise only reached by forcing them on CPU in
-    tests/test_kernels.py (``kind: check`` rows; ``--no-check`` skips); then Mesa's
-    last rows at the long row's positions (``--long-check``, default 1,048,576 keys),
-    the fused launch against the torch kernels (``kind: check-long``).  A failed check
-    turns the fused launch off for the run (rows say ``fused_off``) and the checks run
-    again; a point that raises is written with its ``error`` and the grid goes on;
+  * ``--fused-off REASON``: the fused Triton launch off for the run (the torch kernels
+    serve; rows say ``fused_off``).  The kernels' correctness on the device is not
+    this script's: it is the ``gpu`` test layer (tests/gpu: every method on CUDA
+    against the CPU, Mesa's fused launch at long positions), which
+    scripts/gpu_bench.sh runs first, passing ``--fused-off`` here where it fails.
+    A point that raises is written with its ``error`` and the grid goes on;
   * ``--long-memory-cap-gib 79.6`` holds the process to an H100's memory for the long
     row on a larger card (the out-of-memory check holds the same cap);
     ``--piece-tokens N`` sets the size of Mesa's prefill pieces (rows say it);
@@ -47,17 +41,22 @@ What it does
     method's shorter lengths, would pass either is skipped with the method's longer
     lengths (``skipped`` rows).  Predicted-OOM points are written, not run.
 
-How to run it with the device tool (results of two runs on an H200: benchmarks/h200-run*/)
+How to run it with the device tool (earlier runs: benchmarks/gpu/<card>-run*/)
   Here, once:   bash scripts/fetch_gpu_wheels.sh      # transformers 5.24 + regex into .whl/
   Then:         run(command="bash scripts/gpu_bench.sh", carry=[".whl"], timeout_s=540)
   or by hand:   run(command="python3 -m pip install -q --no-index --no-deps --no-compile
                   --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export
                   PYTHONPATH=/tmp/site; PYTHONUNBUFFERED=1 python3 scripts/gpu_bench.py
                   --out $OUT", carry=[".whl"], timeout_s=540)
+  The wrapper (first form) installs the wheels, runs ``python3 -m pytest tests/gpu``
+  (log and JUnit XML to $OUT/gpu_tests.log, .xml), then this script, with ``--fused-off``
+  naming the failed tests where they failed (``MESA_VIZ_GPU_TESTS=0``: no tests; by
+  hand, as above, they are not run).
   The device image has torch with CUDA but transformers 5.17 (mesa_viz needs >=5.20,<5.25):
   without the carried wheels this script stops at once with a message saying so.
-  The results come back as $OUT/gpu_bench.jsonl; draw them with
-  ``mesa_viz.plots.bench_figure([r for r in read_jsonl(path) if r["kind"] == "point"])``.
+  The results come back as $OUT/gpu_bench.jsonl; draw them here (plotly: not on the device)
+  with ``mesa_viz.plots.bench_figure([r for r in mesa_viz.runs.read_jsonl(path)
+  if r["kind"] == "point"])``.
 
 Here on CPU (plumbing test, seconds):  python scripts/gpu_bench.py --tiny --out /tmp/gb
 """
@@ -116,13 +115,6 @@ def parse(argv=None):
     p.add_argument("--profile", type=int, default=0, metavar="LENGTH",
                    help="after the grid, profile one Mesa prefill of LENGTH tokens and two "
                         "decode steps (top kernels to $OUT/profile.txt)")
-    p.add_argument("--no-check", action="store_true",
-                   help="skip the device-vs-CPU kernel check run first")
-    p.add_argument("--long-check", type=int, default=None, metavar="LENGTH",
-                   help="after the kernel check, Mesa's last rows at LENGTH keys (default "
-                        "1,048,576; tiny 4096; 0: none): the fused launch against the torch "
-                        "kernels on the device, fp32 and bf16, positions as large as the long "
-                        "row's; the fused launch is turned off for the run where they differ")
     p.add_argument("--piece-tokens", default=None, metavar="N[,N...]",
                    help="most tokens one forward of Mesa's prefill in pieces holds (default: "
                         "apply's: half the training length, at least 16,384 on a GPU; rows say "
@@ -141,6 +133,10 @@ def parse(argv=None):
                         "turn (two warm-up rounds, then --prefill-ab-rounds; rows kind "
                         "prefill-ab with the paired ratio)")
     p.add_argument("--prefill-ab-rounds", type=int, default=5, metavar="N")
+    p.add_argument("--fused-off", default=None, metavar="REASON",
+                   help="turn the fused Triton launch off for the run (the torch kernels "
+                        "serve; rows say fused_off: REASON); scripts/gpu_bench.sh passes it "
+                        "where tests/gpu failed")
     p.add_argument("--long-memory-cap-gib", type=float, default=None, metavar="GIB",
                    help="cap this process's CUDA memory at GIB for the long row "
                         "(torch.cuda.set_per_process_memory_fraction), e.g. 79.6 to hold an "
@@ -163,7 +159,7 @@ def check_env(tiny: bool):
     except ImportError:
         sys.exit("gpu_bench: transformers is missing: run `bash scripts/fetch_gpu_wheels.sh` "
                  "here and carry .whl (see this script's docstring)")
-    from mesa_viz.compat import check_transformers
+    from mesa_viz.models.compat import check_transformers
     try:
         check_transformers()
     except RuntimeError as exc:
@@ -173,111 +169,10 @@ def check_env(tiny: bool):
     return torch, transformers
 
 
-def check_methods() -> dict:
-    """Every method of ``mesa_viz.methods.METHODS`` (with small windows) and Mesa's
-    anchored stair: name -> (method, parameters)."""
-    from mesa_viz.methods import METHODS
-    small = {"rerope": {"window": 96}, "leaky-rerope": {"window": 96},
-             "streaming-llm": {"sink_tokens": 4}, "lm-infinite": {"sink_tokens": 4}}
-    out = {name: (name, small.get(name, {})) for name in METHODS}
-    out["mesa-anchored"] = ("mesa", {"stair": "anchored"})
-    return out
-
-
-def check_kernels(torch, device: str, n: int = 1500, T: int = 256) -> list[dict]:
-    """The device's kernel paths against the CPU's, fp32, random q/k/v: a prefill of ``n``
-    tokens (past ``T``) and one decode step, for every method.  On CUDA the near and far
-    key sets go through one SDPA call (head dimension doubled) and Mesa's middle chunks
-    through the fused causal kernel, paths the CPU test suite only reaches by forcing."""
-    from mesa_viz import kernels
-    from mesa_viz.methods import get_method
-    g = torch.Generator().manual_seed(0)
-    h, kvh, d = 8, 2, 64
-    q = torch.randn(1, h, n + 1, d, generator=g)
-    k = torch.randn(1, kvh, n + 1, d, generator=g)
-    v = torch.randn(1, kvh, n + 1, d, generator=g)
-    inv = 1.0 / (10000 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
-    rows = []
-    for name, (base, params) in check_methods().items():
-        diffs, error = {}, None
-        try:
-            _check_steps(kernels, get_method, base, params, q, k, v, inv, n, T, d, device, diffs)
-        except Exception as exc:                     # noqa: BLE001 - reported as a FAIL row
-            error = f"{type(exc).__name__}: {str(exc)[:500]}"
-        ok = error is None and all(x <= (0.05 if key.endswith("-bf16-rel") else 1e-3)
-                                   for key, x in diffs.items())
-        rows.append({"kind": "check", "method": name, "ok": ok, "max_abs_diff": diffs,
-                     "error": error, "n": n, "train_length": T, "device": device})
-        print(f"gpu_bench: check {name:<14} {'ok ' if ok else 'FAIL'} {diffs} {error or ''}",
-              flush=True)
-    return rows
-
-
-def _check_steps(kernels, get_method, base, params, q, k, v, inv, n, T, d, device, diffs):
-    """One method's prefill, last piece and decode step, device against CPU
-    (``diffs[step]``: the largest absolute difference; ``diffs[step +
-    "-bf16-rel"]``: the device in bfloat16, relative to the output's scale)."""
-    import torch
-    for step in ("prefill", "last-piece", "decode"):
-        m = get_method(base, train_length=T, **params).resolve(n + (step == "decode"),
-                                                               prefill_length=n)
-        i0 = {"prefill": 0, "decode": n,
-              "last-piece": m.plan().last_start if m.chunked else n - 300}[step]
-        lq = 1 if step == "decode" else n - i0
-        args = (q[:, :, i0:i0 + lq], k[:, :, :i0 + lq], v[:, :, :i0 + lq])
-        cpu = kernels.attend(m, *args, i0, kernels.Rope(inv), d ** -0.5)
-        dev = kernels.attend(m, *(x.to(device) for x in args), i0,
-                             kernels.Rope(inv.to(device)), d ** -0.5)
-        diffs[step] = float((dev.cpu() - cpu).abs().max())
-        half = kernels.attend(m, *(x.to(device, torch.bfloat16) for x in args), i0,
-                              kernels.Rope(inv.to(device)), d ** -0.5)
-        # bfloat16 on the device (its own dispatch) against the fp32 CPU result, in
-        # units of the output's largest magnitude (ok: <= 0.05)
-        diffs[step + "-bf16-rel"] = float((half.float().cpu() - cpu).abs().max()
-                                          / cpu.abs().max().clamp_min(1e-6))
-
-
-def check_long(torch, device: str, n: int, rows: int = 64, T: int = 8192) -> dict:
-    """Mesa (``T``, resolved for ``n``) on its last ``rows`` queries at
-    ``n - rows .. n - 1`` over all ``n`` keys, and on the last query alone (a
-    decode step's split-key launch): the fused launches (``kernels.attend``)
-    against the method's torch kernel (its registry entry) on ``device``, random
-    q/k/v (8 heads, 2 KV heads, head size 64), fp32 and bf16.  The check of
-    :func:`check_kernels` reaches positions of 1,500; this one those of the long
-    row, where a rotation's angle (position times frequency) is largest.  ``ok``:
-    fp32 within 1e-3, bf16 within 3 % of the output's largest magnitude."""
-    from mesa_viz import kernels
-    from mesa_viz.methods import get_method
-    m = get_method("mesa", train_length=T).resolve(n, prefill_length=n)
-    i0, d = max(m.plan().last_start, n - rows), 64
-    rows = n - i0
-    g = torch.Generator(device=device).manual_seed(0)
-    inv = 1.0 / (10000 ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
-    row = {"kind": "check-long", "method": "mesa", "n": n, "rows": rows, "train_length": T,
-           "device": device, "fused_used": bool(kernels.fused_rules(m, i0))}
-    ok = True
-    for dt in (torch.float32, torch.bfloat16):
-        q = torch.randn(1, 8, rows, d, generator=g, device=device).to(dt)
-        k = torch.randn(1, 2, n, d, generator=g, device=device).to(dt)
-        v = torch.randn(1, 2, n, d, generator=g, device=device).to(dt)
-        name = str(dt).replace("torch.", "")
-        for what, a in (("", i0), ("decode_", n - 1)):
-            tables = kernels.RopeTables(kernels.Rope(inv), m)
-            qa = q[:, :, a - i0:]
-            ref = kernels.kernel_for(m).run(m, qa, k, v, a, tables, d ** -0.5, "sdpa").float()
-            got = kernels.attend(m, qa, k, v, a, kernels.Rope(inv), d ** -0.5).float()
-            diff, top = float((got - ref).abs().max()), float(ref.abs().max())
-            row[f"{what}max_abs_diff_{name}"], row[f"{what}max_abs_{name}"] = diff, top
-            ok &= diff <= (1e-3 if dt == torch.float32 else 0.03 * top)
-            del ref, got
-        del q, k, v
-    row["ok"] = ok
-    return row
-
-
 #: Launch settings timed by --kernel-times: (block_m, block_n, num_warps) of the rows
 #: launch, (block_n, num_warps, programs) of the decode launch; the first are the defaults
-#: at the benchmark's head size, 64 (``triton_stair.ROWS_LAUNCH``, ``DECODE_LAUNCH``).
+#: at the benchmark's head size, 64 (``mesa_viz.kernels.fused.triton.ROWS_LAUNCH``,
+#: ``DECODE_LAUNCH``).
 ROWS_SETTINGS = ((64, 64, 4), (128, 64, 8))
 DECODE_SETTINGS = ((32, 4, 512), (64, 4, 512), (32, 4, 2048))
 
@@ -309,12 +204,12 @@ def kernel_times(torch, device: str, lengths: list[int], cfg: dict, T: int) -> l
     with its fold), under each of :data:`ROWS_SETTINGS` and
     :data:`DECODE_SETTINGS`; rows ``kind: kernel-time`` with milliseconds."""
     from mesa_viz import kernels
-    from mesa_viz import triton_stair as ts
+    from mesa_viz.kernels.fused import triton as ts
     from mesa_viz.methods import get_method
     h, kvh = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     d = cfg["hidden_size"] // h
     inv = 1.0 / (cfg["rope_theta"] ** (torch.arange(0, d, 2, dtype=torch.float32,
-                                                     device=device) / d))
+                                                    device=device) / d))
     rows = []
     for n in lengths:
         m = get_method("mesa", train_length=T).resolve(n, prefill_length=n)
@@ -337,7 +232,7 @@ def kernel_times(torch, device: str, lengths: list[int], cfg: dict, T: int) -> l
                          "block_n": bn, "num_warps": w, "programs": programs, "ms": ms})
         for r in rows[-len(ROWS_SETTINGS) - len(DECODE_SETTINGS):]:
             print("gpu_bench: kernel-time " + json.dumps(r), flush=True)
-        del q, k, v
+        q = k = v = None                    # freed before the next length's (the lambdas read them)
     return rows
 
 
@@ -346,7 +241,7 @@ def ab_rows(torch, device: str, label: str, rows, out: Path, extra: dict) -> Non
     methods taken in turn, so the host's drift between points does not enter
     the ratio) as they come, print each (without its per-step list) and empty
     the device's cache after it."""
-    from mesa_viz.results import append_jsonl
+    from mesa_viz.runs import append_jsonl
     for row in rows:
         append_jsonl(out, {**row, **extra})
         print(f"gpu_bench: {label} " + json.dumps({k: v for k, v in row.items()
@@ -356,10 +251,10 @@ def ab_rows(torch, device: str, label: str, rows, out: Path, extra: dict) -> Non
 
 
 def fused_off(why: str) -> None:
-    """Turn the fused launch off for this process (``kernels.use_fused`` is the
-    one decision for it), saying why: the run then measures the torch kernels."""
-    from mesa_viz import kernels
-    kernels.use_fused = lambda q, rope: False
+    """Turn the fused launch off for this process (``kernels.dispatch.use_fused``
+    is the one decision for it), saying why: the run then measures the torch kernels."""
+    from mesa_viz.kernels import dispatch
+    dispatch.use_fused = lambda q, rope: False
     print(f"gpu_bench: fused launch OFF for this run: {why}", flush=True)
 
 
@@ -368,28 +263,30 @@ def profile_mesa(torch, model, length: int, device: str) -> str:
     decode steps after it."""
     from torch.profiler import ProfilerActivity, profile
 
-    from mesa_viz import apply, bench
+    from mesa_viz.analyses.bench.machine import sync
+    from mesa_viz.analyses.bench.point import _cache_kwarg, out_cache, random_ids
+    from mesa_viz.runtime import apply
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda")
                                      else [])
     sort = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
-    ids = bench.random_ids(model.config.vocab_size, length, 0, device)
+    ids = random_ids(model.config.vocab_size, length, 0, device)
     texts = []
     with torch.no_grad(), apply(model, "mesa"):
         model(ids, use_cache=True, logits_to_keep=1)                     # warm-up
-        bench._sync(device)
+        sync(device)
         t0 = time.perf_counter()
         with profile(activities=acts) as prof:
             out = model(ids, use_cache=True, logits_to_keep=1)
-            bench._sync(device)
+            sync(device)
         wall = time.perf_counter() - t0
         texts += [f"== mesa prefill of {length} tokens ({wall:.3f} s wall under the profiler; "
                   "compare the device time total: the rest is the host's) ==",
                   prof.key_averages().table(sort_by=sort, row_limit=18)]
-        tok, cache = out.logits[:, -1:].argmax(-1), bench._out_cache(out)
+        tok, cache = out.logits[:, -1:].argmax(-1), out_cache(out)
         with profile(activities=acts) as prof:
             for _ in range(2):
-                step = model(tok, use_cache=True, **{bench._cache_kwarg(model): cache})
-                tok, cache = step.logits[:, -1:].argmax(-1), bench._out_cache(step)
+                step = model(tok, use_cache=True, **{_cache_kwarg(model): cache})
+                tok, cache = step.logits[:, -1:].argmax(-1), out_cache(step)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
         texts += [f"== mesa: two decode steps after {length} tokens ==",
@@ -438,7 +335,7 @@ def long_rows(torch, model, name: str, out: Path, length: int, args, device: str
     """The long row: one Mesa prefill of ``length`` tokens and ``--long-decode``
     tokens; origin's row at that length from the memory estimate (``oom``) unless
     it fits and its predicted time passes the point limit (then ``skipped``)."""
-    from mesa_viz import bench
+    from mesa_viz.analyses import bench
     if not 1 <= length <= MAX_LENGTH:
         sys.exit(f"gpu_bench: --long-length {length}: allowed 1..{MAX_LENGTH}")
     cap = memory_cap(torch, args.long_memory_cap_gib, device)
@@ -481,20 +378,23 @@ def origin_deadline(model, out: Path, name: str, length: int, device: str, limit
     not fit (``memory.available_bytes`` under ``cap``) or its time predicted
     from its grid rows is within ``limit`` seconds; a deadline already past
     otherwise, so its row is written as skipped with its estimate."""
-    from mesa_viz import bench, memory
+    from mesa_viz.analyses import bench
+    from mesa_viz.analyses.bench.grid import _predict_seconds
+    from mesa_viz.runtime import memory
     est = memory.estimate_peak_bytes(model.config, "origin", length, dtype_bytes=2,
                                      device=device, decode_tokens=16)
     if est > 0.9 * memory.available_bytes(device, cap=cap):
         return None
     history = [(r["length"], r["prefill_s"]) for r in bench.rows_for(out, model, name)
                if r.get("method") == "origin" and r.get("prefill_s")]
-    guess = bench._predict_seconds(history, length)
+    guess = _predict_seconds(history, length)
     return None if guess is not None and guess <= limit else time.monotonic() - 1
 
 
 def floors_table(rows, config, n_params: int) -> str:
     """Every measured row beside its floor (``bench.floors``)."""
-    from mesa_viz import bench
+    from mesa_viz.analyses import bench
+    from mesa_viz.analyses.bench.rows import _fmt, _pieces_note
     machine = next((r for r in rows if r.get("kind") == "machine"), None)
     if machine is None:
         return "(no machine row: floors not computed)"
@@ -506,47 +406,16 @@ def floors_table(rows, config, n_params: int) -> str:
         f = bench.floors(r, machine, config, n_params)
         pre, dec = r.get("prefill_s"), r.get("decode_ms_per_token")
         note = "OOM" if r.get("oom") else (r.get("skipped") or r.get("error") or "")
-        note = "; ".join(x for x in (bench._pieces_note(r), note) if x)
+        note = "; ".join(x for x in (_pieces_note(r), note) if x)
         lines.append(
-            f"{r['method']:<8}{r['length']:>9}{bench._fmt(pre, '.3f'):>11}"
-            f"{f['prefill_floor_s']:>9.3f}{bench._fmt(pre and pre / f['prefill_floor_s'], '.1f'):>8}"
-            f"{bench._fmt(dec, '.1f'):>11}{bench._fmt(f.get('decode_floor_ms'), '.2f'):>10}"
-            f"{bench._fmt(dec and f.get('decode_floor_ms') and dec / f['decode_floor_ms'], '.1f'):>8}"
+            f"{r['method']:<8}{r['length']:>9}{_fmt(pre, '.3f'):>11}"
+            f"{f['prefill_floor_s']:>9.3f}{_fmt(pre and pre / f['prefill_floor_s'], '.1f'):>8}"
+            f"{_fmt(dec, '.1f'):>11}{_fmt(f.get('decode_floor_ms'), '.2f'):>10}"
+            f"{_fmt(dec and f.get('decode_floor_ms') and dec / f['decode_floor_ms'], '.1f'):>8}"
             f"  {note}")
     lines.append(f"(floors: useful FLOPs at {machine['matmul_gflops']:.0f} GFLOP/s, decode bytes "
                  f"at {machine.get('memory_gbps', 0):.0f} GB/s)")
     return "\n".join(lines)
-
-
-def run_checks(torch, args, device: str, out: Path) -> None:
-    """The kernel checks (:func:`check_kernels`, :func:`check_long`), rows to
-    ``out``.  On CUDA a failure turns the fused launch off (:func:`fused_off`)
-    and the checks run again without it, so the run measures kernels that
-    passed (rows say ``fused_off``); a failure then too is left in the rows."""
-    from mesa_viz.results import append_jsonl
-    dev = device if not args.tiny else "cpu"
-    long_n = args.long_check if args.long_check is not None else (
-        4096 if args.tiny else MAX_LENGTH)
-    for attempt in (0, 1):
-        rows = check_kernels(torch, dev)
-        if long_n:
-            try:
-                rows.append(check_long(torch, dev, long_n, T=512 if args.tiny else 8192))
-            except Exception as exc:                 # noqa: BLE001 - reported as a FAIL row
-                rows.append({"kind": "check-long", "ok": False, "n": long_n, "device": dev,
-                             "error": f"{type(exc).__name__}: {str(exc)[:500]}"})
-            print(f"gpu_bench: check-long {'ok' if rows[-1]['ok'] else 'FAIL'} {rows[-1]}",
-                  flush=True)
-        for row in rows:
-            append_jsonl(out, {**row, **args.row_extra})
-        bad = [r.get("method", "?") + ("-long" if r["kind"] == "check-long" else "")
-               for r in rows if not r["ok"]]
-        if dev.startswith("cuda"):
-            torch.cuda.empty_cache()
-        if not bad or attempt or not dev.startswith("cuda"):
-            return
-        fused_off(f"checks failed with it: {', '.join(bad)}")
-        args.row_extra["fused_off"] = f"checks failed with it: {', '.join(bad)}"
 
 
 def int_list(flag: str, text: str, high: int | None = None) -> list[int]:
@@ -574,7 +443,7 @@ def main(argv=None) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch, transformers = check_env(args.tiny)
-    from mesa_viz import bench
+    from mesa_viz.analyses import bench
     device = args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     cfg = dict(TINY_CONFIG if args.tiny else GPU_CONFIG)
     if args.layers:
@@ -604,8 +473,9 @@ def main(argv=None) -> int:
           + (f" = {torch.cuda.get_device_name(0)}" if device.startswith("cuda") else ""),
           flush=True)
     args.row_extra = {}
-    if not args.no_check:
-        run_checks(torch, args, device, out)
+    if args.fused_off:
+        fused_off(args.fused_off)
+        args.row_extra["fused_off"] = args.fused_off
     dtype = torch.bfloat16
     t0 = time.monotonic()
     model = build_model(torch, cfg, device, dtype)
@@ -639,8 +509,8 @@ def main(argv=None) -> int:
             print(json.dumps({k: r.get(k) for k in (
                 "method", "length", "prefill_s", "peak_mem_bytes", "decode_ms_per_token",
                 "gflops_achieved", "oom", "skipped", "sdpa_backends", "piece_tokens")}),
-                  flush=True)
-    from mesa_viz.results import append_jsonl
+                flush=True)
+    from mesa_viz.runs import append_jsonl
     T = cfg["max_position_embeddings"]
     if ab_lengths:
         ab_rows(torch, device, "decode-ab", bench.decode_ab(

@@ -9,7 +9,7 @@ GPU's queue to drain, so launches and GPU work stop overlapping.  This script
 counts both on CPU, where they are the same calls, for origin and Mesa on a
 random Llama with the shape of the GPU benchmark's layer stack (22 layers;
 small widths: the counts do not depend on them), with the kernels' CUDA branches
-taken (``attention_sets.uses_cpu_paths`` forced False, as the kernel tests do).
+taken (``mesa_viz.kernels.sets.uses_cpu_paths`` forced False, as the kernel tests do).
 Mesa's last chunk runs its torch kernels here (the fused Triton launch serves it
 on CUDA: one launch a layer), so the prefill count is per *middle* piece; and a
 decode step here is the torch kernels' (the decode memo's), where on CUDA the
@@ -82,13 +82,12 @@ def count_method(model, method: str, n: int, T: int) -> dict:
     before the last (``piece``: None for a prefill in one forward)."""
     import torch
 
-    import mesa_viz as mv
-    from mesa_viz import bench
-    from mesa_viz.application import presized_cache
-    ids = bench.random_ids(model.config.vocab_size, n)
+    from mesa_viz.analyses.bench import random_ids
+    from mesa_viz.runtime import apply, presized_cache
+    ids = random_ids(model.config.vocab_size, n)
     stack = model.get_decoder()
     seen = []
-    with torch.no_grad(), mv.apply(model, method, train_length=T):
+    with torch.no_grad(), apply(model, method, train_length=T):
         mode = counter()
 
         def start(module, args, kwargs):                 # counts per forward of the stack
@@ -121,8 +120,8 @@ def count_method(model, method: str, n: int, T: int) -> dict:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    from mesa_viz import attention_sets
-    attention_sets.uses_cpu_paths = lambda q, backend: backend == "eager"   # the CUDA branches
+    from mesa_viz.kernels import sets
+    sets.uses_cpu_paths = lambda q, backend: backend == "eager"   # the CUDA branches
     model = model_for(args.layers, args.train_length)
     L = args.layers
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install headless Chromium and its WebDriver for the browser tests
-# (tests/test_browser.py).  Idempotent: does nothing when both are present.
+# (tests/browser/test_notebooks_in_jupyterlab.py).  Idempotent: does nothing when both are present.
 # Debian/Ubuntu only; needs root (or sudo).  When another package manager run
 # holds the dpkg/apt lock (unattended-upgrades on a fresh machine, a parallel
 # setup), it waits for it (up to APT_WAIT seconds, default 600) instead of failing.

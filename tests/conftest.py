@@ -1,12 +1,19 @@
 """Shared fixtures (tiny random-weight models of two RoPE families, the real
 default model loaded once per session) and the test layers.
 
-Every test carries exactly one layer marker, given by its file's module-level
-``pytestmark``: ``unit`` (pure code, no model), ``tiny`` (tiny random models,
-notebooks on tiny models), ``slow`` (the real default model), ``browser``
-(headless Chromium).  Collection fails for a test with none or several, so
-no test falls outside ``make test-fast`` (``unit or tiny``) and ``make test``
-by accident.
+A test's layer is the folder it lives in, and files inside a layer mirror the
+package (``tests/tiny/runtime/test_apply.py`` tests ``mesa_viz/runtime/apply.py``):
+
+* ``unit``: pure code, no model (the notebooks' figures, the docs site);
+* ``tiny``: tiny random-weight models, notebooks run on them;
+* ``default_model``: the real default model (SmolLM2-135M-Instruct) at long lengths;
+* ``browser``: headless Chromium drawing notebooks and figures;
+* ``gpu``: the CUDA kernels on a GPU (skipped where there is none).
+
+The folder's name is given to every test as a marker (``pytest -m tiny``).
+Plain ``pytest`` runs ``unit`` and ``tiny`` (pyproject's ``testpaths``);
+``make test`` runs every layer.  A test file outside a layer folder stops the
+session.
 """
 
 import os
@@ -18,21 +25,31 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-LAYERS = ("unit", "tiny", "slow", "browser")
+#: The layer folders, fastest first.
+LAYERS = ("unit", "tiny", "default_model", "browser", "gpu")
+TESTS = Path(__file__).resolve().parent
+
+
+def layer_of(path) -> str | None:
+    """The layer of a test file: the first folder under ``tests/``."""
+    parts = Path(path).resolve().relative_to(TESTS).parts
+    return parts[0] if len(parts) > 1 and parts[0] in LAYERS else None
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Refuse the session if a test lacks exactly one layer marker."""
-    wrong = []
+    """Mark every test with its folder's layer; refuse a test outside one."""
+    outside = []
     for item in items:
-        layers = sorted({m.name for m in item.iter_markers() if m.name in LAYERS})
-        if len(layers) != 1:
-            wrong.append(f"{item.nodeid}: {layers or 'no layer'}")
-    if wrong:
+        layer = layer_of(item.path)
+        if layer is None:
+            outside.append(item.nodeid)
+        else:
+            item.add_marker(getattr(pytest.mark, layer))
+    if outside:
         raise pytest.UsageError(
-            f"tests need exactly one layer marker of {LAYERS} (a module-level "
-            "`pytestmark = pytest.mark.<layer>`):\n  " + "\n  ".join(wrong))
+            f"tests must live in a layer folder of tests/ ({', '.join(LAYERS)}):\n  "
+            + "\n  ".join(outside))
 
 
 @pytest.fixture(scope="session")

@@ -147,7 +147,7 @@ def reference_probs(model, ids, rel, mask, layer, query_scale=None, inv_freq=Non
     reference run of ``ids [1, n]``."""
     record = {}
     with reference_attention(model, rel, mask, query_scale, inv_freq,
-                                                   record=record), torch.no_grad():
+                             record=record), torch.no_grad():
         model(ids, position_ids=torch.zeros_like(ids))
     return record[layer]
 

@@ -1,5 +1,6 @@
-"""What every subcommand shares: the list parser, method parameters
-(``--param METHOD.KEY=VALUE``) and the model options and loading."""
+"""What every subcommand shares: the run folder (``--out``, ``--figure``), the
+list parser, method parameters (``--param METHOD.KEY=VALUE``) and the model
+options and loading."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import argparse
 import json
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = ["comma_list", "int_list", "float_list", "name_list", "add_param_argument",
-           "parse_params", "checked_grid", "add_model_arguments", "load"]
+           "parse_params", "checked_grid", "add_model_arguments", "load", "add_out_arguments",
+           "RunFolder", "run_folder"]
 
 _KINDS = {int: "an integer", float: "a number", str: "a name"}
 
@@ -47,6 +51,51 @@ def _items(item: str, cast: Callable) -> list:
     return [cast(item)]
 
 
+@dataclass(frozen=True)
+class RunFolder:
+    """Where a command writes: ``folder`` (``--out``), its rows ``folder /
+    <command>.jsonl`` and its figure page (``--figure``, default ``folder /
+    <command>.html``); anything else it keeps goes :meth:`beside` them."""
+
+    folder: Path
+    rows: Path
+    figure: Path
+
+    def beside(self, name: str) -> Path:
+        """``folder / name``."""
+        return self.folder / name
+
+
+#: Suffixes that name a file: ``--out`` is a folder.
+_FILE_SUFFIXES = (".jsonl", ".json", ".html", ".csv", ".npz", ".npy", ".txt")
+
+
+def add_out_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """``--out DIR`` (the run folder, the same for every command) and ``--figure``."""
+    parser.add_argument("--out", type=Path, default=Path("runs") / command, metavar="DIR",
+                        help=f"the run folder (default runs/{command}): rows in "
+                             f"DIR/{command}.jsonl, one JSON line a result, kept as they come "
+                             "and resumed by a rerun; the figure page DIR/"
+                             f"{command}.html; what else the command keeps, beside them")
+    parser.add_argument("--figure", type=Path, default=None, metavar="PATH.html",
+                        help=f"write the figure page here instead of DIR/{command}.html")
+
+
+def run_folder(args: argparse.Namespace, command: str) -> RunFolder:
+    """The :class:`RunFolder` of ``--out`` and ``--figure``; ValueError for an
+    ``--out`` that names a file (a folder is asked for) or a figure that is
+    not ``.html``."""
+    out = Path(args.out)
+    if out.suffix in _FILE_SUFFIXES or out.is_file():
+        raise ValueError(f"--out {out}: names a file; --out is the run folder (the rows go "
+                         f"to DIR/{command}.jsonl, the figure to DIR/{command}.html): allowed "
+                         f"a folder, e.g. --out {out.parent / out.stem}")
+    figure = Path(args.figure) if getattr(args, "figure", None) else out / f"{command}.html"
+    if figure.suffix != ".html":
+        raise ValueError(f"--figure {figure}: allowed an .html path")
+    return RunFolder(out, out / f"{command}.jsonl", figure)
+
+
 def add_param_argument(parser: argparse.ArgumentParser) -> None:
     """``--param METHOD.KEY=VALUE``, repeatable (see :func:`parse_params`)."""
     parser.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
@@ -75,7 +124,7 @@ def parse_params(items) -> dict:
 def checked_grid(args: argparse.Namespace) -> dict:
     """The ``--param`` method parameters, with ``--methods`` and ``--lengths``
     checked before any model loads (ValueError naming the bad value)."""
-    from ..checks import check_lengths, check_methods
+    from ..runs.validate import check_lengths, check_methods
     params = parse_params(args.param)
     check_methods(args.methods, params)
     check_lengths(args.lengths)

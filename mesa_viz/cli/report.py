@@ -1,8 +1,11 @@
 """``mesa-viz report``: a headless, self-contained HTML report.
 
-    mesa-viz report --out report.html                  # default model, 1.25 x T tokens
-    mesa-viz report --tiny --out /tmp/r.html           # random tiny model, seconds
-    mesa-viz report --no-model --passkey runs/demo/passkey.jsonl --bench runs/bench.jsonl
+    mesa-viz report --out runs/report                  # default model, 1.25 x T tokens
+    mesa-viz report --tiny --out /tmp/r                # random tiny model, seconds
+    mesa-viz report --no-model --passkey runs/demo/passkey.jsonl --bench runs/bench/bench.jsonl
+
+Writes ``DIR/report.html`` (or ``--figure``) and what it computed beside it
+(``DIR/report_data/``).
 """
 
 from __future__ import annotations
@@ -11,14 +14,17 @@ import argparse
 from pathlib import Path
 
 from ..methods import METHODS
-from .common import add_model_arguments, int_list, load, name_list
+from .common import add_model_arguments, add_out_arguments, int_list, load, name_list, run_folder
+
+#: The command's name (its page: ``DIR/report.html``).
+COMMAND = "report"
 
 #: Prompt length of ``--tiny`` (its T is 64).
 TINY_LENGTH = 200
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file to write")
+    add_out_arguments(parser, COMMAND)
     add_model_arguments(parser)
     parser.add_argument("--no-model", action="store_true",
                         help="layouts and given result files only")
@@ -44,22 +50,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="passkey results (.jsonl/.json/.csv)")
     parser.add_argument("--bench", type=Path, default=None,
                         help="bench results (.jsonl/.json/.csv)")
-    parser.add_argument("--ppl", type=Path, default=None,
-                        help="perplexity results of mesa-viz ppl (.jsonl)")
+    parser.add_argument("--perplexity", "--ppl", type=Path, default=None,
+                        help="perplexity results of mesa-viz perplexity (.jsonl)")
     parser.add_argument("--ruler", type=Path, default=None,
                         help="RULER results of mesa-viz ruler (.jsonl)")
+    parser.add_argument("--crossings", type=Path, default=None,
+                        help="joined rows of mesa-viz crossings (crossings_joined.jsonl)")
     parser.add_argument("--seed", type=int, default=0)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..report import build
+    where = run_folder(args, COMMAND)
     min_correlation = args.min_correlation
     if min_correlation is None:
         min_correlation = 0.5 if args.tiny else 0.99       # a random model has no clean trend
     model, tok = (None, None) if args.no_model else load(args)[:2]
     results = {k: v for k, v in (("passkey", args.passkey), ("bench", args.bench),
-                                 ("ppl", args.ppl), ("ruler", args.ruler)) if v}
-    path = build(args.out, model=model, tokenizer=tok, results=results,
+                                 ("perplexity", args.perplexity), ("ruler", args.ruler),
+                                 ("crossings", args.crossings)) if v}
+    path = build(where.figure, model=model, tokenizer=tok, results=results,
                  train_length=args.train_length,
                  length=args.length or (TINY_LENGTH if args.tiny else None),
                  methods=tuple(args.methods), layers=args.layers,

@@ -1,0 +1,74 @@
+"""Near and far key sets: the torch path of every method with near/far rules.
+
+A query's keys split into a near set (``0 <= i - j < near``, true positions)
+and a far set (the method's rule); both are scored in blocks of query rows and
+merged into one softmax (:func:`.sets.attend_sets`).  :func:`by_rules` runs it
+from the method's declared :class:`~.rules.Rules`, the same ones the Triton
+launch reads; Mesa's anchored stair (a rule that is not affine-floor) calls
+:func:`near_far` with its own positions.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from . import sets
+from .registry import kernel_for
+from .rope import arange, rotate
+from .rules import Rules, far_key_position, far_keys, far_query_position, far_visible
+
+__all__ = ["near_far", "by_rules", "rules_kernel"]
+
+
+def near_far(q, k, v, i0, rope, scale, backend, *, near: int,
+             far_keys: Callable[[int, int], tuple[int, int]],
+             far_q_pos: Callable[[torch.Tensor], torch.Tensor],
+             far_k_pos: Callable[[torch.Tensor], torch.Tensor],
+             far_visible: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+             near_floor: int = 0):
+    """Near keys ``0 <= i - j < near``, ``j >= near_floor``, at true positions;
+    far keys ``j`` in ``far_keys(i_lo, i_hi) -> (j0, j1)`` rotated to
+    ``far_k_pos(j)``, queries to ``far_q_pos(i)``, visible where
+    ``far_visible(i, j)``.  ``q [b, h, q_len, d]`` at ``i0..``, ``k, v [b,
+    kv_h, kv_len, d]``; returns ``[b, h, q_len, d_v]``."""
+    Lq, Lk, dev = q.shape[2], k.shape[2], q.device
+    j_all = arange(0, Lk, dev)
+    k_near = rotate(k, rope, j_all, ("lin", 0, Lk))
+    f_max = far_keys(i0, i0 + Lq - 1)[1]                   # far keys start at 0: rotate once
+    k_far = rotate(k[:, :, :f_max], rope, far_k_pos(j_all[:f_max]), ("far-k", f_max))
+    out = []
+    B = sets.block_size(q, 2 * Lk, backend)
+    for a in range(0, Lq, B):
+        b = min(Lq, a + B)
+        i = arange(i0 + a, i0 + b, dev)
+        qa = rotate(q[:, :, a:b], rope, i, ("lin", i0 + a, i0 + b))
+        n0, n1 = max(near_floor, i0 + a - near + 1), i0 + b
+        jn = j_all[n0:n1]
+        ma = (jn[None, :] <= i[:, None]) & (i[:, None] - jn[None, :] < near)
+        key_sets = [(qa, k_near[:, :, n0:n1], v[:, :, n0:n1], ma)]
+        f0, f1 = far_keys(i0 + a, i0 + b - 1)
+        if f1 > f0:
+            jf = j_all[f0:f1]
+            qb = rotate(q[:, :, a:b], rope, far_q_pos(i), ("far-q", i0 + a, i0 + b))
+            mb = far_visible(i[:, None], jf[None, :]).expand(len(i), len(jf))
+            key_sets.append((qb, k_far[:, :, f0:f1], v[:, :, f0:f1], mb))
+        out.append(sets.attend_sets(key_sets, scale, backend))
+    return torch.cat(out, dim=2)
+
+
+def by_rules(rules: Rules, q, k, v, i0, rope, scale, backend):
+    """:func:`near_far` with the positions of the affine-floor ``rules``."""
+    return near_far(q, k, v, i0, rope, scale, backend, near=rules.near,
+                    far_keys=lambda lo, hi: far_keys(rules, lo, hi),
+                    far_q_pos=lambda i: far_query_position(rules, i),
+                    far_k_pos=lambda j: far_key_position(rules, j),
+                    far_visible=lambda i, j: far_visible(rules, i, j))
+
+
+def rules_kernel(method, q, k, v, i0, rope, scale, backend):
+    """The torch kernel of a method whose registry entry declares affine-floor
+    ``rules``: :func:`by_rules` with them (register it with ``@kernel(cls,
+    rules=...)``)."""
+    return by_rules(kernel_for(method).rules(method, i0), q, k, v, i0, rope, scale, backend)

@@ -1,0 +1,270 @@
+"""Stair PE (``methods/stair.py``): the ``stair`` method and the rows of Mesa's last
+chunk, one piece of code, :func:`stair_rows`, over a :class:`StairGeometry`,
+whose docstring holds the residue-class factorisation.  Its rules
+(``Rules.stair``) serve the Triton launch on CUDA."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..methods import Stair
+from . import sets
+from .decode_memo import same
+from .origin import softmax_pv
+from .registry import kernel
+from .rope import arange, rotate
+from .rules import Rules
+
+__all__ = ["StairGeometry", "stair_rows", "stair_position", "stair_rules", "stair"]
+
+
+def stair_rules(method: Stair, last_start: int = 0) -> Rules:
+    """Per-query Stair PE from ``last_start`` (0 for the ``stair`` method)."""
+    return Rules(near=method.stair_start,
+                 stair=(last_start, method.stair_start, method.stair_width))
+
+
+def stair_position(t, stair_start, stair_width):
+    """``methods.stair_position`` on integer tensors."""
+    return torch.where(t < stair_start, t,
+                       stair_start + torch.div(t - stair_start, stair_width,
+                                               rounding_mode="floor"))
+
+
+@dataclass(frozen=True)
+class StairGeometry:
+    """Per-query Stair PE for the queries from ``last_start`` on, over every key.
+
+    Symbols of METHOD-NOTES.md: ``s = last_start`` (Mesa's last-chunk start; 0
+    for the ``stair`` method), ``N = stair_start``, ``E = stair_width``, and
+    ``P(t) = t`` for ``t < N``, ``N + floor((t - N) / E)`` beyond.
+
+    Residue classes.  Write a query ``i = s + r + E*m`` (``0 <= r < E``: the
+    class of its offset ``i - s``; ``m``: its stair step) and a far key ``j``
+    (``i - j >= N``) as ``s - N - j = E*a_j + b_j`` (``0 <= b_j < E``).  Then::
+
+        P(i - j) = N + floor((i - j - N) / E) = N + m + a_j + [b_j >= E - r]
+
+    so within class ``r`` the stair position is the difference of one query
+    position, ``m``, and one key position, ``-(N + a_j + [b_j >= E - r])``
+    (:meth:`key_position`): RoPE of the query at ``m`` and of the key there
+    scores exactly ``P(i - j)``, for ``E`` rotations of the far keys instead of
+    one per query.  Near keys (``i - j < N``) keep their linear positions.
+
+    Key groups.  Read the same identity by the key: within group ``b`` (the
+    far keys with ``b_j = b``, every ``E``-th key) the stair position is the
+    difference of the key position ``-(N + a_j)`` and the query position ``m +
+    [r >= E - b]``.  So the far keys are rotated once, grouped by ``b_j``
+    (:func:`_far_groups`), and each group is scored for all the rows of a block
+    at once, with the queries rotated to that group's positions (two values per
+    query, ``m`` or ``m + 1``): ``E`` calls of every row against a ``1/E`` of the
+    keys, instead of ``E`` classes of ``1/E`` of the rows against all keys (which
+    the CPU's flash kernel runs at half the rate: few rows over many keys).
+    Near keys (``i - j < N``) keep their linear positions.
+
+    ``deep = D``: keys ``0..D-1`` are far for every query of a call from
+    ``i0`` (``D = max(0, i0 - N + 1)``), never near.  A single query (a decode
+    step) needs no groups: far keys with the same step form runs of ``E``, and
+    the query is rotated to each step instead (:func:`_stair_one`).
+    """
+
+    last_start: int
+    stair_start: int
+    stair_width: int
+    deep: int = 0
+
+    @classmethod
+    def for_queries(cls, i0: int, last_start: int, stair_start: int, stair_width: int):
+        """The geometry of a call whose queries start at ``i0 >= last_start``."""
+        return cls(last_start, stair_start, stair_width, max(0, i0 - stair_start + 1))
+
+    def step(self, i: torch.Tensor) -> torch.Tensor:
+        """``m`` of queries ``i``."""
+        return torch.div(i - self.last_start, self.stair_width, rounding_mode="floor")
+
+    def residue(self, i: int) -> int:
+        """``r`` of query ``i``."""
+        return (i - self.last_start) % self.stair_width
+
+    def key_position(self, j: torch.Tensor, r: int) -> torch.Tensor:
+        """``-(N + a_j + [b_j >= E - r])`` of far keys ``j`` for class ``r``."""
+        N = self.stair_start
+        return -(N + torch.div(self.last_start + r - j - N, self.stair_width,
+                               rounding_mode="floor"))
+
+
+def stair_rows(q, k, v, i0, rope, scale, backend, last_start, stair_start, stair_width):
+    """Queries ``i0..`` (all ``>= last_start``) over keys ``0..i`` with per-query
+    Stair PE (:class:`StairGeometry`).  ``q [b, h, q_len, d]``, ``k, v [b,
+    kv_h, i0 + q_len, d]``; returns ``[b, h, q_len, d_v]``.
+
+    In blocks of rows, one softmax over several key sets
+    (:func:`.sets.attend_sets`): the near keys (``i - j < N``) at
+    their own positions, and the far keys group by group
+    (:func:`_far_groups`), each with the queries rotated to its positions."""
+    if q.shape[2] == 1:                                   # a generated token
+        return _stair_one(q, k, v, i0, rope, scale, backend, last_start, stair_start,
+                          stair_width)
+    geo = StairGeometry.for_queries(i0, last_start, stair_start, stair_width)
+    pos = arange(i0, k.shape[2], q.device)
+    n_far = k.shape[2] - stair_start                      # far keys of the last query
+    near = _near_keys(q, k, pos, rope, geo) if stair_start else None
+    far = _far_groups(k, v, rope, geo, n_far) if n_far > 0 else None
+    B = sets.block_size(q, k.shape[2], backend)
+    out = [sets.attend_sets(_block_sets(q, v, pos[a:a + B], a, rope, geo, near, far),
+                            scale, backend)
+           for a in range(0, len(pos), B)]
+    return torch.cat(out, dim=2) if len(out) > 1 else out[0]
+
+
+def _near_keys(q, k, pos, rope, geo: StairGeometry):
+    """``(q, k)`` at linear positions: the queries at ``pos`` and the keys
+    from ``deep`` on (the only ones any of them sees as near)."""
+    D, Lk, i0 = geo.deep, k.shape[2], int(pos[0])
+    return (rotate(q, rope, pos, ("lin", i0, Lk)),
+            rotate(k[:, :, D:], rope, arange(D, Lk, q.device), ("lin", D, Lk)))
+
+
+def _far_groups(k, v, rope, geo: StairGeometry, n_far: int):
+    """The far keys ``0..n_far-1`` of a call grouped by ``b_j``
+    (:class:`StairGeometry`), each group in key order and rotated once to
+    ``-(N + a_j)``: ``(keys, values, groups)``, ``groups[b] = (lo, j)`` the
+    group's first row in ``keys`` and its key positions ``j``.  Group ``b``
+    holds ``j = c, c + E, ...`` with ``c = (s - N - b) mod E``: one strided
+    slice each, copied (and rotated) straight into its place."""
+    E = geo.stair_width
+    keys = k.new_empty(k.shape[:2] + (n_far, k.shape[-1]))
+    values = v.new_empty(v.shape[:2] + (n_far, v.shape[-1]))
+    groups, lo = [], 0
+    for b in range(E):
+        c = (geo.last_start - geo.stair_start - b) % E
+        j = torch.arange(c, max(c, n_far), E, device=k.device)
+        hi = lo + len(j)
+        rotate(k[:, :, c:n_far:E], rope, geo.key_position(j, 0),
+               ("far", n_far, geo.last_start, geo.stair_start, E, b), out=keys[:, :, lo:hi])
+        values[:, :, lo:hi] = v[:, :, c:n_far:E]
+        groups.append((lo, j))
+        lo = hi
+    return keys, values, groups
+
+
+def _block_sets(q, v, ib, a, rope, geo: StairGeometry, near, far):
+    """The key sets of the query rows ``a..`` at positions ``ib`` for
+    :func:`.sets.attend_sets`: ``(q, k, v, mask)`` of the near keys
+    they see, then of each far group's keys that the block's last row sees (a
+    prefix of the group): those the first row sees too without a mask, the
+    rest with ``mask [rows, keys]``."""
+    N, E, D, dev = geo.stair_start, geo.stair_width, geo.deep, q.device
+    rows, i_last = slice(a, a + len(ib)), int(ib[-1])
+    out = []
+    if near is not None:
+        n0, n1 = max(D, int(ib[0]) - N + 1), i_last + 1
+        jn = arange(n0, n1, dev)
+        mask = (jn[None, :] <= ib[:, None]) & (ib[:, None] - jn[None, :] < N)
+        out.append((near[0][:, :, rows], near[1][:, :, n0 - D:n1 - D], v[:, :, n0:n1], mask))
+    if far is None:
+        return out
+    keys, values, groups = far
+    m, r = geo.step(ib), torch.remainder(ib - geo.last_start, E)
+    for b, (lo, j) in enumerate(groups):
+        n0, n = (int(x) for x in torch.searchsorted(j, ib[[0, -1]] - N, right=True))
+        if n == 0:                                        # j <= i - N: none for the last row
+            continue
+        qb = rotate(q[:, :, rows], rope, m + (r >= E - b).to(m.dtype),
+                    ("stair-q", int(ib[0]), len(ib), b))
+        if n0:
+            out.append((qb, keys[:, :, lo:lo + n0], values[:, :, lo:lo + n0], None))
+        if n > n0:
+            out.append((qb, keys[:, :, lo + n0:lo + n], values[:, :, lo + n0:lo + n],
+                        j[None, n0:n] <= ib[:, None] - N))
+    return out
+
+
+def _stair_one(q, k, v, i, rope, scale, backend, last_start, stair_start, stair_width):
+    """One query at ``i`` over keys ``0..i`` with per-query Stair PE: with the
+    application's decode memo, :func:`_stair_one_memo`; alone, without
+    rotating the far keys (:func:`_stair_runs`)."""
+    if getattr(rope, "memo", None) is not None and getattr(rope, "layer", None) is not None:
+        return _stair_one_memo(q, k, v, i, rope, scale, backend,
+                               StairGeometry(last_start, stair_start, stair_width))
+    return _stair_runs(q, k, v, i, rope, scale, backend, stair_start, stair_width)
+
+
+def _stair_one_memo(q, k, v, i, rope, scale, backend, geo: StairGeometry):
+    """One query at ``i`` (class ``r``, step ``m``) over keys kept rotated
+    between steps in one buffer (:meth:`DecodeMemo.split_rotated`): far keys
+    at ``-(N + a_j)`` (:class:`StairGeometry`), near keys at ``j``; each step
+    rotates only its new key and the key that left the near window.  One
+    product scores every key against the query at ``i`` (near keys), ``m``
+    and ``m + 1`` (far key ``j`` takes ``m`` where ``b_j < E - r``, ``m + 1``
+    elsewhere), and a per-key pick keeps the right one: few operations a layer,
+    since a decode step is bound by their count and by reading the keys.
+    ``q [b, h, 1, d]``, ``k, v [b, kv_h, i+1, d]``; returns ``[b, h, 1, d_v]``."""
+    N, E, s = geo.stair_start, geo.stair_width, geo.last_start
+    bsz, h, _, d = q.shape
+    kvh, L = k.shape[1], i + 1
+    rep, n_far = h // kvh, max(0, i - N + 1)
+    keys = rope.memo.split_rotated(rope.layer, ("stair", s, N, E), k, n_far, L, same,
+                                   lambda j: geo.key_position(j, 0), rope)
+    m = (i - s) // E
+    pos = rope.table(("stair-one-q", i), lambda: torch.tensor([i, m, m + 1], device=q.device))
+    q3 = rotate(q.expand(bsz, h, 3, d), rope, pos, ("stair-one-q", i))
+    scores = torch.bmm(q3.reshape(bsz * kvh, rep * 3, d),             # bmm: fewer launches
+                       keys.reshape(bsz * kvh, L, d).transpose(1, 2))
+    pick = rope.table(("stair-one-pick", s, N, E, i),
+                      lambda: _stair_pick(geo, i, n_far, L, q.device).view(1, 1, 1, 1, L))
+    scores = scores.view(bsz, kvh, rep, 3, L).gather(3, pick.expand(bsz, kvh, rep, 1, L))
+    p = torch.softmax(scores.view(bsz, kvh, rep, L).float().mul_(scale), dim=-1).to(v.dtype)
+    out = sets.pv(p, v, split=not sets.uses_cpu_paths(q, backend))
+    return out.reshape(bsz, h, 1, -1)
+
+
+def _stair_pick(geo: StairGeometry, i: int, n_far: int, L: int, device) -> torch.Tensor:
+    """Which of the query's three rotations ``(i, m, m + 1)`` each key
+    ``0..L-1`` scores with: 0 near, 1 far at ``m`` (``b_j < E - r``), 2 far at ``m + 1``."""
+    N, E, s = geo.stair_start, geo.stair_width, geo.last_start
+    pick = torch.zeros(L, dtype=torch.long, device=device)
+    at_m = torch.remainder(s - N - arange(0, n_far, device), E) < E - geo.residue(i)
+    pick[:n_far] = torch.where(at_m, 1, 2)
+    return pick
+
+
+def _stair_runs(q, k, v, i, rope, scale, backend, stair_start, stair_width):
+    """One query at ``i`` over keys ``0..i`` with per-query Stair PE, without
+    rotating the far keys.  Far keys with the same step ``P(i - j) = N + g``
+    form runs of ``E`` (a shorter run first), so the query is rotated to each
+    step instead (``[b, h, G, d]``) and every run is scored against its own
+    copy; only the ``N`` near keys are rotated.  A decode step thus reads the
+    cache once, in place.
+
+    ``q [b, h, 1, d]``, ``k, v [b, kv_h, i+1, d]``; returns ``[b, h, 1, d_v]``.
+    """
+    N, E = stair_start, stair_width
+    bsz, h, _, d = q.shape
+    kvh, dev = k.shape[1], q.device
+    rep, n_far = h // kvh, max(0, i - N + 1)              # far keys 0..i-N
+    runs, short = divmod(n_far, E)                        # full runs after a short one
+    q_near = rotate(q, rope, arange(i, i + 1, dev)).reshape(bsz, kvh, rep, d)
+    k_near = rotate(k[:, :, n_far:], rope, arange(n_far, i + 1, dev))
+    scores = [torch.matmul(q_near, k_near.transpose(-1, -2))]          # [b, kvh, rep, i+1-f]
+    if n_far:
+        steps = N + torch.arange(runs, -1, -1, device=dev)  # the short run's step, then run by run
+        qs = rotate(q.expand(bsz, h, runs + 1, d), rope, steps).reshape(bsz, kvh, rep, runs + 1, d)
+        if runs:
+            k_runs = k[:, :, short:n_far].reshape(bsz, kvh, runs, E, d)
+            s_runs = torch.matmul(qs[:, :, :, 1:].transpose(2, 3), k_runs.transpose(-1, -2))
+            scores.insert(0, s_runs.transpose(2, 3).reshape(bsz, kvh, rep, runs * E))
+        if short:
+            scores.insert(0, torch.matmul(qs[:, :, :, 0], k[:, :, :short].transpose(-1, -2)))
+    return softmax_pv(scores, v, scale, q, backend)
+
+
+@kernel(Stair, rules=lambda m, i0: stair_rules(m),
+        linear=lambda m, kv_len: kv_len <= m.stair_start)
+def stair(method, q, k, v, i0, rope, scale, backend):
+    """Stair PE over the whole causal matrix: Mesa's last-chunk rows with the
+    last chunk starting at 0."""
+    return stair_rows(q, k, v, i0, rope, scale, backend, 0, method.stair_start,
+                      method.stair_width)
