@@ -4,7 +4,7 @@ capture their attention rows (the rule's rotary gives the frequencies)."""
 
 from __future__ import annotations
 
-from ..methods import DynamicNTK, NTKAware, PositionInterpolation, YaRN
+from ..methods.frequency import DynamicNTK, NTKAware, PositionInterpolation, YaRN
 from .origin import origin
 from .registry import kernel
 

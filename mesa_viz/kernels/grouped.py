@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ..methods import DualChunk, SelfExtend
+from ..methods.grouped import DualChunk, SelfExtend
 from . import sets
 from .near_far import rules_kernel
 from .registry import kernel

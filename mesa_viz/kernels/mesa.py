@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from ..methods import Mesa
+from ..methods.mesa import Mesa
 from . import sets
 from .near_far import near_far
 from .origin import origin

@@ -4,7 +4,7 @@ set, each its :class:`~.rules.Rules`."""
 
 from __future__ import annotations
 
-from ..methods import LMInfinite, StreamingLLM
+from ..methods.sinks import LMInfinite, StreamingLLM
 from .near_far import rules_kernel
 from .registry import kernel
 from .rules import Rules

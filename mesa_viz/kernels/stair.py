@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..methods import Stair
+from ..methods.stair import Stair
 from . import sets
 from .decode_memo import same
 from .origin import softmax_pv

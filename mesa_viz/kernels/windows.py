@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from ..methods import LeakyReRoPE, ReRoPE, String
+from ..methods.windows import LeakyReRoPE, ReRoPE, String
 from .near_far import rules_kernel
 from .registry import kernel
 from .rules import Rules
