@@ -1,10 +1,10 @@
 """The ``mesa-viz`` command: one subcommand per analysis.
 
-Each subcommand is the ``cli.py`` of its analysis (``mesa_viz/analyses/<name>/``)
-with ``add_arguments(parser)`` and ``run(args) -> int`` (it writes its rows and
-figures into the run folder ``--out DIR`` and prints its summary);
-:data:`SUBCOMMANDS` lists them, and a module loads only when its subcommand
-runs.  Adding a subcommand: its module and one line in :data:`SUBCOMMANDS`.
+Each subcommand is the ``cli.py`` of its analysis (``mesa_viz/analyses/<name>/``),
+or of the report (``mesa_viz/report/cli.py``), with ``add_arguments(parser)`` and
+``run(args) -> int`` (it writes its rows and figures into the run folder
+``--out DIR`` and prints its summary); :data:`SUBCOMMANDS` lists them, and a
+module loads only when its subcommand runs.  Adding a subcommand: its module and one line in :data:`SUBCOMMANDS`.
 Shared options and parsers (the run folder, lists, method parameters, the
 model) are in :mod:`.common`.
 """
@@ -41,7 +41,7 @@ SUBCOMMANDS = {
               "and length"),
     "theory": (f"{_A}.theory.cli", "the constructions of the paper's Appendix E, run "
                "(no model)"),
-    "report": ("mesa_viz.cli.report", "headless HTML report of the analyses"),
+    "report": ("mesa_viz.report.cli", "headless HTML report of the analyses"),
 }
 #: Other names of subcommands (kept so earlier command lines still run).
 ALIASES = {"ppl": "perplexity"}

@@ -524,6 +524,14 @@ CHOICE_VIEWS = {
                      "params={'preset': 'authors-code'})", dict(preset="authors-code")),
 }
 
+#: Scroll the explorer's first figure to the top, its summary line (the parameters) above it.
+SHOW_FIGURE = """
+const plot = arguments[0].querySelector('.js-plotly-plot');
+plot.scrollIntoView({block: 'start'});
+const panel = plot.closest('.jp-WindowedPanel-outer') || plot.closest('.jp-Notebook');
+if (panel) panel.scrollTop -= 110;
+"""
+
 DROPDOWNS = """
 return [...arguments[0].querySelectorAll('.widget-dropdown')].map(box => [
   box.querySelector('.widget-label').textContent.trim(), box.querySelector('select').value]);
@@ -560,7 +568,7 @@ def test_layout_explorer_draws_mesa_stair_and_preset(driver, lab):
         want = drawn_as(plots.layout_heatmap(mv.layout("mesa", n, train_length=T, **params)))
         wait_for(driver, lambda d: drawn_as_in(d, area) == want, 60,
                  f"mesa {params} (n={n}, T={T}) drawn as {want}")
-        driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", area)
+        driver.execute_script(SHOW_FIGURE, area)          # the summary line, then the layout
         screenshot(driver, f"layout_explorer_mesa_{choice}", publish=True)
     assert not [t for t in driver.execute_script(CELL_ERRORS)], "errors in the notebook"
 

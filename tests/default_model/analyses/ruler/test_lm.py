@@ -42,7 +42,8 @@ def test_needles_found_in_every_needle_task_on_the_default_tokenizer():
     import _mesa_viz_lm_eval as hook
     hook.install()
     from mesa_viz.analyses.ruler.lm import default_tokenizer_name
-    from mesa_viz.analyses.ruler import NEEDLE_TASKS, needle_chars, ruler_offline
+    from mesa_viz.analyses.ruler import NEEDLE_TASKS, needle_chars
+    from mesa_viz.analyses.ruler.tasks import ruler_offline
     for task in NEEDLE_TASKS:
         doc = ruler_offline.sampled(task, tokenizer=default_tokenizer_name(),
                                     max_seq_lengths=[4096], num_samples=1)["test"][0]

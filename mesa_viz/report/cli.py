@@ -14,7 +14,8 @@ import argparse
 from pathlib import Path
 
 from ..methods import METHODS
-from .common import add_model_arguments, add_out_arguments, int_list, load, name_list, run_folder
+from ..cli.common import (add_model_arguments, add_out_arguments, int_list, load, name_list,
+                          run_folder)
 
 #: The command's name (its page: ``DIR/report.html``).
 COMMAND = "report"
@@ -60,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import build
+    from . import build
     where = run_folder(args, COMMAND)
     min_correlation = args.min_correlation
     if min_correlation is None:

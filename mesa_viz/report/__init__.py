@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .analyses import ANALYSES
-from .analyses.passkey.samples import make_sample
-from .analyses.thresholds.compute import default_hidden_layers
-from .methods import METHODS
-from .models.parts import train_length_of
-from .runtime import Trace, trace
-from .viz.page import Section, note, save_html
+from ..analyses import ANALYSES
+from ..analyses.passkey.samples import make_sample
+from ..analyses.thresholds.compute import default_hidden_layers
+from ..methods import METHODS
+from ..models.parts import train_length_of
+from ..runtime import Trace, trace
+from ..viz.page import Section, note, save_html
 
 __all__ = ["build", "Context", "Section", "SECTIONS", "RESULT_KINDS"]
 
