@@ -11,7 +11,7 @@ import argparse
 import time
 
 from ...cli.common import (add_model_arguments, add_out_arguments, add_param_argument, int_list,
-                           load, name_list, parse_params, run_folder)
+                           checked_grid, load, name_list, run_folder)
 from .grid import ALL_METHODS, DEFAULT_LENGTHS
 
 #: The command's name (its rows file: ``DIR/bench.jsonl``).
@@ -55,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
     where = run_folder(args, COMMAND)
     if args.decode_ab and args.prefill_ab:
         raise SystemExit("mesa-viz bench: --decode-ab and --prefill-ab are two runs: give one")
-    params = parse_params(args.param)
-    bench.check_grid(args.methods, args.lengths, params)
+    params = checked_grid(args)
     model, _, name = load(args)
     if args.decode_ab:
         return _decode_ab(model, args, where.rows)

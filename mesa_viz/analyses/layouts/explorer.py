@@ -3,6 +3,8 @@ control for every parameter each method declares (``methods.parameters``)."""
 
 from __future__ import annotations
 
+from functools import cache
+
 import ipywidgets as W
 
 from ...methods import METHODS, Choice, Derived, Slider, Toggle, parameters
@@ -15,10 +17,12 @@ __all__ = ["layout_explorer", "parameter_controls", "SEQ_LEN_MAX"]
 #: The largest sequence the explorer's ``seq_len`` slider reaches (its
 #: ``train_length`` slider: the base field's declared range).
 SEQ_LEN_MAX = 4096
-#: What a drop-down shows for a parameter left to the method (``None``).
+#: The drop-down entry for a parameter left to the method (``None``): a value of its own,
+#: since a drop-down whose value is None shows no entry at all.
 _DEFAULT = "(method default)"
 
 
+@cache
 def _merged_controls() -> dict:
     """Parameter name -> control, over every method (a name several methods
     declare gets the widest range: one slider serves them all)."""
@@ -45,16 +49,16 @@ def _wider(a, b, name: str):
 
 
 def _widget(name: str, control, value):
-    style = {"description_width": "90px"}
+    style = {"description_width": "120px"}
     if isinstance(control, Slider):
         cls = W.FloatSlider if isinstance(control.step, float) else W.IntSlider
         value = control.lo if value is None else value
         return cls(value=value, min=control.lo, max=max(control.hi, value), step=control.step,
                    description=name, continuous_update=False, style=style)
     if isinstance(control, Choice):
-        options = [(_DEFAULT, None), *((o, o) for o in control.options)]
-        return W.Dropdown(options=options, value=value, description=name, style=style,
-                          layout=W.Layout(width="300px"))
+        return W.Dropdown(options=[_DEFAULT, *control.options],
+                          value=_DEFAULT if value is None else value, description=name,
+                          style=style, layout=W.Layout(width="300px"))
     if isinstance(control, Toggle):
         return W.Checkbox(value=bool(value), description=name, indent=False,
                           layout=W.Layout(width="210px"))
@@ -78,8 +82,9 @@ def _layout_params(controls: dict, method: str) -> dict:
     fields = set(parameters(method))
     params = {"train_length": controls["train_length"].value}
     for name in _merged_controls():
-        if name in fields and not controls[name + "_auto"].value:
-            params[name] = controls[name].value
+        value = controls[name].value
+        if name in fields and not controls[name + "_auto"].value and value != _DEFAULT:
+            params[name] = value
     return params
 
 

@@ -15,6 +15,13 @@ from mesa_viz.runs import read_jsonl
 from repo import ROOT
 
 
+def _gpu_bench(*args, timeout: int = 600, env=None) -> subprocess.CompletedProcess:
+    """``python scripts/gpu_bench.py --tiny ARGS``, its output captured."""
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_bench.py"), "--tiny",
+                           *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
 def _load_gpu_bench():
     """scripts/gpu_bench.py as a module (its settings tables)."""
     spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "scripts" / "gpu_bench.py")
@@ -24,11 +31,8 @@ def _load_gpu_bench():
 
 
 def test_gpu_bench_tiny_runs_the_grid_the_long_row_and_the_floors(tmp_path):
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gpu_bench.py"), "--tiny",
-         "--lengths", "64,160", "--long-length", "320", "--long-decode", "2",
-         "--decode-tokens", "1", "--repeats", "1", "--warmup", "0", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600)
+    out = _gpu_bench("--lengths", "64,160", "--long-length", "320", "--long-decode", "2",
+                     "--decode-tokens", "1", "--repeats", "1", "--warmup", "0", "--out", tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = read_jsonl(tmp_path / "gpu_bench.jsonl")
     machine = [r for r in rows if r["kind"] == "machine"]
@@ -43,16 +47,10 @@ def test_gpu_bench_tiny_runs_the_grid_the_long_row_and_the_floors(tmp_path):
 
 
 def test_gpu_bench_refuses_lengths_past_a_million(tmp_path):
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gpu_bench.py"), "--tiny",
-         "--lengths", "2000000", "--out", str(tmp_path)], capture_output=True, text=True,
-        timeout=300)
+    out = _gpu_bench("--lengths", "2000000", "--out", tmp_path, timeout=300)
     assert out.returncode != 0 and "allowed 1..1048576" in out.stderr
     for flag in ("--decode-ab", "--kernel-times"):               # refused before any grid
-        out = subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "gpu_bench.py"), "--tiny",
-             "--lengths", "64", flag, "512,x", "--out", str(tmp_path / flag)],
-            capture_output=True, text=True, timeout=300)
+        out = _gpu_bench("--lengths", "64", flag, "512,x", "--out", tmp_path / flag, timeout=300)
         assert out.returncode != 0 and f"{flag} '512,x': 'x' is not an integer" in out.stderr
         assert not (tmp_path / flag / "gpu_bench.jsonl").exists()
 
@@ -60,11 +58,8 @@ def test_gpu_bench_refuses_lengths_past_a_million(tmp_path):
 def test_gpu_bench_fused_off_turns_the_launch_off_and_says_why_in_the_rows(tmp_path):
     """``--fused-off REASON`` (scripts/gpu_bench.sh passes it where tests/gpu
     failed): the fused launch is off for the run and every row says why."""
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gpu_bench.py"), "--tiny", "--fused-off", "why",
-         "--lengths", "64", "--long-length", "0", "--decode-tokens", "1", "--repeats", "1",
-         "--warmup", "0", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600)
+    out = _gpu_bench("--fused-off", "why", "--lengths", "64", "--long-length", "0",
+                     "--decode-tokens", "1", "--repeats", "1", "--warmup", "0", "--out", tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "fused launch OFF for this run: why" in out.stdout
     rows = read_jsonl(tmp_path / "gpu_bench.jsonl")
@@ -76,9 +71,7 @@ def test_gpu_bench_fused_off_turns_the_launch_off_and_says_why_in_the_rows(tmp_p
 def test_gpu_bench_has_no_check_options_left(tmp_path):
     """The kernels' device checks are the gpu test layer (tests/gpu), not the script's."""
     for flag in ("--no-check", "--long-check"):
-        out = subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "gpu_bench.py"), "--tiny", flag, "0",
-             "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+        out = _gpu_bench(flag, "0", "--out", tmp_path, timeout=300)
         assert out.returncode == 2 and "unrecognized arguments" in out.stderr
 
 
@@ -101,11 +94,9 @@ def test_host_ops_counts_one_device_read_a_mesa_decode_step():
 def test_gpu_bench_piece_sizes_ab_in_one_call(tmp_path):
     """``--piece-tokens 64,128``: the grid with pieces of 64, then Mesa's points
     again with pieces of 128, rows saying which; a bad size is refused by name."""
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gpu_bench.py"), "--tiny",
-         "--lengths", "256", "--long-length", "0", "--decode-tokens", "1", "--repeats", "1",
-         "--warmup", "0", "--piece-tokens", "64,128", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600)
+    out = _gpu_bench("--lengths", "256", "--long-length", "0", "--decode-tokens", "1",
+                     "--repeats", "1", "--warmup", "0", "--piece-tokens", "64,128",
+                     "--out", tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     points = [(r["method"], r["piece_tokens"]) for r in read_jsonl(tmp_path / "gpu_bench.jsonl")
               if r["kind"] == "point"]
@@ -113,10 +104,7 @@ def test_gpu_bench_piece_sizes_ab_in_one_call(tmp_path):
     floors = (tmp_path / "floors.txt").read_text().splitlines()
     assert any("pieces of <= 128" in x for x in floors if x.startswith("mesa"))
     assert not any("pieces" in x for x in floors if x.startswith("origin"))  # one forward
-    bad = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gpu_bench.py"), "--tiny",
-         "--piece-tokens", "64,0", "--out", str(tmp_path / "b")], capture_output=True, text=True,
-        timeout=300)
+    bad = _gpu_bench("--piece-tokens", "64,0", "--out", tmp_path / "b", timeout=300)
     assert bad.returncode != 0 and "'0' is not an integer >= 1" in bad.stderr
 
 
@@ -127,11 +115,9 @@ def test_gpu_bench_times_the_two_launches_under_each_setting(tmp_path):
     interpreter on CPU tensors, as on the device with CUDA)."""
     import os
     gpu_bench = _load_gpu_bench()
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gpu_bench.py"), "--tiny",
-         "--lengths", "128", "--long-length", "0", "--decode-tokens", "1",
-         "--repeats", "1", "--warmup", "0", "--kernel-times", "200", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, env=dict(os.environ, TRITON_INTERPRET="1"))
+    out = _gpu_bench("--lengths", "128", "--long-length", "0", "--decode-tokens", "1",
+                     "--repeats", "1", "--warmup", "0", "--kernel-times", "200", "--out", tmp_path,
+                     env=dict(os.environ, TRITON_INTERPRET="1"))
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [r for r in read_jsonl(tmp_path / "gpu_bench.jsonl") if r["kind"] == "kernel-time"]
     assert [(r["launch"], r["n"]) for r in rows] == \
@@ -145,11 +131,8 @@ def test_gpu_bench_times_the_two_launches_under_each_setting(tmp_path):
 def test_gpu_bench_decode_ab_pairs_steps_taken_in_turn(tmp_path):
     """``--decode-ab``: origin and Mesa decoded one step of each in turn at
     each length, a row per length with every step and the paired ratio."""
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gpu_bench.py"), "--tiny",
-         "--lengths", "128", "--long-length", "0", "--decode-tokens", "3",
-         "--repeats", "1", "--warmup", "0", "--decode-ab", "256", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600)
+    out = _gpu_bench("--lengths", "128", "--long-length", "0", "--decode-tokens", "3",
+                     "--repeats", "1", "--warmup", "0", "--decode-ab", "256", "--out", tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [r for r in read_jsonl(tmp_path / "gpu_bench.jsonl") if r["kind"] == "decode-ab"]
     assert [r["length"] for r in rows] == [256]
