@@ -4,9 +4,9 @@ Each subcommand is the ``cli.py`` of its analysis (``mesa_viz/analyses/<name>/``
 or of the report (``mesa_viz/report/cli.py``), with ``add_arguments(parser)`` and
 ``run(args) -> int`` (it writes its rows and figures into the run folder
 ``--out DIR`` and prints its summary); :data:`SUBCOMMANDS` lists them, and a
-module loads only when its subcommand runs.  Adding a subcommand: its module and one line in :data:`SUBCOMMANDS`.
-Shared options and parsers (the run folder, lists, method parameters, the
-model) are in :mod:`.common`.
+module loads only when its subcommand runs.  Adding a subcommand: its module
+and one line in :data:`SUBCOMMANDS`.  Shared options and parsers (the run
+folder, lists, method parameters, the model) are in :mod:`.common`.
 """
 
 from __future__ import annotations

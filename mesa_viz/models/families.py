@@ -80,8 +80,6 @@ def refuse_model_attention(model, train_length: int) -> None:
                          "not supported by mesa_viz kernels")
 
 
-
-
 def model_rope(model, rotary) -> dict:
     """The model's own ``{"rope_theta", "rotary_dim", "rope_type"}``."""
     rp = getattr(model.config, "rope_parameters", None) or {}

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["append_jsonl", "read_jsonl", "load_rows", "set_aside_torn_line", "jsonable",
-           "BrokenLine", "torn_file"]
+__all__ = ["append_jsonl", "write_jsonl", "read_jsonl", "load_rows", "set_aside_torn_line",
+           "jsonable", "BrokenLine", "torn_file"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,18 @@ def append_jsonl(path: "str | Path", row: dict) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_jsonl(path: "str | Path", rows) -> Path:
+    """Write ``rows`` as the whole file, through a temporary file moved over
+    ``path``: a crash leaves the old file or the new one, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, default=jsonable) + "\n" for r in rows),
+                   encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
 
 def _lines(path: Path) -> tuple[list[str], bool]:

@@ -16,11 +16,12 @@ from .cache import presized_cache
 from .capture import Capture, CaptureDone
 from .guard import GUARD_TOKENS, guard
 from .memory import LengthTooLong, PeakMemory, check_fits, estimate_peak_bytes, fits
-from .probes import Captured, CapturedQK, capture_qk, capture_rows, first_layers, trace
+from .probes import (Captured, CapturedQK, capture_qk, capture_rows, first_layers, saved_trace,
+                     trace)
 from .state import SUPPORTED_BACKENDS, Applied, Settings
 from .trace import Trace, needle_share
 
 __all__ = ["apply", "Applied", "Settings", "Capture", "CaptureDone", "guard", "GUARD_TOKENS",
-           "presized_cache", "trace", "capture_qk", "capture_rows", "Captured", "CapturedQK",
-           "first_layers", "Trace", "needle_share", "check_fits", "fits", "estimate_peak_bytes",
-           "LengthTooLong", "PeakMemory", "SUPPORTED_BACKENDS"]
+           "presized_cache", "trace", "saved_trace", "capture_qk", "capture_rows", "Captured",
+           "CapturedQK", "first_layers", "Trace", "needle_share", "check_fits", "fits",
+           "estimate_peak_bytes", "LengthTooLong", "PeakMemory", "SUPPORTED_BACKENDS"]

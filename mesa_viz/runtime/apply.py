@@ -85,8 +85,6 @@ def apply(model, method: "str | Method" = "origin", *, train_length: int | None 
         yield state
 
 
-
-
 def _refuse_nesting(model) -> None:
     """A model carries at most one application at a time."""
     prev = getattr(model, MARK, None)
@@ -134,8 +132,6 @@ def _train_length(model, given: int | None) -> int:
     log.info("train_length=%d from the model's %s (pass train_length= to choose another)",
              T, source)
     return T
-
-
 
 
 def _refuse_scaled_rope(model, settings: Settings) -> None:

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-
-from contextlib import contextmanager
 
 from ..models.parts import decoder_layers, decoder_stack, module_parent, train_length_of
 from .apply import apply
@@ -30,8 +30,8 @@ from .capture import Capture, CaptureDone
 from .memory import check_fits
 from .trace import Trace
 
-__all__ = ["trace", "capture_qk", "capture_rows", "Captured", "CapturedQK", "first_layers",
-           "as_ids", "pick"]
+__all__ = ["trace", "saved_trace", "capture_qk", "capture_rows", "Captured", "CapturedQK",
+           "first_layers", "as_ids", "pick"]
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +261,24 @@ def capture_rows(model, input_ids, method="origin", *, rows, train_length=None,
 
 def _chunk_plan(m):
     return [list(c) for c in m.plan().chunks] if m.chunked else None
+
+
+def saved_trace(path, model, ids, *, train_length: int | None = None, params: dict | None = None,
+                **fields) -> Trace | None:
+    """The trace saved at ``path`` (:meth:`Trace.save`) if it was run by the same
+    model (name and dtype, :func:`_meta`) on ``ids``, with ``train_length`` and
+    ``params`` (where given) and every field of ``fields`` (e.g. ``layers``,
+    ``hidden_layers``, ``dims``) equal; else None (absent or stale: run it again)."""
+    if path is None or not Path(f"{path}.json").exists():
+        return None
+    tr = Trace.load(path)
+    meta = _meta(model)
+    same = (all(tr.meta.get(k) == v for k, v in meta.items())
+            and np.array_equal(tr.input_ids, np.asarray(ids).reshape(-1))
+            and (train_length is None or tr.train_length == train_length)
+            and all(tr.params.get(k) == v for k, v in (params or {}).items())
+            and all(list(getattr(tr, k)) == list(v) for k, v in fields.items()))
+    return tr if same else None
 
 
 def _meta(model, **extra) -> dict:

@@ -38,9 +38,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ...models.parts import train_length_of
-    from ...runs.jsonl import append_jsonl
+    from ...runs.jsonl import write_jsonl
     from ...runs.validate import check_methods
-    from ...runtime import Trace, trace
+    from ...runtime import saved_trace, trace
     from ...viz.page import save_html
     from ..passkey.samples import make_sample
     from .figures import attention_by_distance, attention_heatmap
@@ -52,21 +52,21 @@ def run(args: argparse.Namespace) -> int:
     n = args.length or int(1.25 * T)
     sample = make_sample(tok, n, args.depth, args.seed)
     needle = tuple(sample["needle_span"])
-    where.rows.unlink(missing_ok=True)                     # rows follow the traces kept
-    items, means = [], []
+    layers = args.layers or list(range(model.config.num_hidden_layers))
+    items, means, out_rows = [], [], []
     for method in args.methods:
         path = where.beside(f"trace_{method}")
-        if path.with_suffix(".json").exists():
-            tr = Trace.load(path)
-        else:
-            tr = trace(model, sample["input_ids"], method, layers=args.layers, hidden_layers=[],
+        tr = saved_trace(path, model, sample["input_ids"], train_length=T,
+                         params=params.get(method, {}), layers=layers, hidden_layers=[])
+        if tr is None:                                   # absent, or run with other settings
+            tr = trace(model, sample["input_ids"], method, layers=layers, hidden_layers=[],
                        tokenizer=tok, train_length=T, **params.get(method, {}))
             tr.save(path)
         rows = tr.attention[:, :, 0]                       # [layer, head, k_pos]
         share = tr.needle_share(needle)                    # [layer, head]
         far = rows[:, :, :max(0, n - T)].sum(axis=-1)      # keys at distance >= T
         for li, layer in enumerate(tr.layers):
-            append_jsonl(where.rows, {
+            out_rows.append({
                 "method": method, "length": n, "train_length": T, "layer": int(layer),
                 "needle_span": list(needle), "needle_share_max": float(share[li].max()),
                 "needle_share_mean": float(share[li].mean()),
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         means.append(rows.mean(axis=(0, 1)))
         print(f"{method}: needle share of the last query, best head of each layer: "
               + ", ".join(f"{l}: {s:.1%}" for l, s in zip(tr.layers, share.max(axis=1))))
+    write_jsonl(where.rows, out_rows)                    # the rows of the traces kept
     items.append(attention_by_distance(np.stack(means), [n - 1] * len(means),
                                        names=list(args.methods), train_length=T,
                                        title="the last query's attention by distance (mean "

@@ -76,20 +76,14 @@ def run(args: argparse.Namespace) -> int:
 def _join(rows: list[dict], args, where) -> list[dict]:
     """The rows joined with the scores given, written whole to
     ``DIR/crossings_joined.jsonl`` (a temporary file moved into place) and drawn."""
-    import json
-    import os
-
-    from ...runs.jsonl import jsonable, load_rows
+    from ...runs.jsonl import load_rows, write_jsonl
     from ...viz.page import save_html
     from . import compute
     from .figures import crossing_scatter
     passkey = load_rows(args.passkey) if args.passkey else None
     ppl = load_rows(args.ppl) if args.ppl else None
     joined = compute.join(rows, passkey, ppl, ppl_text=args.ppl_text)
-    path = where.beside(f"{COMMAND}_joined.jsonl")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, default=jsonable) + "\n" for r in joined))
-    os.replace(tmp, path)
+    write_jsonl(where.beside(f"{COMMAND}_joined.jsonl"), joined)
     items = [f"<p class='note'>{compute.summary(joined)}</p>",
              "<pre>" + compute.format_table(joined) + "</pre>",
              "<pre>" + compute.format_table(joined, wide=True) + "</pre>"]

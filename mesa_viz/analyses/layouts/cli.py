@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ...methods.layouts import layout
-    from ...runs.jsonl import append_jsonl
+    from ...runs.jsonl import write_jsonl
     from ...runs.validate import check_methods
     from ...viz.page import save_html
     from .figures import (chunk_plan_figure, figure1, layout_difference, layout_heatmap,
@@ -38,13 +38,11 @@ def run(args: argparse.Namespace) -> int:
     check_methods(args.methods, params)
     lays = [layout(m, args.seq_len, train_length=args.train_length, **params.get(m, {}))
             for m in args.methods]
-    where.rows.unlink(missing_ok=True)                     # a layout is recomputed in no time
-    for lay in lays:
-        append_jsonl(where.rows, {"method": lay.method, "seq_len": lay.seq_len,
-                                  "params": lay.params,
-                                  "max_relative_position": lay.max_relative_position,
-                                  "chunk_plan": lay.chunk_plan.to_dict() if lay.chunk_plan
-                                  else None, "rope_rule": lay.rope_rule})
+    write_jsonl(where.rows, [                              # a layout is recomputed in no time
+        {"method": lay.method, "seq_len": lay.seq_len, "params": lay.params,
+         "max_relative_position": lay.max_relative_position,
+         "chunk_plan": lay.chunk_plan.to_dict() if lay.chunk_plan else None,
+         "rope_rule": lay.rope_rule} for lay in lays])
     items = [figure1(), layouts_side_by_side(lays)]
     by_name = {lay.method: lay for lay in lays}
     if "mesa" in by_name:

@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...runs.jsonl import append_jsonl
+    from ...runs.jsonl import write_jsonl
     from ...viz.page import save_html
     from . import compute as theory
     from .figures import recovered_position_figure, theorem_figure
@@ -35,14 +35,12 @@ def run(args: argparse.Namespace) -> int:
     widths = {"rerope": {"N": args.N}, "stair": {"N": args.N, "E": args.E}}
     runs = {pe: theory.run(pe, args.M, args.H, args.length, layer2=args.layer2,
                            **widths.get(pe, {})) for pe in theory.PES}
-    where.rows.unlink(missing_ok=True)                     # seconds to recompute
-    for pe, r in runs.items():
-        st = r.statement()
-        append_jsonl(where.rows, {"pe": pe, "M": args.M, "H": args.H, "length": args.length,
-                                  "layer2": args.layer2, **widths.get(pe, {}),
-                                  "statement": st.text, "holds": st.holds,
-                                  "crossing": r.crossing()})
-        print(f"{pe:<9} {st.text}")
+    rows = [{"pe": pe, "M": args.M, "H": args.H, "length": args.length, "layer2": args.layer2,
+             **widths.get(pe, {}), "statement": r.statement().text, "holds": r.statement().holds,
+             "crossing": r.crossing()} for pe, r in runs.items()]
+    write_jsonl(where.rows, rows)                          # seconds to recompute
+    for row in rows:
+        print(f"{row['pe']:<9} {row['statement']}")
     t = runs["nope"].t
     save_html([theorem_figure({pe: r.value for pe, r in runs.items()}, args.M, args.H, t),
                recovered_position_figure({pe: r.position for pe, r in runs.items()

@@ -19,9 +19,7 @@ paper's heat maps of hidden states are :mod:`.hidden`.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -29,9 +27,9 @@ from typing import NamedTuple
 import numpy as np
 
 from ...data import FILLER, repeat_tokens
-from ...runs.jsonl import jsonable
+from ...runs.jsonl import write_jsonl
 from ...runs.validate import check_methods
-from ...runtime import Trace, trace
+from ...runtime import Trace, saved_trace, trace
 from ..passkey.samples import make_sample
 
 __all__ = ["ThresholdPair", "Found", "Crossings", "smooth", "crossings", "find_thresholds",
@@ -254,7 +252,8 @@ def traces_folder(out: "str | Path") -> Path:
 
 
 def _trace(model, ids, method, hidden_layers, dims, train_length, params, path) -> Trace:
-    saved = _saved_trace(path, model, ids, hidden_layers, dims, train_length, params)
+    saved = saved_trace(path, model, ids, train_length=train_length, params=params,
+                        hidden_layers=hidden_layers, dims=dims)
     if saved is not None:
         log.info("reusing %s", path)
         return saved
@@ -265,30 +264,9 @@ def _trace(model, ids, method, hidden_layers, dims, train_length, params, path) 
     return tr
 
 
-def _saved_trace(path, model, ids, hidden_layers, dims, train_length, params) -> Trace | None:
-    """The trace saved at ``path`` if it was run by the same model (name and
-    dtype) on ``ids`` with the same hidden layers, dims, training length and
-    parameters, else None."""
-    if path is None or not path.with_suffix(".json").exists():
-        return None
-    tr = Trace.load(path)
-    same = (tr.meta.get("model") == getattr(model.config, "_name_or_path", "")
-            and tr.meta.get("dtype") == str(model.dtype)
-            and np.array_equal(tr.input_ids, ids) and list(tr.hidden_layers) == list(hidden_layers)
-            and list(tr.dims) == list(dims)
-            and (train_length is None or tr.train_length == train_length)
-            and all(tr.params.get(k) == v for k, v in params.items()))
-    return tr if same else None
-
-
 def _write_pairs(out: Path, pairs: list[ThresholdPair]) -> None:
-    """The pairs as JSON lines, written whole to a temporary file first and
-    moved over ``out`` (a crash leaves the old file or the new, never half)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(json.dumps(asdict(p), default=jsonable) + "\n" for p in pairs),
-                   encoding="utf-8")
-    os.replace(tmp, out)
+    """The pairs as JSON lines, the whole file replaced at once (:func:`write_jsonl`)."""
+    write_jsonl(out, [asdict(p) for p in pairs])
 
 
 def order_pairs(pairs, method: str = "origin") -> list:

@@ -9,7 +9,6 @@ from mesa_viz.data import LONG_TEXTS, long_text, text_ids
 from mesa_viz.models import default_tokenizer
 
 
-
 @pytest.mark.parametrize("name, starts, tokens", [
     ("book", "Genesis 1\n\n1:1 In the beginning God created the heaven and the earth.", 1_000_000),
     ("code", '"""User-friendly public interface to polynomial functions. """', 64_000)])

@@ -9,7 +9,6 @@ from mesa_viz.models import tiny_model
 from mesa_viz.runtime import Trace
 
 
-
 def _ids(n, seed=0):
     return torch.randint(0, 500, (1, n), generator=torch.Generator().manual_seed(seed))
 

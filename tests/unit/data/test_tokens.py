@@ -11,7 +11,6 @@ from mesa_viz.models import tiny_tokenizer
 from mesa_viz.runtime import needle_share
 
 
-
 @pytest.fixture(scope="module")
 def tok():
     return tiny_tokenizer()

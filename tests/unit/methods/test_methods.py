@@ -13,7 +13,6 @@ import mesa_viz as mv
 from mesa_viz.methods import dynamic_split, resolve, stair_position
 
 
-
 def _rel(method, n, **params):
     """``[n, n]`` relative positions (-1 where masked) of a resolved method."""
     m = resolve(method, n, **params)

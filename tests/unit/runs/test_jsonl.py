@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mesa_viz.runs.jsonl import (BrokenLine, append_jsonl, load_rows, read_jsonl,
-                                 set_aside_torn_line, torn_file)
+                                 set_aside_torn_line, torn_file, write_jsonl)
 
 ROWS = [{"method": "origin", "length": 100, "correct": False},
         {"method": "mesa", "length": 100, "correct": True},
@@ -96,3 +96,11 @@ def test_load_rows_names_the_bad_input(tmp_path):
     (tmp_path / "rows.json").write_text('[{"a": 1},\n {"a": }]')
     with pytest.raises(ValueError, match=r"rows.json, line 2: not JSON"):
         load_rows(tmp_path / "rows.json")
+
+
+def test_write_jsonl_replaces_the_whole_file(tmp_path):
+    path = tmp_path / "sub" / "joined.jsonl"
+    write_jsonl(path, ROWS)
+    assert read_jsonl(path) == ROWS
+    write_jsonl(path, ROWS[:1])
+    assert read_jsonl(path) == ROWS[:1] and not path.with_name("joined.jsonl.tmp").exists()

@@ -16,7 +16,6 @@ from mesa_viz.models import tiny_model
 from mesa_viz.runs import read_jsonl, wilson_interval
 
 
-
 @pytest.fixture(scope="module")
 def tiny():
     return tiny_model("llama", max_position_embeddings=128)

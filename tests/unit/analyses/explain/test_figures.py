@@ -8,7 +8,6 @@ import pytest
 from mesa_viz import plots
 
 
-
 def test_needle_mass_figure_draws_both_methods_and_their_difference():
     mass = np.random.default_rng(0).random((2, 5, 3))
     fig = plots.needle_mass_figure(mass, ["mesa", "origin"])

@@ -10,7 +10,6 @@ from mesa_viz.analyses.ruler import (GROUP, HUB_ONLY, NEEDLE_TASKS, OFFLINE_TASK
                                      summary)
 
 
-
 def test_group_expands_to_every_offline_task():
     assert check_tasks(GROUP) == list(OFFLINE_TASKS)
     assert check_tasks(["ruler_vt", GROUP, "ruler_vt"]) == ["ruler_vt", *[
