@@ -26,18 +26,22 @@ def qkv(lq, lk, seed):
     return q, k, v
 
 
-def dense(m, q, k, v, i0, scale, inv_freq=None):
+def dense(m, q, k, v, i0, scale, inv_freq=None, softcap=None):
     """``[1, H, Lq, D]`` attention from ``m.relative`` with complex-number RoPE
-    (``inv_freq``: default the partial rotary of ``ROT`` channels)."""
+    (``inv_freq``: default the partial rotary of ``ROT`` channels; ``softcap``:
+    logits ``cap * tanh(s / cap)``)."""
     lq, lk = q.shape[2], k.shape[2]
     rel, vis = m.relative(np.arange(i0, i0 + lq)[:, None], np.arange(lk)[None, :])
     rel = torch.as_tensor(np.where(vis, rel, 0), dtype=torch.float64)
     fac = torch.as_tensor(m.query_scale(np.arange(i0, i0 + lq)), dtype=torch.float64)
+    kfac = torch.as_tensor(m.key_scale(np.arange(lk)), dtype=torch.float64)
     rep = H // KVH
-    kk = k[0].repeat_interleave(rep, 0).double()
+    kk = k[0].repeat_interleave(rep, 0).double() * kfac[:, None]
     vv = v[0].repeat_interleave(rep, 0).double()
     inv = rotary_inv_freq() if inv_freq is None else inv_freq
     s = dense_scores(q[0].double() * fac[:, None], kk, rel, inv) * scale
+    if softcap is not None:
+        s = softcap * torch.tanh(s / softcap)
     s = s.masked_fill(~torch.as_tensor(vis), -math.inf)
     return (torch.softmax(s, -1) @ vv)[None]
 

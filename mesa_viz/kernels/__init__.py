@@ -11,6 +11,8 @@ the name of its file in ``mesa_viz.methods``:
 ``stair``          Stair PE (the ``stair`` method, Mesa's last chunk)
 ``mesa``           Mesa's chunks
 ``frequency``      PI, NTK, YaRN, Dynamic-NTK (Origin's kernel on their RoPE)
+``sliding``        the model's own sliding-window attention (layers a method leaves alone);
+                   a method within a window above the training length
 =================  =============================================================
 
 and the machinery they share: ``registry`` (``@kernel``), ``dispatch``
@@ -28,8 +30,11 @@ from .mesa import MESA_KV_COPIES
 from .registry import KERNELS, Kernel, kernel, kernel_for
 from .rope import Rope, RopeTables, rotate
 from .rules import Rules
+from .sets import SoftcapEager, capped, with_softcap
+from .sliding import method_window, own_window
 from .stair import StairGeometry
 
 __all__ = ["Rope", "RopeTables", "rotate", "attend", "kernel", "kernel_for", "Kernel",
            "KERNELS", "StairGeometry", "dense_rows", "dense_logits", "DecodeMemo", "CacheState",
-           "use_fused", "fused_rules", "Rules", "MESA_KV_COPIES"]
+           "use_fused", "fused_rules", "Rules", "MESA_KV_COPIES",
+           "own_window", "method_window", "SoftcapEager", "with_softcap", "capped"]

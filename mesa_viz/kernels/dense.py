@@ -18,7 +18,8 @@ def dense_logits(method: Method, q_rows, k, rows, rope: Rope, scale: float):
     where the layout hides key ``j`` from row ``r``.
 
     ``q_rows [b, h, R, d]`` un-rotated queries of absolute positions ``rows``
-    (the method's ``query_scale`` applied here); ``k [b, kv_h, kv_len, d]``.
+    (the method's ``query_scale`` applied here); ``k [b, kv_h, kv_len, d]``
+    (its ``key_scale`` applied here).
     Returns ``[b, h, R, kv_len]`` (float32).
     """
     Lk, dev = k.shape[2], k.device
@@ -26,7 +27,8 @@ def dense_logits(method: Method, q_rows, k, rows, rope: Rope, scale: float):
     rel = torch.as_tensor(np.where(vis, rel, 0), dtype=torch.float32, device=dev)
     vis = torch.as_tensor(vis, device=dev)
     rep = q_rows.shape[1] // k.shape[1]
-    kk = k.repeat_interleave(rep, 1).to(torch.float32)
+    kk = k.repeat_interleave(rep, 1).to(torch.float32) * torch.as_tensor(
+        method.key_scale(np.arange(Lk)), dtype=torch.float32, device=dev)[:, None]
     sq = Rope(rope.inv_freq, rope.scaling ** 2)
     factor = torch.as_tensor(method.query_scale(rows), dtype=torch.float32, device=dev)
     logits = []

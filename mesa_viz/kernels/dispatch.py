@@ -16,6 +16,7 @@ from .origin import origin
 from .registry import kernel_for
 from .rope import Rope, RopeTables
 from .rules import Rules
+from .sets import softcap_of
 
 __all__ = ["attend", "fused_rules", "use_fused"]
 
@@ -28,7 +29,9 @@ def attend(method: Method, q, k, v, i0: int, rope: "Rope | RopeTables", scale: f
 
     ``q [b, h, q_len, d]``, ``k, v [b, kv_h, kv_len, d]`` un-rotated; ``rope``
     a :class:`Rope` (tables made for this call) or this forward's
-    :class:`RopeTables`.  Returns ``[b, h, q_len, d_v]``.
+    :class:`RopeTables`.  Returns ``[b, h, q_len, d_v]``.  A ``backend``
+    carrying a logit softcap (:class:`.sets.SoftcapEager`) never takes the
+    Triton launch: the kernels' explicit scores apply it.
     """
     entry = kernel_for(method)
     tables = rope if isinstance(rope, RopeTables) else RopeTables(rope, method)
@@ -38,7 +41,7 @@ def attend(method: Method, q, k, v, i0: int, rope: "Rope | RopeTables", scale: f
     if entry.linear(method, k.shape[2]):
         return origin(method, q, k, v, i0, tables, scale, backend)
     rules = tables.table(("fused-rules", i0), lambda: fused_rules(method, i0)) \
-        if use_fused(q, tables) else None
+        if use_fused(q, tables) and softcap_of(backend) is None else None
     if rules is not None:
         return _fused(q, k, v, i0, tables, scale, rules)
     return entry.run(method, q, k, v, i0, tables, scale, backend)

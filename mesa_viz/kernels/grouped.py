@@ -4,13 +4,14 @@ Attention (two key sets per block of rows sharing their first true-position key)
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..methods.grouped import DualChunk, SelfExtend
 from . import sets
 from .near_far import rules_kernel
 from .registry import kernel
-from .rope import arange, rotate
+from .rope import arange, rotate, scale_rows
 from .rules import Rules
 
 __all__ = ["self_extend_rules", "dual_chunk", "dual_chunk_is_origin"]
@@ -19,9 +20,9 @@ __all__ = ["self_extend_rules", "dual_chunk", "dual_chunk_is_origin"]
 def self_extend_rules(method: SelfExtend) -> Rules:
     """Neighbour keys (``t < W``) at true positions; grouped keys with the query
     at ``i // G + W - W // G`` and the key at ``j // G`` (Self-Extend Eq. 3,
-    ``//`` as the authors' fixed code)."""
+    ``//`` as the authors' fixed code, or ``W - W / G`` with ``shift="float"``)."""
     G, W = method.group_size, method.window
-    return Rules(near=W, qa=1.0, qg=G, qb=float(W - W // G), ka=1.0, kg=G)
+    return Rules(near=W, qa=1.0, qg=G, qb=float(method.group_shift()), ka=1.0, kg=G)
 
 
 kernel(SelfExtend, rules=lambda m, i0: self_extend_rules(m),
@@ -41,9 +42,12 @@ def dual_chunk(method, q, k, v, i0, rope, scale, backend):
     (intra-chunk) at true positions, and every key before ``floor(i)`` with
     the query at ``s + w - 1`` and the key at ``j mod s`` (the paper's
     inter-chunk ``P_q = c - 1`` and ``P_k = j mod s``).  Query rows go in
-    blocks that share ``floor(i)``."""
+    blocks that share ``floor(i)``; queries and keys times the method's
+    ``query_scale`` and ``key_scale`` (``mscale``) first."""
     Lk = k.shape[2]
     s, w, Lq, dev = method.chunk_size, method.local_window, q.shape[2], q.device
+    q = scale_rows(q, method.query_scale(np.arange(i0, i0 + Lq)))        # mscale
+    k = scale_rows(k, method.key_scale(np.arange(Lk)))
     j = arange(0, Lk, dev)
     k_lin = rotate(k, rope, j, ("lin", 0, Lk))
     k_far = rotate(k, rope, torch.remainder(j, s), ("chunk-k", Lk))

@@ -41,15 +41,17 @@ def mesa_rules(method: Mesa, i0: int) -> "Rules | None":
     anchored stair, which run the torch code below."""
     plan = method.plan()
     if len(plan.chunks) == 1 or i0 < plan.last_start or method.stair != "per-query" \
-            or method.log_scaling:
+            or method.log_scaling or method.stair_from() != plan.last_start:
         return None
     return Rules(near=method.stair_start,
                  stair=(plan.last_start, method.stair_start, method.stair_width))
 
 
 def mesa_is_origin(method: Mesa, kv_len: int) -> bool:
-    """A prompt of at most ``train_length`` tokens is one chunk: Origin's layout."""
-    return len(method.plan().chunks) == 1
+    """A prompt shorter than ``split_from`` is one chunk: Origin's layout, up to
+    the stair rows of ``decode_stair`` (:meth:`Mesa.stair_from`)."""
+    r0 = method.stair_from()
+    return len(method.plan().chunks) == 1 and (r0 is None or kv_len <= r0)
 
 
 @kernel(Mesa, rules=mesa_rules, linear=mesa_is_origin, blocked_rows=_mesa_blocked_rows,
@@ -63,15 +65,19 @@ def mesa(method, q, k, v, i0, rope, scale, backend):
     end, s, F = i0 + q.shape[2], plan.last_start, method.first_chunk
     _check_piece(plan, i0, end)
     parts = []
-    if i0 == 0:
+    if i0 == 0 and len(plan.chunks) > 1:
         parts.append(origin(method, q[:, :, :F], k[:, :, :F], v[:, :, :F], 0, rope, scale,
                             backend))
     middle = [c for c in plan.middle if i0 <= c[0] and c[1] <= end]
     if middle:
         parts.append(_mesa_middle(method, q, k, v, i0, middle, rope, scale, backend))
-    if end > s:
-        a = max(i0, s)
-        parts.append(_mesa_last(method, q[:, :, a - i0:], k, v, a, rope, scale, backend))
+    r0 = method.stair_from()
+    a, b = max(i0, s), end if r0 is None else min(end, max(i0, s, r0))
+    if b > a:                # last-chunk rows whose cache stays within train_length
+        parts.append(origin(method, q[:, :, a - i0:b - i0], k[:, :, :b], v[:, :, :b], a, rope,
+                            scale, backend))
+    if end > b:
+        parts.append(_mesa_last(method, q[:, :, b - i0:], k, v, b, rope, scale, backend))
     return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
 
 
@@ -142,11 +148,12 @@ def _mesa_last(method: Mesa, q, k, v, i0, rope, scale, backend):
     it at ``P(s - j)``, plus the query's offset)."""
     s, N, E = method.plan().last_start, method.stair_start, method.stair_width
     q = _log_scale(q, method, arange(i0, i0 + q.shape[2], q.device))
-    if method.stair == "anchored":
+    if method.stair == "anchored":       # token x at s - P(s - x); true from max(s, anchor)
+        b = min(k.shape[2], max(s, s - N + 1))
         return near_far(
-            q, k, v, i0, rope, scale, backend, near=k.shape[2], near_floor=s,
-            far_keys=lambda lo, hi: (0, s),
-            far_q_pos=lambda i: i - s,
+            q, k, v, i0, rope, scale, backend, near=k.shape[2], near_floor=b,
+            far_keys=lambda lo, hi: (0, b),
+            far_q_pos=lambda i: -stair_position(s - i, N, E),
             far_k_pos=lambda j: -stair_position(s - j, N, E),
-            far_visible=lambda i, j: j < s)
+            far_visible=lambda i, j: (j < b) & (j <= i))
     return stair_rows(q, k, v, i0, rope, scale, backend, s, N, E)

@@ -50,6 +50,6 @@ def softmax_pv(scores, v, scale, q, backend):
     L_s]`` over consecutive key ranges covering ``v [b, kv_h, sum L_s, d_v]``."""
     logits = torch.cat(scores, dim=-1).float() * scale if len(scores) > 1 else \
         scores[0].float() * scale
-    p = torch.softmax(logits, dim=-1).to(v.dtype)
+    p = torch.softmax(sets.capped(logits, backend), dim=-1).to(v.dtype)
     out = sets.pv(p, v, split=not sets.uses_cpu_paths(q, backend))
     return out.reshape(q.shape[0], q.shape[1], 1, -1)

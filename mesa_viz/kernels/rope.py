@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["Rope", "RopeTables", "rotate", "arange", "SMALL_ROTATION"]
+__all__ = ["Rope", "RopeTables", "rotate", "arange", "scale_rows", "SMALL_ROTATION"]
 
 
 @dataclass(frozen=True)
@@ -106,3 +106,12 @@ def rotate(x: torch.Tensor, rope: "Rope | RopeTables", pos: torch.Tensor,
 def arange(a: int, b: int, device) -> torch.Tensor:
     """``torch.arange(a, b)`` on ``device``: token positions ``a..b-1``."""
     return torch.arange(a, b, device=device)
+
+
+def scale_rows(x: torch.Tensor, factors) -> torch.Tensor:
+    """``x [b, h, L, d]`` with row ``r`` times ``factors[r]`` (a method's
+    ``query_scale``, ``[L]`` float64); ``x`` itself where every factor is 1."""
+    f = torch.as_tensor(factors, dtype=torch.float64)
+    if bool((f == 1).all()):
+        return x
+    return x * f.to(device=x.device, dtype=torch.float32).to(x.dtype)[:, None]

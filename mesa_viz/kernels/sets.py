@@ -34,7 +34,8 @@ from torch.nn.functional import pad, scaled_dot_product_attention
 __all__ = ["SCORE_BUDGET", "CPU_BLOCK", "sdpa", "causal_sdpa", "attn_lse", "lse_parts",
            "merge", "merge_lse", "attend_lse", "causal_lower_right_sdpa", "attend_sets", "pv",
            "block_size", "uses_cpu_paths",
-           "few_rows", "causal_rows_cpu", "flash_attn_module", "FUSED_BACKENDS"]
+           "few_rows", "causal_rows_cpu", "flash_attn_module", "FUSED_BACKENDS",
+           "SoftcapEager", "with_softcap", "softcap_of", "capped"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,43 @@ SCORE_BUDGET = 256 * 2**20
 #: Query rows per block on CPU: only a block-wide edge of each key set needs a mask
 #: (:func:`lse_parts`), so short blocks keep the masked work small.
 CPU_BLOCK = 256
+
+
+class SoftcapEager(str):
+    """The ``"eager"`` backend with attention logit softcapping (Gemma 2):
+    every scaled score ``s`` becomes ``cap * tanh(s / cap)`` before the
+    softmax (and before a log-sum-exp merge of key sets, which holds on the
+    capped logits).  It compares equal to ``"eager"``, so every kernel takes
+    its explicit-score path: SDPA's fused kernels take no softcap, and the
+    Triton launch is not used (:func:`mesa_viz.kernels.dispatch.attend`)."""
+
+    softcap: float
+
+    def __new__(cls, softcap: float):
+        obj = super().__new__(cls, "eager")
+        obj.softcap = float(softcap)
+        return obj
+
+
+def with_softcap(backend: str, softcap: "float | None") -> str:
+    """``backend``, or :class:`SoftcapEager` where ``softcap`` is set."""
+    if softcap is None:
+        return backend
+    if not softcap > 0:
+        raise ValueError(f"attention logit softcap {softcap!r}: allowed a positive number or None")
+    return SoftcapEager(softcap)
+
+
+def softcap_of(backend: str) -> "float | None":
+    """The softcap a backend carries (:class:`SoftcapEager`), else None."""
+    return getattr(backend, "softcap", None)
+
+
+def capped(w: torch.Tensor, backend: str) -> torch.Tensor:
+    """Scaled scores ``w`` with the backend's softcap applied (``cap *
+    tanh(w / cap)``), unchanged without one."""
+    cap = softcap_of(backend)
+    return w if cap is None else torch.tanh(w / cap) * cap
 
 
 def uses_cpu_paths(q: torch.Tensor, backend: str) -> bool:
@@ -108,7 +146,7 @@ def sdpa(q, k, v, mask, scale, backend="sdpa"):
     if backend == "eager":
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
-        w = torch.matmul(q, k.transpose(-1, -2)) * scale
+        w = capped(torch.matmul(q, k.transpose(-1, -2)) * scale, backend)
         if mask is not None:
             w = w.masked_fill(~mask, float("-inf"))
         w = torch.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
@@ -176,7 +214,7 @@ def attn_lse(q, k, v, mask, scale, backend, causal=False):
         return (out, lse) if mask is None else _unseen_rows(out, lse, mask.any(-1))
     # scores by matmul, GQA folded (the query heads of one KV head are rows)
     qf = q.reshape(b, k.shape[1], rep * L, q.shape[-1])
-    w = torch.matmul(qf, k.transpose(-1, -2)).float() * scale          # [b, kvh, rep*L, Lk]
+    w = capped(torch.matmul(qf, k.transpose(-1, -2)).float() * scale, backend)  # [b,kvh,rep*L,Lk]
     if mask is not None:
         w = w.view(b, k.shape[1], rep, L, -1).masked_fill(~mask, float("-inf")).view(w.shape)
     lse = torch.logsumexp(w, dim=-1)

@@ -216,7 +216,8 @@ def _stair_one_memo(q, k, v, i, rope, scale, backend, geo: StairGeometry):
     pick = rope.table(("stair-one-pick", s, N, E, i),
                       lambda: _stair_pick(geo, i, n_far, L, q.device).view(1, 1, 1, 1, L))
     scores = scores.view(bsz, kvh, rep, 3, L).gather(3, pick.expand(bsz, kvh, rep, 1, L))
-    p = torch.softmax(scores.view(bsz, kvh, rep, L).float().mul_(scale), dim=-1).to(v.dtype)
+    p = torch.softmax(sets.capped(scores.view(bsz, kvh, rep, L).float().mul_(scale), backend),
+                      dim=-1).to(v.dtype)
     out = sets.pv(p, v, split=not sets.uses_cpu_paths(q, backend))
     return out.reshape(bsz, h, 1, -1)
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..methods.windows import LeakyReRoPE, ReRoPE, String
-from .near_far import rules_kernel
+from .near_far import by_rules, rules_kernel
 from .registry import kernel
+from .rope import scale_rows
 from .rules import Rules
 
-__all__ = ["window_rules", "string_rules"]
+__all__ = ["window_rules", "string_rules", "rerope"]
 
 
 def window_rules(window: int, leak: float = math.inf) -> Rules:
@@ -30,7 +33,19 @@ def string_rules(method: String) -> Rules:
     return Rules(near=S, qa=1.0, qb=float(W - S), ka=1.0)
 
 
-kernel(ReRoPE, rules=lambda m, i0: window_rules(m.window))(rules_kernel)
-kernel(LeakyReRoPE, rules=lambda m, i0: window_rules(m.window, m.leak))(rules_kernel)
+def _window_rules(method: "ReRoPE | LeakyReRoPE") -> Rules:
+    return window_rules(method.window, getattr(method, "leak", math.inf))
+
+
+@kernel(ReRoPE, LeakyReRoPE, rules=lambda m, i0: None if m.log_scaling else _window_rules(m))
+def rerope(method, q, k, v, i0, rope, scale, backend):
+    """ReRoPE and Leaky-ReRoPE: :func:`.near_far.by_rules` with
+    :func:`window_rules`, queries times the method's ``query_scale`` first
+    (``log_scaling``; the Triton launch serves only without it, its rules
+    being None then)."""
+    q = scale_rows(q, method.query_scale(np.arange(i0, i0 + q.shape[2])))
+    return by_rules(_window_rules(method), q, k, v, i0, rope, scale, backend)
+
+
 kernel(String, rules=lambda m, i0: string_rules(m),
        linear=lambda m, kv_len: kv_len <= m.shifted_offset)(rules_kernel)

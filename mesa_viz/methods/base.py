@@ -51,7 +51,10 @@ memory estimates and the bench read these and never test names or classes:
     Query/key pairs the layout makes visible in ``seq_len`` tokens, in closed
     form (the bench's useful FLOPs).
 :meth:`Method.query_scale` -> ``[len(rows)]``
-    A per-query multiplier on ``q`` (Mesa's ``log_scaling``), 1 elsewhere.
+    A per-query multiplier on ``q`` (Mesa's and ReRoPE's ``log_scaling``), 1
+    elsewhere.
+:meth:`Method.key_scale` -> ``[len(cols)]``
+    A per-key multiplier on ``k`` (Dual Chunk's ``mscale``), 1 elsewhere.
 :meth:`Method.span_cuts` -> ``(i, ...)``
     Where the layout cuts a token span (a query that cannot see the token
     before it), from :meth:`Method.relative`: a passkey row records the
@@ -80,7 +83,7 @@ import numpy as np
 
 __all__ = ["Method", "Origin", "Slider", "Choice", "Toggle", "Derived", "param", "control_of",
            "check_int", "check_factor", "DECODE_MODES", "GPU_PIECE_TOKENS",
-           "default_piece_tokens"]
+           "default_piece_tokens", "PRESETS", "log_n", "check_preset"]
 
 #: The values of :attr:`Method.decode`.
 DECODE_MODES = ("rows", "prefill-plan")
@@ -161,6 +164,30 @@ def check_factor(value, name: str = "factor") -> None:
 def triangle(n: int) -> int:
     """Pairs ``j <= i`` among ``n`` tokens: ``n(n+1)/2``."""
     return n * (n + 1) // 2
+
+
+#: The values of a method's ``preset`` field: ``"paper"``, the paper's rule (the method's
+#: defaults), or ``"authors-code"``, what the authors' released code runs.
+PRESETS = ("paper", "authors-code")
+
+
+def check_preset(method: "Method", values: dict) -> "Method":
+    """``method`` with its ``preset``'s ``values`` (``{preset: {field: value}}``)
+    filled into every field left None (an explicit parameter overrides the
+    preset's); ValueError naming the preset unless it is one of ``values``."""
+    if method.preset is None:
+        return method
+    if method.preset not in values:
+        raise ValueError(f"preset={method.preset!r}: allowed {list(values)}")
+    given = {k: v for k, v in values[method.preset].items() if getattr(method, k) is None}
+    return dataclasses.replace(method, **given)
+
+
+def log_n(rows, train_length: int) -> np.ndarray:
+    """Log-n query scaling of rows ``i``: ``max(1, log(i + 1) / log(train_length))``
+    (``[len(rows)]`` float64; 1 up to ``train_length``)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    return np.maximum(1.0, np.log(rows + 1) / np.log(train_length))
 
 
 def capped_sum(count: int, cap: int) -> int:
@@ -244,6 +271,11 @@ class Method:
         """Per-query multiplier on ``q`` for absolute positions ``rows``
         (``[len(rows)]`` float64): 1 unless the method scales queries."""
         return np.ones(np.shape(rows), dtype=np.float64)
+
+    def key_scale(self, cols) -> np.ndarray:
+        """Per-key multiplier on ``k`` for absolute positions ``cols``
+        (``[len(cols)]`` float64): 1 unless the method scales keys."""
+        return np.ones(np.shape(cols), dtype=np.float64)
 
     def prefill_pieces(self, seq_len: int, max_tokens: int) -> tuple[tuple[int, int], ...]:
         """The consecutive ``(start, stop)`` token ranges a prefill of

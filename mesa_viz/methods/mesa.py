@@ -11,7 +11,7 @@ import numpy as np
 
 import math
 
-from .base import Derived, Method, Slider, Toggle, Choice, check_int, param, triangle
+from .base import Derived, Method, Slider, Toggle, Choice, check_int, log_n, param, triangle
 from .mesa_presets import MESA_PRESETS, PAPER, authors_code_values, dynamic_split
 from .stair import fit_stair_width, stair_position
 
@@ -65,9 +65,18 @@ class Mesa(Method):
     (``train_length // 2``): inside the hidden-state thresholds of the paper's
     theory (``benchmarks/methods-thresholds``).
     ``stair="per-query"`` (default) is the paper's exact ``P(i - j)``;
-    ``"anchored"`` is the authors' code: keys before the last chunk placed at
-    ``P(start - j)`` plus the query's offset.  ``log_scaling`` (default off)
-    multiplies queries by ``max(1, log(i + 1) / log(train_length))``.
+    ``"anchored"`` is the authors' code: token ``x`` placed at ``s -
+    P(s - x)`` (``s``: the last chunk's start), so keys from the anchor ``a = s
+    - stair_start + 1`` on keep their index and earlier ones step down every
+    ``stair_width``; a negative ``stair_start`` puts the anchor inside the last
+    chunk (its rows before ``a`` are then stepped too).  ``log_scaling``
+    (default off) multiplies the stair rows' queries by ``max(1, log(i + 1) /
+    log(train_length))``.  ``split_from`` (default ``train_length + 1``): prompts
+    of at least this many tokens are split into chunks; rows of the last chunk
+    use the stair only where the cache exceeds ``train_length`` (true positions
+    below it).  ``decode_stair`` (default off): tokens generated past
+    ``train_length`` after a prompt of at most ``train_length`` tokens use the
+    stair (otherwise such a prompt stays Origin).
 
     ``preset`` (:data:`MESA_PRESETS`) resolves into explicit parameters (a
     parameter given explicitly overrides the preset's): ``"paper"`` is
@@ -75,7 +84,9 @@ class Mesa(Method):
     ``M_max = 200``; Stair PE ``N = 512``, ``E = 50``, per query, floor form;
     no log-n scaling); ``"authors-code"`` is what the released code runs
     (its DynamicSplit variant, the stair anchored where the code anchors it
-    with ``E = 50``, log-n query scaling).  Both need ``train_length > 512``.
+    with ``E = 50``, log-n query scaling, splitting from ``train_length - 50``
+    tokens, the stair for tokens generated past ``train_length``).  Both need
+    ``train_length > 512``.
 
     Defaults derived from ``T = train_length``: ``first_chunk = last_chunk =
     T // 16``, ``chunk_size <= T // 8``; at small ``T`` (below 32) never less
@@ -99,6 +110,8 @@ class Mesa(Method):
     stair_limit: int | None = param(Slider(2, 256))
     stair: str | None = param(Choice(STAIRS))
     log_scaling: bool | None = param(Toggle())
+    split_from: int | None = param(Slider(2, 2048))
+    decode_stair: bool | None = param(Toggle())
     prefill_length: int | None = param(Derived("the prompt length, fixed at the prefill"))
     preset: str | None = param(Choice(MESA_PRESETS))
 
@@ -110,13 +123,16 @@ class Mesa(Method):
         return me._fill_switches()._fill_fields(seq_len, P)
 
     def _fill_switches(self) -> "Mesa":
-        """``stair`` (default per-query) and ``log_scaling`` (default off)."""
+        """``stair`` (default per-query), ``log_scaling`` and ``decode_stair``
+        (default off)."""
         stair = "per-query" if self.stair is None else self.stair
         if stair not in STAIRS:
             raise ValueError(f"stair={stair!r}: allowed {list(STAIRS)}")
-        if self.log_scaling not in (None, True, False):
-            raise ValueError(f"log_scaling={self.log_scaling!r}: allowed True or False")
-        return dataclasses.replace(self, stair=stair, log_scaling=bool(self.log_scaling))
+        for name in ("log_scaling", "decode_stair"):
+            if getattr(self, name) not in (None, True, False):
+                raise ValueError(f"{name}={getattr(self, name)!r}: allowed True or False")
+        return dataclasses.replace(self, stair=stair, log_scaling=bool(self.log_scaling),
+                                   decode_stair=bool(self.decode_stair))
 
     def _preset_filled(self, prefill_length: int) -> "Mesa":
         """The preset's values for every parameter left ``None``."""
@@ -152,12 +168,22 @@ class Mesa(Method):
                 C = max(1, rest // math.ceil(rest / C))
         check_int("chunk_size", C, 1, T - F,
                   f"first_chunk + chunk_size <= train_length={T}")
+        split = T + 1 if self.split_from is None else self.split_from
+        check_int("split_from", split, 1, T + 1,
+                  f"a prompt of more than train_length={T} tokens is always split")
         me = dataclasses.replace(self, first_chunk=F, chunk_size=C, last_chunk=L,
-                                 prefill_length=P)
+                                 prefill_length=P, split_from=split)
         N = self.stair_start
         if N is None:        # the authors' anchored stair starts at the chunk boundary
             N = 0 if self.stair == "anchored" else T // 4
-        check_int("stair_start", N, 0)
+        if self.stair == "anchored":     # the anchor s - N + 1 at most at the last token,
+            # or, with decode_stair, at most at the first token past train_length
+            reach = max(seq_len, T + 1) if me.decode_stair else seq_len
+            check_int("stair_start", N, min(0, me.plan().last_start + 1 - reach), None,
+                      "anchored: the anchor last_start - stair_start + 1 <= "
+                      + ("max(seq_len, train_length + 1)" if me.decode_stair else "seq_len"))
+        else:
+            check_int("stair_start", N, 0)
         limit = max(N + 1, T // 2) if self.stair_limit is None else self.stair_limit
         check_int("stair_limit", limit, N + 1, T, "stair_start < stair_limit <= train_length")
         me = dataclasses.replace(me, stair_start=N, stair_limit=limit)
@@ -184,8 +210,8 @@ class Mesa(Method):
 
     def plan(self) -> ChunkPlan:
         """The chunk plan for the prefill of ``prefill_length`` tokens."""
-        n, T = self.prefill_length, self.train_length
-        if n <= T or n <= self.first_chunk:
+        n = self.prefill_length
+        if n < self.split_from or n <= self.first_chunk:
             return ChunkPlan(((0, n),))
         F, C, L = self.first_chunk, self.chunk_size, self.last_chunk
         n_middle = max(0, (n - F - L) // C)
@@ -193,26 +219,34 @@ class Mesa(Method):
         chunks.append((F + n_middle * C, n))
         return ChunkPlan(tuple(chunks))
 
+    def stair_from(self) -> int | None:
+        """The first row using Stair PE: the last chunk's start past
+        ``train_length``; ``train_length`` (the first row whose cache exceeds
+        it) after a shorter prompt with ``decode_stair``; else None."""
+        if self.prefill_length > self.train_length:
+            return self.plan().last_start
+        return max(self.train_length, self.plan().last_start) if self.decode_stair else None
+
     def relative(self, i, j):
         i, j = np.broadcast_arrays(np.asarray(i), np.asarray(j))
         t = i - j
-        plan = self.plan()
-        if len(plan.chunks) == 1:
+        plan, r0 = self.plan(), self.stair_from()
+        if len(plan.chunks) == 1 and r0 is None:
             return t, t >= 0
         F, s = self.first_chunk, plan.last_start
         starts = np.array([c[0] for c in plan.chunks])
         chunk_start = starts[np.searchsorted(starts, i, side="right") - 1]
-        in_last = i >= s
-        in_middle = (i >= F) & ~in_last
+        in_middle = (i >= F) & (i < s)
         vis = (t >= 0) & (~in_middle | (j < F) | (j >= chunk_start))
         rel = np.where(in_middle & (j < F), i - chunk_start + F - j, t)
+        if r0 is None:
+            return rel, vis
+        N, E = self.stair_start, self.stair_width
         if self.stair == "per-query":
-            stair = stair_position(t, self.stair_start, self.stair_width)
-        else:
-            stair = np.where(j >= s, t, (i - s) + stair_position(
-                s - j, self.stair_start, self.stair_width))
-        rel = np.where(in_last, stair, rel)
-        return rel, vis
+            stair = stair_position(t, N, E)
+        else:                        # token x at s - P(s - x): the anchored stair
+            stair = stair_position(s - j, N, E) - stair_position(s - i, N, E)
+        return np.where(i >= r0, stair, rel), vis
 
     def visible_pairs(self, seq_len: int) -> int:
         """Past ``train_length``: the first chunk ``F(F+1)/2``, each middle
@@ -246,11 +280,10 @@ class Mesa(Method):
         return tuple(pieces)
 
     def query_scale(self, rows) -> np.ndarray:
-        """``max(1, log(i + 1) / log(train_length))`` for rows from the last
-        chunk on when ``log_scaling`` (and the prompt is chunked), else 1."""
+        """``max(1, log(i + 1) / log(train_length))`` for the stair rows
+        (:meth:`stair_from` on) when ``log_scaling``, else 1."""
         rows = np.asarray(rows, dtype=np.float64)
-        plan = self.plan()
-        if not self.log_scaling or len(plan.chunks) == 1:
+        r0 = self.stair_from()
+        if not self.log_scaling or r0 is None:
             return np.ones_like(rows)
-        f = np.maximum(1.0, np.log(rows + 1) / math.log(self.train_length))
-        return np.where(rows >= plan.last_start, f, 1.0)
+        return np.where(rows >= r0, log_n(rows, self.train_length), 1.0)

@@ -10,24 +10,49 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import Method, Slider, check_int, param
+from .base import PRESETS, Choice, Method, Slider, Toggle, check_int, check_preset, log_n, param
 
 __all__ = ["ReRoPE", "LeakyReRoPE", "String"]
 
 
+#: ``preset`` of ReRoPE and Leaky-ReRoPE: the blog's rule, or the released patches
+#: (``rerope_patch.py``, ``leaky_rerope_patch.py``), which scale every query by log-n.
+WINDOW_PRESETS = {"paper": dict(log_scaling=False), "authors-code": dict(log_scaling=True)}
+
+
+def _fill_log_scaling(method: Method) -> Method:
+    """The preset applied, then ``log_scaling`` (default off) checked."""
+    me = check_preset(method, WINDOW_PRESETS)
+    if me.log_scaling not in (None, True, False):
+        raise ValueError(f"log_scaling={me.log_scaling!r}: allowed True or False")
+    return dataclasses.replace(me, log_scaling=bool(me.log_scaling))
+
+
 @dataclass(frozen=True)
 class ReRoPE(Method):
-    """ReRoPE: ``t`` inside ``window``, ``window`` beyond it."""
+    """ReRoPE: ``t`` inside ``window``, ``window`` beyond it.
+
+    ``log_scaling`` (default off) multiplies every query by ``max(1, log(i + 1)
+    / log(train_length))``, as the released patch does on every forward;
+    ``preset="authors-code"`` turns it on, ``"paper"`` (the blog's rule) off.
+    """
 
     name: ClassVar[str] = "rerope"
     past_train_length: ClassVar[str] = "keys beyond window are all placed at window"
     window: int | None = param(Slider(1, 256))
+    log_scaling: bool | None = param(Toggle())
+    preset: str | None = param(Choice(PRESETS))
 
     def _fill(self, seq_len, prefill_length):
         T = self.train_length
         w = T // 2 if self.window is None else self.window
         check_int("window", w, 1, T - 1)
-        return dataclasses.replace(self, window=w)
+        return _fill_log_scaling(dataclasses.replace(self, window=w))
+
+    def query_scale(self, rows) -> np.ndarray:
+        """Log-n (``max(1, log(i + 1) / log(train_length))``) when ``log_scaling``, else 1."""
+        return log_n(rows, self.train_length) if self.log_scaling else Method.query_scale(
+            self, rows)
 
     def relative(self, i, j):
         t, vis = Method.relative(self, i, j)
@@ -40,6 +65,7 @@ class LeakyReRoPE(Method):
 
     ``leak`` defaults to the smallest factor (>= 1) that keeps every position
     below ``train_length``.  Relative positions are fractional (float).
+    ``log_scaling`` and ``preset`` as :class:`ReRoPE`'s.
     """
 
     name: ClassVar[str] = "leaky-rerope"
@@ -47,6 +73,8 @@ class LeakyReRoPE(Method):
         "distances beyond window grow 1/leak as fast, staying below the training length")
     window: int | None = param(Slider(1, 256))
     leak: float | None = param(Slider(1.0, 16.0, 0.25))
+    log_scaling: bool | None = param(Toggle())
+    preset: str | None = param(Choice(PRESETS))
 
     def _fill(self, seq_len, prefill_length):
         T = self.train_length
@@ -62,12 +90,14 @@ class LeakyReRoPE(Method):
             k = max(1.0, (seq_len - 1 - w) / (T - 1 - w))
         if not (isinstance(k, (int, float)) and k >= 1):
             raise ValueError(f"leak={k!r} must be a number >= 1")
-        return dataclasses.replace(self, window=w, leak=float(k))
+        return _fill_log_scaling(dataclasses.replace(self, window=w, leak=float(k)))
 
     def relative(self, i, j):
         t, vis = Method.relative(self, i, j)
         far = self.window + (t - self.window) / self.leak
         return np.where(t < self.window, t, far).astype(float), vis
+
+    query_scale = ReRoPE.query_scale
 
 
 @dataclass(frozen=True)

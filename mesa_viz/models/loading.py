@@ -111,5 +111,12 @@ def notebook_model():
         T = train_length or TINY_TRAIN_LENGTH
         model, tok = tiny_model("llama", max_position_embeddings=T)
         return model, tok, T
-    model, tok = load_model(os.environ.get("MESA_VIZ_MODEL") or None)
+    from transformers.utils import logging as hf_logging
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()          # no "Loading weights" bar atop a notebook
+    try:
+        model, tok = load_model(os.environ.get("MESA_VIZ_MODEL") or None)
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     return model, tok, train_length or train_length_of(model)

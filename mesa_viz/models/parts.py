@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["train_length_of", "train_length_source", "decoder_stack",
+__all__ = ["train_length_of", "train_length_source", "train_length_fields", "scaled_beyond",
+           "decoder_stack",
            "decoder_layers", "model_type", "model_name", "model_device", "model_dtype",
            "module_parent", "ModelDims", "model_dims"]
 
@@ -16,17 +17,41 @@ __all__ = ["train_length_of", "train_length_source", "decoder_stack",
 def train_length_source(model) -> tuple[int, str]:
     """``(T, field)``: the model's training length and the config field it was
     read from: ``rope_parameters["original_max_position_embeddings"]`` (a
-    scaled RoPE) or ``max_position_embeddings``."""
+    scaled RoPE), ``max_position_embeddings`` or ``max_seq_len`` (MPT)."""
     cfg = model.config
     rp = getattr(cfg, "rope_parameters", None) or {}
     if rp.get("original_max_position_embeddings"):
         return int(rp["original_max_position_embeddings"]), \
             "rope_parameters['original_max_position_embeddings']"
-    T = getattr(cfg, "max_position_embeddings", None)
-    if not T:
-        raise ValueError(f"{type(model).__name__} has no max_position_embeddings: "
-                         "pass train_length=")
-    return int(T), "max_position_embeddings"
+    for field in ("max_position_embeddings", "max_seq_len"):      # max_seq_len: MPT
+        T = getattr(cfg, field, None)
+        if T:
+            return int(T), field
+    raise ValueError(f"{type(model).__name__} has no max_position_embeddings or max_seq_len "
+                     "(BLOOM records no training length): pass train_length=")
+
+
+def train_length_fields(model, given: int | None = None) -> dict:
+    """The ``train_length`` and ``train_length_from`` fields of a result row:
+    ``given`` (from ``"train_length="``, the caller's choice), else the
+    model's own and the config field it was read from
+    (:func:`train_length_source`)."""
+    if given is not None:
+        return {"train_length": int(given), "train_length_from": "train_length="}
+    T, source = train_length_source(model)
+    return {"train_length": T, "train_length_from": source}
+
+
+def scaled_beyond(model) -> int | None:
+    """``max_position_embeddings`` where a scaled RoPE's
+    ``original_max_position_embeddings`` (the default ``T``) is below it (a
+    model extended past its pre-training length, e.g. Llama 3.1: 8192 and
+    131072), else None."""
+    T, source = train_length_source(model)
+    longest = getattr(model.config, "max_position_embeddings", None)
+    if source == "max_position_embeddings" or not longest or int(longest) <= T:
+        return None
+    return int(longest)
 
 
 def train_length_of(model) -> int:

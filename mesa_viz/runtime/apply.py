@@ -18,6 +18,13 @@
 * a channel permutation of queries and keys for families whose RoPE pairs
   channels otherwise than the kernels' half split (interleaved pairs: Cohere,
   GLM; the rotary block last: DeepSeek-V3);
+* on models with sliding-window layers whose window is at most the training
+  length, those layers keep the model's own windowed attention (:mod:`.windows`)
+  and every method, native ones included, runs through the kernels; a window
+  above it gets the method within the window (``kernels.method_window``, once
+  the window cuts keys off);
+* on GPT-J, whose RoPE is a fixed sin/cos table, a rotary module computing
+  the same rows for any position (``models.sinusoid``) in its place;
 * a filter on transformers' generation logger that drops its "exceeded the
   model's predefined maximum length" reminder (and that logger's
   ``warning_once``, so transformers' process-wide once-cache never records the
@@ -30,9 +37,9 @@ attribute is put back.  Applications do not nest: a model that already carries
 a method is refused.
 
 Before anything is installed, ``apply`` refuses the families it cannot run
-exactly (``models.families``: refused families, sliding-window attention
-below the training length, attention logit softcapping; a frequency rule on a
-model whose own RoPE is already scaled) and then *guards* the application
+exactly (``models.families``: refused families, a sliding window or logit
+softcap that is not a positive number; a frequency rule on a model whose own
+RoPE is already scaled or a fixed table) and then *guards* the application
 (:mod:`.guard`), refusing with the measured difference if the kernels' path
 differs from the model's own attention.
 """
@@ -45,9 +52,12 @@ from contextlib import ExitStack, contextmanager
 from .. import kernels
 from ..methods import Method, get_method
 from ..models.compat import check_transformers
-from ..models.families import (CHANNELS, find_rotary, model_rope, refuse_family,
-                               refuse_model_attention)
-from ..models.parts import model_type, train_length_source
+from ..models.families import (ALIBI_FAMILIES, CHANNELS, NOPE_LAYER_TYPES, find_rotary,
+                               model_rope, own_window_layers, refuse_family,
+                               refuse_model_attention, windowed_everywhere)
+from ..models.parts import model_type, scaled_beyond, train_length_source
+from ..models.sinusoid import SinusoidRotary
+from .alibi import apply_alibi
 from .capture import Capture
 from .guard import guard
 from .install import MARK, install
@@ -72,11 +82,19 @@ def apply(model, method: "str | Method" = "origin", *, train_length: int | None 
     unknown method or parameter, a method without a kernel, an unsupported
     attention backend or model family, a model that already carries a
     method, or a model on which :func:`guard` finds the kernels' path
-    differing from its own attention.
+    differing from its own attention.  ALiBi models (MPT, BLOOM) run their
+    own attention with the method's bias (:mod:`.alibi`).
     """
     if piece_tokens is not None and (isinstance(piece_tokens, bool) or
                                      not isinstance(piece_tokens, int) or piece_tokens < 1):
         raise ValueError(f"piece_tokens={piece_tokens!r} must be an integer >= 1 (or None)")
+    if model_type(model) in ALIBI_FAMILIES:                 # MPT, BLOOM: runtime.alibi
+        check_transformers()
+        _refuse_nesting(model)
+        with apply_alibi(model, method, train_length=_train_length(model, train_length),
+                         capture=capture, piece_tokens=piece_tokens, **params) as state:
+            yield state
+        return
     state, path = _checked(model, method, train_length, capture, params, piece_tokens)
     guard(model, state, path)
     with ExitStack() as undo:
@@ -110,18 +128,48 @@ def _checked(model, method, train_length, capture, params,
     refuse_model_attention(model, T)
     m.resolve(T, T)                                      # validate early
     backend = model.config._attn_implementation
-    if capture is not None or not m.native:
+    kernel = capture is not None or not m.native or own_window_layers(model.config, T)
+    if windowed_everywhere(model.config, T):
+        log.info("every layer of this %s attends within a sliding window of %d <= "
+                 "train_length=%d: each keeps the model's own attention, so %r changes nothing",
+                 model_type(model), model.config.sliding_window, T, m.name)
+    if kernel:
         kernels.kernel_for(m)                            # refuse a method without a kernel
         if backend not in SUPPORTED_BACKENDS:
+            why = _on_windows(m.native and capture is None)
             raise ValueError(f"attention implementation {backend!r} is not supported for "
-                             f"method {m.name!r}: allowed {SUPPORTED_BACKENDS} (load the "
-                             "model with attn_implementation='sdpa')")
+                             f"method {m.name!r}{why}: "
+                             f"allowed {SUPPORTED_BACKENDS} (load the model with "
+                             "attn_implementation='sdpa')")
+    types = getattr(model.config, "layer_types", None)
     settings = Settings(method=m, train_length=T, rotary=rotary, backend=backend,
-                        kernel=capture is not None or not m.native, capture=capture,
+                        kernel=kernel, capture=capture,
                         channels=CHANNELS.get(model_type(model)),
-                        model_rope=model_rope(model, rotary), piece_tokens=piece_tokens)
+                        model_rope=model_rope(model, rotary), piece_tokens=piece_tokens,
+                        own_rotary=rotary, layer_types=None if types is None else tuple(types),
+                        nope_types=NOPE_LAYER_TYPES.get(model_type(model), ()))
+    _refuse_rule_on_table(model, settings)
     _refuse_scaled_rope(model, settings)
     return Applied(settings), path
+
+
+def _refuse_rule_on_table(model, settings: Settings) -> None:
+    """A frequency rule on a model whose RoPE is a fixed sin/cos table (GPT-J,
+    ``models.sinusoid``): refused, transformers builds no rotary of a rule for it."""
+    m, T = settings.method, settings.train_length
+    if isinstance(settings.own_rotary, SinusoidRotary) and m.resolve(T, T).rope_rule():
+        raise ValueError(f"method {m.name!r} replaces the RoPE frequencies, but this "
+                         f"{model_type(model)} model's RoPE is a fixed sin/cos table "
+                         f"({type(model).__name__}: no rope_parameters for transformers to "
+                         "rebuild it from); allowed the methods that re-place positions "
+                         "(Mesa, ReRoPE, Self-Extend, Dual Chunk, ...), not PI, NTK, YaRN or "
+                         "Dynamic-NTK")
+
+
+def _on_windows(windows: bool) -> str:
+    """Why a native method runs the kernels: layers of the model's own window."""
+    return (" on a model with sliding-window layers (which keep the model's own attention "
+            "while the others run the method)") if windows else ""
 
 
 def _train_length(model, given: int | None) -> int:
@@ -129,8 +177,16 @@ def _train_length(model, given: int | None) -> int:
     if given is not None:
         return int(given)
     T, source = train_length_source(model)
-    log.info("train_length=%d from the model's %s (pass train_length= to choose another)",
-             T, source)
+    longest = scaled_beyond(model)
+    if longest is None:
+        log.info("train_length=%d from the model's %s (pass train_length= to choose another)",
+                 T, source)
+        return T
+    log.warning("train_length=%d from the model's %s, but its max_position_embeddings is %d "
+                "(a scaled %r RoPE, trained or tuned past %d): methods change attention past "
+                "%d; pass train_length=%d (or the length the model really handles) to keep "
+                "its own attention up to there", T, source, longest,
+                model.config.rope_parameters.get("rope_type"), T, T, longest)
     return T
 
 

@@ -14,6 +14,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 
 from ..methods import Origin
+from ..models.families import METHOD_LAYER_TYPE, rope_frequencies
 from ..models.parts import model_type
 from .install import install
 from .rotary import rotary_for
@@ -157,8 +158,9 @@ def _guard_rule(model, state: Applied) -> None:
     if rule is None:
         return
     built = rotary_for(state.rotary, rule, T)
-    same = torch.allclose(built.inv_freq.float(), state.rotary.inv_freq.float(), rtol=1e-6) \
-        and float(getattr(built, "attention_scaling", 1.0)) == 1.0
+    (inv, scaling), (own, _) = (rope_frequencies(r, METHOD_LAYER_TYPE)
+                                for r in (built, state.rotary))
+    same = torch.allclose(inv.float(), own.float(), rtol=1e-6) and scaling == 1.0
     if not same:
         raise ValueError(f"model type {model_type(model)!r}: its rotary class does not rebuild "
                          f"its own frequencies from rope_parameters {rule}, so method "

@@ -14,6 +14,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from ..models.parts import module_parent
+from ..models.sinusoid import SinusoidRotary
 from .rotary import RuleRotary
 
 __all__ = ["install", "MARK"]
@@ -35,6 +36,10 @@ def install(undo: ExitStack, model, state, path: str) -> None:
     undo.callback(handle.remove)
     _drop_length_reminder(undo)
     s = state.settings
+    if isinstance(s.own_rotary, SinusoidRotary):          # GPT-J's table, replaced
+        parent, leaf = module_parent(model, path)
+        undo.callback(setattr, parent, leaf, getattr(parent, leaf))
+        setattr(parent, leaf, s.own_rotary)
     if s.method.resolve(s.train_length, s.train_length).rope_parameters(s.model_rope) is not None:
         parent, leaf = module_parent(model, path)
         original = getattr(parent, leaf)

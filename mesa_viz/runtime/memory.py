@@ -326,14 +326,17 @@ def check_fits(model, method_name, seq_len: int, device=None, margin: float = 0.
 
 
 def fits(model, method: str, length: int, params: dict | None = None,
-         decode_tokens: int = 0) -> bool:
-    """False (with a warning naming the estimate) when a prefill of ``length``
-    tokens under ``method`` is predicted not to fit (:func:`check_fits`): the
-    sweeps skip such a length instead of running out of memory."""
+         decode_tokens: int = 0, batch: int = 1) -> bool:
+    """False (with a warning naming the estimate) when a prefill of ``batch``
+    rows of ``length`` tokens under ``method`` is predicted not to fit
+    (:func:`check_fits`): the sweeps skip such a length instead of running out
+    of memory."""
     try:
-        check_fits(model, method, length, params=params or {}, decode_tokens=decode_tokens)
+        check_fits(model, method, length, params=params or {}, decode_tokens=decode_tokens,
+                   batch=batch)
     except LengthTooLong as err:
-        log.warning("skipping %s at length %d: %s", method, length, err)
+        log.warning("skipping %s at length %d%s: %s", method, length,
+                    f" in batches of {batch}" if batch > 1 else "", err)
         return False
     return True
 

@@ -8,6 +8,8 @@ import copy
 
 import torch
 
+from ..models.families import METHOD_LAYER_TYPE, rope_frequencies
+
 __all__ = ["rotary_for", "RuleRotary"]
 
 
@@ -16,17 +18,22 @@ def rotary_for(rotary, rope_parameters: dict, T: int):
     model's ``rope_parameters`` updated with ``rope_parameters`` (e.g.
     ``{"rope_type": "dynamic", "factor": 2.0}``), for training length ``T``.
     A key also kept as a config attribute is set there too (transformers
-    gives Phi-3's ``original_max_position_embeddings`` attribute priority)."""
+    gives Phi-3's ``original_max_position_embeddings`` attribute priority).
+    RoPE parameters given per layer type (Gemma 3, OLMo 3): only the
+    full-attention layers' (``METHOD_LAYER_TYPE``) change."""
     cfg = copy.copy(rotary.config)
     rp = dict(cfg.rope_parameters)
-    rp.update(rope_parameters)
+    if isinstance(rp.get(METHOD_LAYER_TYPE), dict):
+        rp[METHOD_LAYER_TYPE] = {**rp[METHOD_LAYER_TYPE], **rope_parameters}
+    else:
+        rp.update(rope_parameters)
     cfg.rope_parameters = rp
     cfg.max_position_embeddings = T
     for key, value in rope_parameters.items():
         if key != "rope_type" and hasattr(cfg, key):
             setattr(cfg, key, value)
     new = type(rotary)(config=cfg)
-    return new.to(rotary.inv_freq.device)
+    return new.to(rope_frequencies(rotary, METHOD_LAYER_TYPE)[0].device)
 
 
 class RuleRotary(torch.nn.Module):
@@ -53,11 +60,15 @@ class RuleRotary(torch.nn.Module):
 
     @property
     def inv_freq(self) -> torch.Tensor:
-        return self.current.inv_freq
+        return self.frequencies(METHOD_LAYER_TYPE)[0]
+
+    def frequencies(self, layer_type: str | None = None) -> tuple[torch.Tensor, float]:
+        """``(inv_freq, attention_scaling)`` of the rule's rotary for ``layer_type``."""
+        return rope_frequencies(self.current, layer_type)
 
     @property
     def attention_scaling(self) -> float:
-        return float(getattr(self.current, "attention_scaling", 1.0))
+        return self.frequencies(METHOD_LAYER_TYPE)[1]
 
     @property
     def rope_type(self) -> str:

@@ -27,10 +27,11 @@ import torch
 
 from .. import kernels
 from ..methods import Method, default_piece_tokens
-from ..models.families import channel_order
+from ..models.families import METHOD_LAYER_TYPE, channel_order, rope_frequencies
 from .cache import cache_state
 from .capture import Capture, CaptureDone
 from .pieces import Pieces, input_of, run_pieces
+from .windows import own_window_attention
 
 __all__ = ["Settings", "Applied", "SUPPORTED_BACKENDS"]
 
@@ -55,7 +56,11 @@ class Settings:
     ``channels``: the family's channel order (``models.families.CHANNELS``);
     ``model_rope``: the model's own ``{"rope_theta", "rotary_dim",
     "rope_type"}``; ``piece_tokens``: the most tokens one forward of a prefill
-    in pieces holds (None: the default by device).
+    in pieces holds (None: the default by device); ``own_rotary``: the
+    model's own rotary module (the layers that run their own sliding-window
+    attention rotate with it); ``layer_types``: the model's type of each
+    layer (``config.layer_types``) or None; ``nope_types``: the layer types
+    that apply no RoPE (``models.families.NOPE_LAYER_TYPES``).
     """
 
     method: Method
@@ -67,6 +72,9 @@ class Settings:
     channels: str | None = None
     model_rope: dict | None = None
     piece_tokens: int | None = None
+    own_rotary: torch.nn.Module | None = None
+    layer_types: tuple | None = None
+    nope_types: tuple = ()
 
 
 @dataclass
@@ -92,6 +100,7 @@ class Applied:
     resolved: Method | None = None
     tables: kernels.RopeTables | None = None
     memo: kernels.DecodeMemo | None = None
+    layer_tables: dict = field(default_factory=dict)
     keep_rows: int | None = None
     pieces: Pieces | None = None
     # -- bookkeeping -------------------------------------------------------------------
@@ -134,7 +143,12 @@ class Applied:
         self._tell_past_train_length(self.whole_length(kv_len))
         if not self.settings.kernel:
             return None
+        if self.pieces is not None:
+            _frequencies_of_whole_prompt(module, args, kwargs, self.pieces.seq_len)
         self.tables = kernels.RopeTables(self.rope(), self.resolved, self.memo)  # this forward's
+        self.layer_tables = {}
+        if getattr(module, "sin_first", False):             # (sin, cos): models.sinusoid
+            return torch.zeros_like(output[0]), torch.ones_like(output[1])
         cos, sin = output
         return torch.ones_like(cos), torch.zeros_like(sin)
 
@@ -209,37 +223,83 @@ class Applied:
         self.pieces = None
         return p.joined(output, self.keep_rows)
 
-    def rope(self) -> kernels.Rope:
-        """The frequencies of this forward's rotary module."""
-        rotary = self.settings.rotary
-        return kernels.Rope(rotary.inv_freq, float(getattr(rotary, "attention_scaling", 1.0)))
+    def rope(self, layer_type: str | None = METHOD_LAYER_TYPE) -> kernels.Rope:
+        """The frequencies of this forward's rotary module for ``layer_type``
+        (a method's rule changes the full-attention type's only); the
+        identity rotation for a layer type that applies no RoPE."""
+        inv_freq, scaling = rope_frequencies(self.settings.rotary, layer_type)
+        if layer_type in self.settings.nope_types:
+            return kernels.Rope(torch.zeros_like(inv_freq), 1.0)
+        return kernels.Rope(inv_freq, scaling)
+
+    def layer_type(self, module) -> str | None:
+        """The type of ``module``'s layer (``config.layer_types``), or None."""
+        types = self.settings.layer_types
+        return None if types is None else types[module.layer_idx]
+
+    def tables_for(self, layer_type: str | None) -> kernels.RopeTables:
+        """This forward's RoPE tables for the method's layers of ``layer_type``:
+        :attr:`tables` for the type a method runs on (or models with one
+        rotary rule), else tables of that type's own frequencies."""
+        if layer_type in (None, METHOD_LAYER_TYPE) and layer_type not in self.settings.nope_types:
+            return self.tables
+        if layer_type not in self.layer_tables:
+            self.layer_tables[layer_type] = kernels.RopeTables(self.rope(layer_type),
+                                                               self.resolved, self.memo)
+        return self.layer_tables[layer_type]
 
     def attention(self, module, query, key, value, attention_mask, scaling=None,
                   dropout=0.0, **kwargs):
         """AttentionInterface function: ``query [b, h, q_len, d]`` and cached
         ``key, value [b, kv_h, kv_len, d]``, all un-rotated."""
         self.calls += 1
-        _refuse_kwargs(module, self.whole_length(key.shape[2]), dropout, kwargs)
+        _refuse_kwargs(module, dropout, kwargs)
         if self.settings.channels is not None:
             order = self.channel_order(query.shape[-1], query.device)
             query, key = query.index_select(-1, order), key.index_select(-1, order)
         i0 = self.i0                                     # read once a forward (a device sync)
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        backend = kernels.with_softcap(self.settings.backend, kwargs.get("softcap"))
+        window = kwargs.get("sliding_window")
+        if window is not None and window <= self.train_length:
+            return own_window_attention(self, module, query, key, value, scale, window, backend)
+        if window is not None and i0 + query.shape[2] > window:
+            return self._method_window(module, query, key, value, i0, scale, window, backend)
         if i0 + query.shape[2] != key.shape[2]:
             raise ValueError(f"query positions {i0}..{i0 + query.shape[2] - 1} do not end at "
                              f"the cache length {key.shape[2]}: custom position_ids are "
                              "not supported under mesa_viz methods")
-        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        self.tables.layer = module.layer_idx
+        tables = self.tables_for(self.layer_type(module))
+        tables.layer = module.layer_idx
         c, layer = self.settings.capture, module.layer_idx
         captured = c is not None and layer in c.layers
         if captured and c.qk:
-            c.record_qk(layer, query, key, i0, self.tables.rope, scale, self.resolved)
-        out = kernels.attend(self.resolved, query, key, value, i0, self.tables, scale,
-                             self.settings.backend)
+            if kwargs.get("softcap") is not None:
+                raise ValueError(f"capturing queries and keys of layer {layer}: its logits are "
+                                 f"softcapped ({kwargs['softcap']}), which attention maps "
+                                 "pooled from q . k do not apply; capture attention rows "
+                                 "(capture_rows, trace) instead")
+            c.record_qk(layer, query, key, i0, tables.rope, scale, self.resolved)
+        out = kernels.attend(self.resolved, query, key, value, i0, tables, scale, backend)
         if captured:
-            out = self._capture(layer, query, key, value, i0, scale, out)
+            out = self._capture(layer, query, key, value, i0, scale, out, tables, backend)
             if c.stop and layer == max(c.layers) and key.shape[2] >= self.prefill_length:
                 raise CaptureDone(f"captured layers {c.layers}")
+        return out.transpose(1, 2).contiguous(), None
+
+    def _method_window(self, module, query, key, value, i0, scale, window, backend):
+        """A window above ``T`` that cuts keys off: the method within the
+        window (:func:`mesa_viz.kernels.method_window`) at the method's
+        positions for this layer type."""
+        c = self.settings.capture
+        if c is not None and module.layer_idx in c.layers:
+            raise ValueError(f"capturing layer {module.layer_idx}: it runs the method within "
+                             f"its sliding window ({window} > train_length={self.train_length}), "
+                             "which probes do not capture; allowed layers whose window is at "
+                             "most train_length, or covers every key, or that have none")
+        rope = self.tables_for(self.layer_type(module)).rope
+        out = kernels.method_window(self.resolved, query, key, value, i0, rope, scale, window,
+                                    backend)
         return out.transpose(1, 2).contiguous(), None
 
     def channel_order(self, head_dim: int, device) -> torch.Tensor:
@@ -247,12 +307,13 @@ class Applied:
         as an index tensor on ``device``, made once per head size and device."""
         key = (head_dim, str(device))
         if key not in self.orders:
-            rot = 2 * self.settings.rotary.inv_freq.numel()
+            own = self.settings.own_rotary or self.settings.rotary
+            rot = 2 * rope_frequencies(own, METHOD_LAYER_TYPE)[0].numel()
             self.orders[key] = torch.tensor(
                 channel_order(self.settings.channels, rot, head_dim), device=device)
         return self.orders[key]
 
-    def _capture(self, layer, query, key, value, i0, scale, out):
+    def _capture(self, layer, query, key, value, i0, scale, out, tables, backend):
         """Exact probabilities of the captured rows; their outputs are recomputed
         from the stored probabilities so what is shown is what the model used."""
         c = self.settings.capture
@@ -261,7 +322,8 @@ class Applied:
             return out
         local = torch.as_tensor([r - i0 for r in rows], device=query.device)
         logits = kernels.dense_logits(self.resolved, query[:, :, local], key, rows,
-                                      self.tables.rope, scale)
+                                      tables.rope, scale)
+        logits = torch.where(torch.isinf(logits), logits, kernels.capped(logits, backend))
         probs = torch.softmax(logits, dim=-1)
         rep = query.shape[1] // key.shape[1]
         v = value.repeat_interleave(rep, 1).to(torch.float32)
@@ -272,6 +334,18 @@ class Applied:
         return out
 
 
+def _frequencies_of_whole_prompt(rotary, args, kwargs, seq_len: int) -> None:
+    """A piece of a prefill in pieces: set the rotary module's frequencies as
+    for the whole prompt of ``seq_len`` tokens.  A length-dependent RoPE
+    (longrope, dynamic) picks them from the longest position it is called
+    with, and a piece's own positions, below the training length, would pick
+    the short ones (Phi-3 longrope: 1e-2 off); hooks are not run again."""
+    x = kwargs.get("x", args[0] if args else None)
+    pos = kwargs.get("position_ids", args[1] if len(args) > 1 else None)
+    rest = {k: v for k, v in kwargs.items() if k not in ("x", "position_ids")}
+    rotary.forward(x, torch.full_like(pos[:, :1], seq_len - 1), *args[2:], **rest)
+
+
 def _span(pos: torch.Tensor) -> tuple[int, int]:
     """``(pos[0], pos[-1] + 1)`` of positions ``pos [q_len]`` in one read (one
     device sync on GPU)."""
@@ -279,18 +353,16 @@ def _span(pos: torch.Tensor) -> tuple[int, int]:
     return int(first), int(last) + 1
 
 
-def _refuse_kwargs(module, kv_len: int, dropout, kwargs: dict) -> None:
-    """Refuse attention arguments the kernels would silently ignore."""
-    window = kwargs.get("sliding_window")
-    if window is not None and window < kv_len:
-        raise ValueError(f"sliding-window attention (window {window} < {kv_len} keys) is not "
-                         "supported by mesa_viz methods: they attend to every key")
+def _refuse_kwargs(module, dropout, kwargs: dict) -> None:
+    """Refuse attention arguments the kernels would silently ignore
+    (``sliding_window`` and ``softcap`` are the caller's: :meth:`Applied.attention`)."""
     if dropout:
         raise ValueError(f"attention dropout {dropout} (a model in training mode?): mesa_viz "
                          "kernels run without dropout; call model.eval()")
     other = sorted(k for k, v in kwargs.items()
-                   if v is not None and k != "sliding_window" and k not in _IGNORED_KWARGS)
+                   if v is not None and k not in ("sliding_window", "softcap")
+                   and k not in _IGNORED_KWARGS)
     if other:
         raise ValueError(f"attention arguments {other} of {type(module).__name__} are not "
-                         f"supported by mesa_viz kernels: allowed {list(_IGNORED_KWARGS)} and "
-                         "sliding_window (None or covering every key)")
+                         f"supported by mesa_viz kernels: allowed {list(_IGNORED_KWARGS)}, "
+                         "sliding_window and softcap")

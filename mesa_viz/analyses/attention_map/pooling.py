@@ -121,6 +121,7 @@ def block_logits(method: Method, q: torch.Tensor, k: torch.Tensor, i0: int, rope
     rel = np.broadcast_to(rel, (R, kv))
     vis = np.broadcast_to(np.asarray(vis, dtype=bool), (R, kv))
     q = q * torch.as_tensor(method.query_scale(i), dtype=q.dtype)[:, None]
+    k = k * torch.as_tensor(method.key_scale(np.arange(kv)), dtype=k.dtype)[:, None]
     out = torch.full((R, kv), -math.inf, dtype=torch.float32)
     seen = np.flatnonzero(vis.any(axis=0))
     if seen.size == 0:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...methods import METHODS, Method, default_piece_tokens
-from ...models.parts import model_device, model_dims, model_dtype, train_length_of
+from ...models.parts import model_device, model_dims, model_dtype, train_length_fields
 from ...runs.jsonl import read_jsonl
 from ...runs.sweep import ResultsFile
 from ...runs.validate import check_lengths, check_methods
@@ -114,6 +114,7 @@ class _Grid:
     train_length: int
     common: dict
     settings: Settings
+    train_length_from: str = "train_length="
 
     @property
     def device(self) -> str:
@@ -172,7 +173,8 @@ def _plan_point(grid: _Grid, method: str, n: int, params: dict) -> dict:
             "oom_check_bytes": estimate_peak_bytes(dims, resolved, n, **kw),
             "available_bytes": available_bytes(dev, cap=s.memory_cap_bytes), "oom": False,
             **grid.common, "params": resolved.params(), "plan": _plan_summary(resolved),
-            "train_length": grid.train_length, "threads": torch.get_num_threads(),
+            "train_length": grid.train_length, "train_length_from": grid.train_length_from,
+            "threads": torch.get_num_threads(),
             "piece_tokens": s.piece_tokens, "piece_tokens_used": pieces_of,
             "prefill_pieces": len(resolved.prefill_pieces(n, pieces_of)),
             "repeats": s.repeats, "decode_tokens": s.decode_tokens,
@@ -264,8 +266,9 @@ def run(model, methods, lengths, out, *, model_name: str = "model",
     method_params = dict(method_params or {})
     check_grid(methods, lengths, method_params)
     out, extra = Path(out), dict(extra or {})
-    grid = _Grid(model, train_length or train_length_of(model),
-                 _common_fields(model, model_name, extra), settings)
+    fields = train_length_fields(model, train_length)
+    grid = _Grid(model, fields["train_length"], _common_fields(model, model_name, extra),
+                 settings, fields["train_length_from"])
     results, todo = _todo(out, grid.common, methods, lengths, settings.piece_tokens)
     if not todo:
         return []

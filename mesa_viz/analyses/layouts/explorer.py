@@ -95,8 +95,8 @@ def _sync_auto(controls: dict, resolved: dict) -> None:
         widget = controls[name]
         if not controls[name + "_auto"].value or value is None:
             continue
-        if isinstance(widget, (W.IntSlider, W.FloatSlider)):
-            widget.max = max(widget.max, value)
+        if isinstance(widget, (W.IntSlider, W.FloatSlider)):   # a default past either end
+            widget.max, widget.min = max(widget.max, value), min(widget.min, value)
         widget.value = value
 
 

@@ -33,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="JSONL samples from datas/make_passkey_data.py (else made here)")
     add_param_argument(parser)
     parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="samples of one method, length and depth answered in one batch "
+                             "(default 1; on a GPU larger batches amortise each forward; the "
+                             "rows are the same)")
     add_model_arguments(parser)
 
 
@@ -40,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from ...models.parts import train_length_of
     from ...runs.stats import format_table
     from ...viz.page import save_html
-    from . import check_grid, evaluate, read_samples, summary
+    from . import check_batch_size, check_grid, evaluate, read_samples, summary
     from .figures import passkey_accuracy_lines, passkey_heatmap
     where = run_folder(args, COMMAND)
     params = parse_params(args.param)
@@ -52,10 +56,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         samples = read_samples(args.data)
     check_grid(args.methods, args.lengths, args.depths, params)
+    check_batch_size(args.batch_size)
     model, tok, _ = load(args)
     rows = list(evaluate(model, tok, methods=args.methods, lengths=args.lengths,
                          depths=args.depths, samples=samples, out=where.rows,
-                         method_params=params, max_new_tokens=args.max_new_tokens))
+                         method_params=params, max_new_tokens=args.max_new_tokens,
+                         batch_size=args.batch_size))
     if not rows:
         log.warning("no rows: every length was refused")
         return 1

@@ -3,7 +3,8 @@ needle, and the summaries (accuracy with its sample count and 95 % Wilson
 interval; two methods on the same samples with McNemar's test).
 
 A row: ``method, length, depth, seed, expected, answer, correct, needle_span,
-needle_cuts, filler_offset, text, seconds, params, model``.  ``needle_cuts``
+needle_cuts, filler_offset, text, seconds, params, model, train_length,
+train_length_from``.  ``needle_cuts``
 lists where the method's layout cuts the needle (a Mesa middle chunk starting
 inside it, so the rest of the needle reads without its first words;
 ``Method.span_cuts``); the summary counts those samples: a cell that fails
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 #: The fields of a passkey row (``mesa-viz passkey``, :func:`.run.evaluate`).
 ROW_FIELDS = ("method", "length", "depth", "seed", "expected", "answer", "correct",
               "needle_span", "needle_cuts", "filler_offset", "text", "seconds", "params",
-              "model")
+              "model", "train_length", "train_length_from")
 
 
 def row_key(row, method: str | None = None) -> tuple:

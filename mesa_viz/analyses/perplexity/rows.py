@@ -1,6 +1,6 @@
 """Perplexity rows: one per method, length, text and position bucket: ``method,
-length, text, bucket_start, bucket_end, tokens, nll, ppl, train_length, params,
-model, source, seconds``; their resume key and a table of them."""
+length, text, bucket_start, bucket_end, tokens, nll, ppl, train_length,
+train_length_from, params, model, source, seconds``; their resume key and a table of them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ __all__ = ["row_key", "summary", "ROW_FIELDS"]
 
 #: The fields of a perplexity row.
 ROW_FIELDS = ("method", "length", "text", "bucket_start", "bucket_end", "tokens", "nll", "ppl",
-              "train_length", "params", "model", "source", "seconds")
+              "train_length", "train_length_from", "params", "model", "source", "seconds")
 
 
 def row_key(row: dict) -> tuple:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ...data import LONG_TEXTS, long_text, text_ids
-from ...models.parts import model_device, model_name, train_length_of
+from ...models.parts import model_device, model_name, train_length_fields
 from ...runs.sweep import ResultsFile, sweep
 from ...runs.validate import check_lengths, check_methods
 from ...runtime import fits
@@ -37,13 +37,14 @@ def evaluate(model, tokenizer, *, methods, lengths, texts=TEXTS, out: "str | Pat
     already there are not run again.  Checks everything now (unknown method,
     a length longer than a text: ValueError) and returns an iterator of rows
     ``method, length, text, bucket_start, bucket_end, tokens, nll, ppl,
-    train_length, params, model, source, seconds``, with a tqdm progress bar.
+    train_length, train_length_from, params, model, source, seconds``, with a tqdm progress bar.
     """
     method_params = dict(method_params or {})
     methods, lengths = list(methods), [int(n) for n in lengths]
     check_methods(methods, method_params)
     check_lengths(lengths)
-    T = _train_length(model, train_length)
+    fields = train_length_fields(model, train_length)
+    T = fields["train_length"]
     edges = {n: bucket_edges(n, T, buckets) for n in lengths}
     named = _texts(texts, cache)
     ids = {(name, n): text_ids(tokenizer, text, n, name=name)
@@ -59,7 +60,8 @@ def evaluate(model, tokenizer, *, methods, lengths, texts=TEXTS, out: "str | Pat
     def run(unit):
         method, n, text = unit
         return _run_unit(model, method, n, text, ids[text, n], edges[n],
-                         method_params.get(method, {}), T, slice_tokens, name, named[text][1])
+                         method_params.get(method, {}), fields, slice_tokens, name,
+                         named[text][1])
 
     return sweep(results, units, keys, run, desc="perplexity", unit="text",
                  skip=lambda u: not fits(model, u[0], u[1], method_params.get(u[0], {})))
@@ -83,23 +85,19 @@ def _texts(texts, cache) -> dict[str, tuple[str, str]]:
     return {t: (long_text(t, cache=cache), LONG_TEXTS[t].source) for t in names}
 
 
-def _train_length(model, train_length) -> int:
-    return int(train_length) if train_length is not None else train_length_of(model)
-
-
 def _prefix(model, ids: list[int]):
     import torch
     return torch.tensor([ids[:16]], device=model_device(model))
 
 
-def _run_unit(model, method, n, text, ids, edges, params, T, slice_tokens, name,
+def _run_unit(model, method, n, text, ids, edges, params, fields, slice_tokens, name,
               source) -> list[dict]:
-    t0 = time.perf_counter()
+    t0, T = time.perf_counter(), fields["train_length"]
     nll, resolved = token_nll(model, ids, method, train_length=T, slice_tokens=slice_tokens,
                               **params)
     seconds = round(time.perf_counter() - t0, 3)
     log.info("%s, %d tokens of %s: mean NLL %.4f (%.1f s)", method, n, text,
              float(nll.mean()), seconds)
     return [dict(method=method, length=n, text=text, **b, ppl=math.exp(b["nll"]),
-                 train_length=T, params=resolved, model=name, source=source, seconds=seconds)
+                 **fields, params=resolved, model=name, source=source, seconds=seconds)
             for b in by_bucket(nll, edges)]

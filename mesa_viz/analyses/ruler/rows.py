@@ -1,6 +1,6 @@
 """RULER rows: one per method, task, length and sample: ``method, task, length,
 sample, score, prediction, target, prompt_tokens, prompt_hash, input_tokens,
-needle_spans, needle_cuts, params, train_length, model``; whether a layout cut a
+needle_spans, needle_cuts, params, train_length, train_length_from, model``; whether a layout cut a
 row's needle, and the mean score per method x length (x task)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ __all__ = ["needle_cuts", "summary", "task_rows", "row_key", "ROW_FIELDS"]
 #: The fields of a RULER row (``mesa-viz ruler``).
 ROW_FIELDS = ("method", "task", "length", "sample", "score", "prediction", "target",
               "prompt_tokens", "prompt_hash", "input_tokens", "needle_spans", "needle_cuts",
-              "params", "train_length", "model")
+              "params", "train_length", "train_length_from", "model")
 
 
 def row_key(row: dict) -> tuple:

@@ -20,7 +20,7 @@ from lm_eval.api.model import CachingLM
 from lm_eval.evaluator import evaluate as lm_evaluate
 
 from ...methods import get_method
-from ...models.parts import model_name, train_length_of
+from ...models.parts import model_name, train_length_fields
 from ...runs.sweep import ResultsFile, sweep
 from ...runs.validate import check_lengths, check_methods
 from .lm import MesaVizLM
@@ -64,7 +64,8 @@ def evaluate(model, tokenizer, *, methods, tasks="ruler_offline", lengths, sampl
 
     todo = [u for u in units if any(k not in results for k in keys(u))]
     built = _built_tasks(tokenizer, results.path, todo, lengths, samples, gen_kwargs)
-    T = int(train_length or train_length_of(model))
+    fields = train_length_fields(model, train_length)
+    T = fields["train_length"]
     name, lms = model_name(model), {}
 
     def run(unit):
@@ -81,7 +82,7 @@ def evaluate(model, tokenizer, *, methods, tasks="ruler_offline", lengths, sampl
                           verbosity="WARNING")
         needles = _needle_locator(lm, task, get_method(method, train_length=T, **params))
         return task_rows(res["samples"][task], method, task,
-                         dict(params=params, train_length=T, model=name), needles)
+                         dict(params=params, **fields, model=name), needles)
 
     return sweep(results, units, keys, run, desc="ruler", unit="task")
 

@@ -8,6 +8,7 @@ meets (nesting, missing kernels, transformers' length warning, frequency rules
 on scaled RoPE), errors."""
 
 import dataclasses
+import math
 import logging
 from typing import ClassVar
 
@@ -39,11 +40,14 @@ SMALL_T = {
     "stair": dict(stair_start=10, stair_width=3),
     "stair-from-0": dict(stair_start=0, stair_width=5),
     "rerope": dict(window=20),
+    "rerope-log": dict(window=20, log_scaling=True),
     "leaky-rerope": dict(window=20),
+    "leaky-rerope-log": dict(window=20, preset="authors-code"),
     "streaming-llm": dict(sink_tokens=4),
     "lm-infinite": dict(sink_tokens=4),
     "self-extend": dict(group_size=3, window=12),
     "self-extend-uneven": dict(group_size=4, window=10),
+    "self-extend-float": dict(group_size=4, window=10, shift="float"),
     "dual-chunk": dict(chunk_size=40, local_window=16),
     "string": dict(shifted_offset=30, local_window=8),
     "pi": dict(factor=3.0),
@@ -193,6 +197,46 @@ def test_mesa_presets_match_the_reference(preset, n):
     ref = _reference(model, out.sequences[:, :n + k - 1], "mesa", prefill_length=n, **params)
     assert (prefill - ref[:n]).abs().max().item() <= 1e-4
     assert (steps - ref[n - 1:]).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("n,k,last", [(600, 45, 320), (660, 3, 320)])
+def test_mesa_authors_code_below_and_past_train_length(n, k, last):
+    """The authors'-code preset at T = 640 with the code's L = T/2: a prompt of
+    600 tokens split below T and generating past it (the stair from row 640);
+    a prompt of 660 whose anchor falls inside its last chunk: prefill and
+    generated tokens against the dense reference."""
+    model = tiny_model("llama")[0]
+    ids = _ids(n, seed=31)
+    with mv.apply(model, "mesa", train_length=640, preset="authors-code",
+                  last_chunk=last) as state, torch.no_grad():
+        prefill = model(ids).logits[0].double()
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=k,
+                             do_sample=False, output_logits=True, return_dict_in_generate=True,
+                             pad_token_id=0)
+    params = state.resolved.params()
+    del params["prefill_length"], params["preset"]        # the preset reads last_chunk as L
+    assert len(state.resolved.plan().chunks) == 4 if n == 600 else params["stair_start"] < 0
+    steps = torch.stack(out.logits, 1)[0].double()
+    ref = _reference(model, out.sequences[:, :n + k - 1], "mesa", prefill_length=n, **params)
+    assert (prefill - ref[:n]).abs().max().item() <= 1e-4
+    assert (steps - ref[n - 1:]).abs().max().item() <= 1e-4
+
+
+def test_dual_chunk_mscale_prefill_matches_the_reference(family):
+    """Dual Chunk's released mscale: a prefill of n > T tokens has every query and
+    key times 0.05 ln(n/T) + 1, one factor squared on the logits (the decode's
+    per-key factors: tests/unit/methods/test_released_code.py)."""
+    ids = _ids(150, seed=32)
+    got, state = _logits(family, ids, "dual-chunk", train_length=T, preset="authors-code")
+    m = state.resolved
+    assert m.mscale and m.key_scale([0])[0] == pytest.approx(0.05 * math.log(150 / T) + 1)
+    lay = mv.layout("dual-chunk", 150, train_length=T, preset="authors-code")
+    ref = reference_logits(family, ids, lay.relative_positions, lay.mask,
+                           m.query_scale(np.arange(150)) * m.key_scale([0])[0])
+    assert (got.double() - ref).abs().max().item() <= 1e-4
+    plain, _ = _logits(family, ids, "dual-chunk", train_length=T, chunk_size=m.chunk_size,
+                       local_window=m.local_window)
+    assert (plain - got).abs().max().item() > 2e-4           # mscale changes the logits
 
 
 def test_frequency_rules_run_transformers_rope_types(tiny_neox):

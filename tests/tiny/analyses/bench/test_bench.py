@@ -25,7 +25,8 @@ POINT_KEYS = {
     "kind", "method", "length", "prefill_s", "prefill_s_all", "peak_mem_bytes", "peak_mem_all",
     "mem_method", "decode_ms_per_token", "decode_ms_all", "gflops_achieved", "useful_flops",
     "attention_pairs", "predicted_mem_bytes", "oom_check_bytes", "available_bytes", "oom",
-    "device", "dtype", "model", "backend", "params", "plan", "train_length", "threads", "repeats",
+    "device", "dtype", "model", "backend", "params", "plan", "train_length", "train_length_from",
+    "threads", "repeats",
     "decode_tokens", "time", "sdpa_backends", "piece_tokens", "piece_tokens_used",
     "prefill_pieces"}
 MESA_SMALL = dict(first_chunk=8, chunk_size=32, last_chunk=32)

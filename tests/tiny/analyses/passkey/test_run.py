@@ -124,7 +124,8 @@ def test_evaluate_streams_rows_and_resumes(tok, counted, tmp_path):
         assert FIELDS <= set(row)
         assert row["correct"] == (row["answer"] == row["expected"])
         assert row["seconds"] > 0 and row["model"]
-        assert row["params"]["train_length"] == T_TINY
+        assert row["params"]["train_length"] == row["train_length"] == T_TINY
+        assert row["train_length_from"] == "max_position_embeddings"
         json.dumps(row)
     mesa_long = next(r for r in rows if r["method"] == "mesa" and r["length"] == 200)
     assert mesa_long["params"]["first_chunk"] == T_TINY // 16
@@ -136,6 +137,40 @@ def test_evaluate_streams_rows_and_resumes(tok, counted, tmp_path):
     more = run(model, tok, path, samples=2, max_new_tokens=3, **grid)
     assert len(calls) == 16 and len(more) == 16 == len(read_jsonl(path))
     assert {(r["seed"]) for r in more} == {0, 1}
+
+
+def test_batches_write_the_rows_of_one_at_a_time(tok, tiny, tmp_path, monkeypatch):
+    """Samples of one method, length and depth answered in batches of 3 write
+    the rows answered one at a time (all but ``seconds``), in the same order;
+    a rerun with a batch's rows partly there runs only its missing samples."""
+    shapes = []
+    real = tiny.generate
+
+    def generate(*args, **kwargs):
+        shapes.append(tuple(kwargs.get("input_ids", args[0] if args else None).shape))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tiny, "generate", generate, raising=False)
+    grid = dict(methods=["origin", "mesa"], lengths=[200], depths=[0.2, 0.8], samples=3,
+                max_new_tokens=3)
+    one = run(tiny, tok, tmp_path / "one.jsonl", **grid)
+    assert shapes == [(1, 200)] * 12
+    del shapes[:]
+    three = run(tiny, tok, tmp_path / "three.jsonl", batch_size=3, **grid)
+    assert shapes == [(3, 200)] * 4
+    assert len({r["text"] for r in one}) > 1                   # the rows differ
+
+    def same(rows):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert same(three) == same(one) == same(read_jsonl(tmp_path / "three.jsonl"))
+
+    partial = tmp_path / "partial.jsonl"                       # origin at 0.2: seed 1 done
+    partial.write_text(json.dumps(one[1]) + "\n")
+    del shapes[:]
+    resumed = run(tiny, tok, partial, batch_size=3, **grid)
+    assert shapes == [(2, 200)] + [(3, 200)] * 3
+    assert same(resumed) == same(one) and resumed[1] == one[1]
+    assert len(read_jsonl(partial)) == 12
 
 
 def test_evaluate_passes_method_params(tok, tiny, tmp_path):
@@ -171,9 +206,9 @@ def test_rows_record_where_the_layout_cuts_the_needle(tok, tiny, tmp_path):
 
 
 def test_evaluate_scores_a_right_answer(tok, tiny, tmp_path, monkeypatch):
-    def oracle(model, tokenizer, sample, method, params, max_new_tokens):
-        return (f" {sample['passkey']}. Remember", resolve(method, sample["length"],
-                                                           train_length=T_TINY), 0.01)
+    def oracle(model, tokenizer, batch, method, params, max_new_tokens):
+        return ([f" {s['passkey']}. Remember" for s in batch],
+                resolve(method, batch[0]["length"], train_length=T_TINY), 0.01)
 
     monkeypatch.setattr(passkey_run, "_generate", oracle)
     rows = run(tiny, tok, tmp_path / "p.jsonl", methods=["origin"], lengths=[100],
@@ -216,6 +251,7 @@ def test_evaluate_with_given_samples(tok, tiny, tmp_path):
     (dict(samples=0), "samples=0"),
     (dict(lengths=None), "lengths given"),
     (dict(out="."), "is a folder"),
+    (dict(batch_size=0), "batch_size=0: allowed an int >= 1"),
 ])
 def test_evaluate_refuses_bad_input(tok, tiny, tmp_path, kwargs, match):
     args = {**dict(methods=["origin", "mesa"], lengths=[100], depths=[0.5], samples=1,
@@ -327,7 +363,7 @@ def test_cli_with_data_file(tiny_dir, tmp_path):
                          "--out", str(data), "--tokenizer", str(tiny_dir)])
     out = tmp_path / "run"
     assert _cli("--methods", "origin", "--data", data, "--out", out, "--model", tiny_dir,
-                "--max-new-tokens", "1") == 0
+                "--max-new-tokens", "1", "--batch-size", "2") == 0
     assert [(r["length"], r["seed"]) for r in read_jsonl(out / "passkey.jsonl")] == [
         (90, 0), (90, 1)]
 
@@ -337,6 +373,7 @@ def test_cli_with_data_file(tiny_dir, tmp_path):
     (("--lengths", ""), "lengths is empty"),
     (("--methods", "mesa", "--lengths", "100", "--param", "mesa=1"), "METHOD.KEY=VALUE"),
     (("--lengths", "100", "--depths", "0.5,3"), "depth"),
+    (("--lengths", "100", "--batch-size", "0"), "batch_size=0"),
 ])
 def test_cli_refuses_bad_input(tmp_path, args, match):
     with pytest.raises(SystemExit, match=match):

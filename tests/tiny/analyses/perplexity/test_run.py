@@ -25,7 +25,7 @@ T = 64
 N = 300                                  # past T: every method extrapolates
 TEXT = " ".join(f"{FILLER} Line {k}." for k in range(60))
 FIELDS = {"method", "length", "text", "bucket_start", "bucket_end", "tokens", "nll", "ppl",
-          "train_length", "params", "model", "source", "seconds"}
+          "train_length", "train_length_from", "params", "model", "source", "seconds"}
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt_neox", "qwen3"])
