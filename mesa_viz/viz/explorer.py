@@ -44,6 +44,8 @@ import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from .grid import NOTEBOOK_WIDTH
+
 __all__ = ["Explorer", "Figures", "build", "computing", "blank", "info_html", "error_html",
            "busy_html", "set_figure", "rows_viewer", "controls_row"]
 
@@ -231,17 +233,30 @@ def computing(outputs: dict, figures: Figures, what: str, names=None):
     titles = {k: _unmarked(figures[k].layout.title.text or "") for k in names}
     outputs["status"].value = busy_html(what)
     for name in names:
-        figures.restyle(name, f"busy: {what}… (greyed: the previous figure)", 0.3)
+        figures.restyle(name, _fitted(figures[name], f"busy: {what}…",
+                                      " (greyed: the previous figure)"), 0.3)
     t0 = time.perf_counter()
     try:
         yield
     except BaseException:
         for name in names:
-            figures.restyle(name, f"{titles[name]} · not redrawn: {what} failed", 1.0)
+            figures.restyle(name, _fitted(figures[name], titles[name],
+                                          f" · not redrawn: {what} failed"), 1.0)
         raise
     finally:
         outputs["status"].value = ""
     log.info("%s: %.1f s", what, time.perf_counter() - t0)
+
+
+def _fitted(fig: go.Figure, title: str, note: str) -> str:
+    """``title + note`` on one line that fits ``fig``'s width: the title
+    (without any earlier note) cut short with "…" to leave room for the note,
+    so a title never runs off the plot however often a redraw fails."""
+    room = int(((fig.layout.width or NOTEBOOK_WIDTH) - 60) / (0.55 * 17))
+    title = _unmarked(title).split("<br>")[0]
+    note = note if len(note) <= room - 12 else note[:room - 13] + "…"
+    keep = max(12, room - len(note))
+    return (title if len(title) <= keep else title[:keep - 1].rstrip() + "…") + note
 
 
 def _unmarked(title: str) -> str:

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-__all__ = ["check_row_keys", "methods_in", "subplot_grid", "outer_axis_titles", "length_ticks"]
+__all__ = ["check_row_keys", "methods_in", "subplot_grid", "outer_axis_titles", "length_ticks",
+           "wrap_title", "colorbar_under", "NOTEBOOK_WIDTH"]
+
+#: The width (CSS px) a figure without its own ``width`` is laid out for: a
+#: notebook's output area in a 1400 px browser window is about this wide.
+NOTEBOOK_WIDTH = 900
 
 
 def check_row_keys(rows, keys, what: str) -> list[dict]:
@@ -53,3 +58,30 @@ def length_ticks(lengths, most: int = 12) -> dict:
     if not 1 < len(lengths) <= most:
         return {}
     return dict(tickvals=lengths, ticktext=[str(L) for L in lengths])
+
+
+def wrap_title(text: str, width_px: int | None = None, font_px: float = 17) -> str:
+    """``text`` broken into lines (``<br>``) at spaces so each fits a figure
+    ``width_px`` wide (default :data:`NOTEBOOK_WIDTH`) in a ``font_px`` font;
+    a title is never cut off at the figure's edge."""
+    room = int(((width_px or NOTEBOOK_WIDTH) - 60) / (0.55 * font_px))
+    lines: list[str] = []
+    for word in str(text).split(" "):
+        if lines and len(lines[-1]) + 1 + len(word) <= room:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return "<br>".join(lines)
+
+
+def colorbar_under(fig: go.Figure, cols, title: str, plot_px: float,
+                   below_px: float = 62) -> dict:
+    """A horizontal colour bar under subplot columns ``cols`` (row 1), clear of
+    the x axis title: two colour bars side by side under their own panels
+    never overlap, as two vertical bars at the right edge do.  ``plot_px``:
+    the plot area's height in px (figure height less top and bottom margins)."""
+    x0 = fig.get_subplot(1, min(cols)).xaxis.domain[0]
+    x1 = fig.get_subplot(1, max(cols)).xaxis.domain[1]
+    return dict(orientation="h", x=(x0 + x1) / 2, xanchor="center", len=(x1 - x0) * 0.9,
+                y=-below_px / plot_px, yanchor="top", thickness=12,
+                title=dict(text=title, side="top"))

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from .style import MARK_COLOR
 
 __all__ = ["AxisInfo", "axis_info", "mark", "marker_items", "add_marker_items",
-           "category_boundary", "positive", "mark_T", "label_style"]
+           "category_boundary", "positive", "mark_T", "note_T", "label_style", "ABOVE"]
 
 
 def label_style(name: str, text: str, border: str) -> dict:
@@ -28,6 +28,9 @@ def label_style(name: str, text: str, border: str) -> dict:
 
 
 _AXIS_TYPES = ("linear", "log", "category")
+#: ``label_at`` for an x mark whose label sits just over the plot area (in the
+#: top margin, centred on the line), where it covers no data.
+ABOVE = "above"
 
 
 @dataclass(frozen=True)
@@ -192,7 +195,7 @@ def _numeric_extent(traces, letter: str, log: bool, name: str) -> tuple[float, f
 def mark(fig: go.Figure, at, *, name: str, label: str | None = None, axis: str = "x",
          to=None, row: int | None = None, col: int | None = None, across=None,
          color: str = MARK_COLOR, dash: str = "dash", width: float = 1.5,
-         fill_opacity: float = 0.15, label_at: float = 1.0) -> bool:
+         fill_opacity: float = 0.15, label_at: float | str = 1.0) -> bool:
     """Mark a position (a line) or a range (a shaded span) on one axis of ``fig``.
 
     The one way figures mark ``T``, chunk boundaries, thresholds and needles;
@@ -205,8 +208,9 @@ def mark(fig: go.Figure, at, *, name: str, label: str | None = None, axis: str =
     of it), e.g. one heatmap row ``(i - 0.5, i + 0.5)``.  ``label``: text in a
     light box (readable on dark colour maps) beside a line, or inside a span
     from its outer end, running toward the middle of the plot; ``label_at``:
-    where along the other axis (0..1 of its domain).  The shape and the label
-    carry ``name``.
+    where along the other axis (0..1 of its domain), or :data:`ABOVE` (x
+    marks): over the plot area, in the top margin, where it covers no data
+    (leave the margin room for it).  The shape and the label carry ``name``.
 
     Never stretches the autorange: a line outside the extent of the data on
     that axis (or its explicit ``range``) is **not drawn** and a span is
@@ -243,14 +247,17 @@ def _other(fig, ax: AxisInfo, across, row, col):
 
 def marker_items(ax: AxisInfo, other, at, *, name: str, label: str | None = None, to=None,
                  across=None, color: str = MARK_COLOR, dash: str = "dash",
-                 width: float = 1.5, fill_opacity: float = 0.15, label_at: float = 1.0):
+                 width: float = 1.5, fill_opacity: float = 0.15, label_at: float | str = 1.0):
     """The ``(shape, annotation)`` dicts :func:`mark` adds (either may be None),
     for adding many marks at once; ``other``: the other axis's AxisInfo (needed
     with ``across``) or its id."""
     if not name:
         raise ValueError("name is empty: allowed a non-empty name tests and widgets can find")
-    if not 0 <= label_at <= 1:
-        raise ValueError(f"label_at={label_at}: allowed 0..1 (fraction of the other axis)")
+    if label_at != ABOVE and not (isinstance(label_at, (int, float)) and 0 <= label_at <= 1):
+        raise ValueError(f"label_at={label_at!r}: allowed 0..1 (fraction of the other axis) "
+                         f"or {ABOVE!r} (x marks: in the margin over the plot, off the data)")
+    if label_at == ABOVE and ax.letter != "x":
+        raise ValueError(f"label_at={ABOVE!r} is for x marks: allowed 0..1 on a y mark")
     p0 = ax.position(at, "at")
     lo, hi = sorted((p0, p0 if to is None else ax.position(to, "to")))
     oref = other if isinstance(other, str) else other.ref
@@ -297,7 +304,11 @@ def _label(ax: AxisInfo, oref: str, lo, hi, text, name, label_at, color, line) -
     pos = lo if line or inward != ax.reversed else hi       # the span's outer end
     gap = (4 if inward else -4) if line else 0
     a = label_style(name, text, color)
-    if ax.letter == "x":
+    if ax.letter == "x" and label_at == ABOVE:        # in the margin, over the line or span
+        mid = math.sqrt(lo * hi) if ax.type == "log" else (lo + hi) / 2
+        a.update(x=ax.annotation_coordinate(mid), xref=ax.ref, xanchor="center", y=1,
+                 yref=oref + " domain", yanchor="bottom", yshift=2)
+    elif ax.letter == "x":
         a.update(x=ax.annotation_coordinate(pos), xref=ax.ref,
                  xanchor="left" if inward else "right",
                  xshift=gap, y=label_at, yref=oref + " domain",
@@ -315,11 +326,12 @@ def _edge_note(ax: AxisInfo, oref: str, below: bool, text: str, name: str,
     """A note at the plot's edge for a mark outside the data (drawn nowhere else)."""
     start = below != ax.reversed                   # the visual left / bottom edge
     oref += " domain"
+    label_at, above = (1.0, True) if label_at == ABOVE else (label_at, False)
     if ax.letter == "x":
         a = label_style(name, f"◀ {text}" if start else f"{text} ▶", "#999999")
         a.update(xref=ax.ref + " domain",
                  x=0 if start else 1, xanchor="left" if start else "right", yref=oref,
-                 y=label_at, yanchor="top" if label_at >= 0.5 else "bottom")
+                 y=label_at, yanchor="bottom" if above or label_at < 0.5 else "top")
     else:
         a = label_style(name, f"▼ {text}" if start else f"▲ {text}", "#999999")
         a.update(yref=ax.ref + " domain",
@@ -344,11 +356,21 @@ def positive(value, name: str) -> int:
     return int(value)
 
 
-def mark_T(fig: go.Figure, T, n: int, cols: int) -> None:
-    """``T`` marked on the x axis of the first ``n`` subplots."""
+def mark_T(fig: go.Figure, T, n: int, cols: int, at=None) -> None:
+    """``T`` marked on the x axis of the first ``n`` subplots (at ``at``, e.g.
+    a category boundary; default ``T``): unlabelled lines, named once in the
+    subtitle (:func:`note_T`), since a label box in each panel covers data and
+    one over each panel meets its title."""
     if T is None:
         return
     T = positive(T, "train_length")
-    for k in range(n):
-        mark(fig, T, name="train_length", label=f"T={T}", row=k // cols + 1,
-             col=k % cols + 1, label_at=0.98)
+    drawn = [mark(fig, T if at is None else at, name="train_length", row=k // cols + 1,
+                  col=k % cols + 1) for k in range(n)]
+    note_T(fig, f"dashed line: T={T}" if any(drawn) else f"T={T} lies outside the x range")
+
+
+def note_T(fig: go.Figure, text: str) -> None:
+    """``text`` as the first line of ``fig``'s subtitle (top margin widened)."""
+    sub = fig.layout.title.subtitle.text
+    fig.update_layout(title_subtitle_text=text + (f"<br>{sub}" if sub else ""),
+                      margin_t=max(fig.layout.margin.t or 100, 100 if not sub else 120))

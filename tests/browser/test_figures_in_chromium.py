@@ -6,7 +6,13 @@ Guards: the ``T`` marker sits where the axis puts ``T`` (log and linear axes;
 the old code drew it at ``log10(T)`` on log axes), its label is drawn beside
 it, no marker stretches the autorange, the per-row "distance >= T" boundary
 of the attention view sits at ``q - T``, marker labels keep a light box on
-dark colour maps, and subplot titles overlap no axis title or tick label.
+dark colour maps, and subplot titles overlap no axis title or tick label;
+on the multi-panel figures (six hidden-state panels, whole attention maps,
+needle mass with two colour bars, 06's theorem figure and its error title,
+02's distance figure, 03's threshold plot, passkey, Figure 1) no two titles,
+axis titles, annotations, colour bars or legends overlap and none is cut off
+at 1400x900, no text shows a share above 100 %, and every curve lies inside
+the y range drawn.
 
 Needs ``/usr/bin/chromium`` and ``/usr/bin/chromedriver``
 (``scripts/install_browser.sh``); skipped when they are missing.  Screenshots
@@ -191,8 +197,11 @@ def test_T_marker_sits_where_the_axis_puts_T(driver, page, case):
     lab = g["label"]
     assert lab is not None and lab["right"] > lab["left"], f"T label not drawn ({shot})"
     gap = min(abs(lab["left"] - line_px), abs(lab["right"] - line_px))
-    assert gap < 10, f"T label {gap:.1f}px from its line ({shot})"
-    assert g["plot"]["top"] - 2 <= lab["top"] and lab["bottom"] <= g["plot"]["bottom"] + 2
+    centred = abs((lab["left"] + lab["right"]) / 2 - line_px) < 2      # a label over the plot
+    assert gap < 10 or centred, f"T label {gap:.1f}px from its line ({shot})"
+    above = lab["bottom"] <= g["plot"]["top"] + 1 and lab["top"] >= g["plot"]["top"] - 30
+    inside = g["plot"]["top"] - 2 <= lab["top"] and lab["bottom"] <= g["plot"]["bottom"] + 2
+    assert above or inside, f"T label at {lab}, plot {g['plot']} ({shot})"
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -320,3 +329,210 @@ def test_subplot_titles_overlap_nothing(driver, tmp_path):
         "return [...document.getElementById(arguments[0]).querySelectorAll('.textpoint text')]"
         ".map(t => t.textContent)", ids["bench"])
     assert "OOM" in texts and "None" not in driver.find_element("id", ids["bench"]).text
+
+
+# -- every text of the multi-panel figures: no overlaps, nothing cut off, honest % -----------
+
+def hidden_views():
+    """Three methods' views of two paper windows (six panels), synthetic values."""
+    from mesa_viz.analyses.thresholds.hidden import HiddenView, paper_windows
+    rng = np.random.default_rng(3)
+    n, pool, layers, dims = 12288, 32, [0, 10, 20], list(range(16))
+    windows = paper_windows(n, T)
+    edges = [np.arange(a, b + 1, pool) for a, b in windows]
+    return [HiddenView(m, T, n, layers, dims, windows, pool, edges,
+                       [rng.normal(size=(len(layers), len(dims), len(e) - 1)) for e in edges])
+            for m in ("origin", "mesa", "rerope")]
+
+
+def attention_maps(n=9216, grid=48):
+    from mesa_viz.analyses.attention_map.pooling import AttentionMap
+    rng = np.random.default_rng(4)
+    e = np.linspace(0, n, grid + 1).astype(int)
+    return [AttentionMap(m, {}, T, 5, 3, n, "max", [0, n, 0, n], e, e,
+                         np.tril(rng.random((grid, grid)) ** 4) + 1e-9,
+                         chunk_plan=[(0, 512), (512, 4608), (4608, n)] if m == "mesa" else None)
+            for m in ("mesa", "origin")]
+
+
+def theorem_paper_figure():
+    """06's value figure with layer 2 as printed (relative, ReRoPE, Stair run far above H)."""
+    from mesa_viz.analyses.theory import compute as theory
+    runs = {pe: theory.run(pe, M=16, H=0.5, length=512, **(
+        {} if pe == "nope" else dict(layer2="paper", N=3 if pe in ("rerope", "stair") else None,
+                                     E=4 if pe == "stair" else None)))
+            for pe in theory.PES}
+    return runs, plots.theorem_figure({pe: r.value for pe, r in runs.items()}, 16, 0.5,
+                                      runs["nope"].t, title="layer 2 paper (Equ.34 as printed)")
+
+
+def max_over_heads_distance():
+    """02's distance figure with the max over heads: rows summing to more than 1."""
+    rng = np.random.default_rng(5)
+    heads = rng.random((9, 2, 12000)) ** 8
+    heads /= heads.sum(axis=-1, keepdims=True)
+    return plots.attention_by_distance(heads.max(axis=0), [11999, 11999],
+                                       names=["origin", "mesa"], train_length=T,
+                                       of="max over heads per key")
+
+
+def relative_threshold_figure():
+    values = hidden_values()
+    thr = float(plots.smooth_values(values["origin"], 256)[T - 1])
+    return plots.hidden_state_figure(values, T, threshold=thr, smooth=256, relative=True,
+                                     correlation=0.995,
+                                     title="hidden state, layer 20, dim 363 (trailing mean over "
+                                           "256 tokens)")
+
+
+def failed_redraw_title(fig):
+    """A figure retitled by the explorer's error path twice (the note replaced, not piled up)."""
+    from mesa_viz.viz.explorer import _fitted
+    what = "running nope, relative, rerope, stair to t=8192"
+    for _ in range(2):
+        fig.update_layout(title_text=_fitted(fig, fig.layout.title.text,
+                                             f" · not redrawn: {what} failed"))
+    return fig
+
+
+def text_cases() -> dict:
+    rows = [r for r in passkey_rows() if not (r["method"] == "mesa" and r["length"] == 32768)]
+    lay = plots.figure1_layouts()[0]
+    return {
+        "hidden_heatmap": plots.hidden_heatmap(hidden_views()),
+        "attention_maps": plots.attention_maps_figure(attention_maps()),
+        "needle_mass": plots.needle_mass_figure(
+            np.random.default_rng(6).random((2, 30, 9)) ** 3, ["origin", "mesa"],
+            title="attention on the needle per layer and head (9216 tokens, T=8192, answer "
+                  "step q=9215)"),
+        "theorem_paper": theorem_paper_figure()[1],
+        "theorem_failed": failed_redraw_title(theorem_paper_figure()[1]),
+        "distance_max_heads": max_over_heads_distance(),
+        "threshold_relative": relative_threshold_figure(),
+        "passkey_heatmap": plots.passkey_heatmap(rows, train_length=T),
+        "passkey_lines": plots.passkey_accuracy_lines(rows, train_length=T),
+        "figure1": plots.figure1(),
+        "layout_mesa": plots.layout_heatmap(lay),
+        "attention_map": plots.attention_map_figure(attention_maps()[0]),
+        "attention_rows": plots.attention_heatmap(
+            attention(5), [6000, 9000, 12000, 16000, 19999], train_length=T,
+            marks={"needle": (3000, 3040)}),
+        "bench": plots.bench_figure(bench_rows()),
+    }
+
+
+TEXT_CASES = ["hidden_heatmap", "attention_maps", "needle_mass", "theorem_paper",
+              "theorem_failed", "distance_max_heads", "threshold_relative", "passkey_heatmap",
+              "passkey_lines", "figure1", "layout_mesa", "attention_map", "attention_rows",
+              "bench"]
+
+
+TEXT_BOXES = """
+const gd = document.getElementById(arguments[0]);
+const box = gd.getBoundingClientRect();
+const items = [];
+const add = (kind, el) => {
+  const r = el.getBoundingClientRect();
+  if (r.width < 0.5 || r.height < 0.5) return;
+  items.push({kind, text: el.textContent.slice(0, 70),
+              r: [r.left - box.left, r.top - box.top, r.right - box.left, r.bottom - box.top]});
+};
+gd.querySelectorAll('text.gtitle, text.gtitle-subtitle').forEach(e => add('title', e));
+gd.querySelectorAll('[class^="g-x"][class$="title"] text, [class^="g-y"][class$="title"] text')
+  .forEach(e => e.textContent && add('axis title', e));
+gd.querySelectorAll('g.annotation').forEach(e => add('annotation', e));
+gd.querySelectorAll('g.colorbar').forEach(e => add('colour bar', e));
+gd.querySelectorAll('g.legend').forEach(e => add('legend', e));
+const texts = [...gd.querySelectorAll('svg text')].map(t => t.textContent);
+const plots = [...gd.querySelectorAll('.bglayer rect.bg')].map(e => {
+  const r = e.getBoundingClientRect();
+  return [r.left - box.left, r.top - box.top, r.right - box.left, r.bottom - box.top]; });
+return {items, width: box.width, height: box.height, texts, plots};
+"""
+
+
+#: A notebook's output area in a 1400 px wide JupyterLab (the prompt column and
+#: side bar take the rest): figures without a width of their own get this.
+OUTPUT_WIDTH = 900
+
+#: Line plots whose T (or M) label sits over the plot, off the curves.
+LABELS_ABOVE = ("theorem_paper", "theorem_failed", "distance_max_heads", "threshold_relative",
+                "passkey_lines")
+
+NARROW = """
+const w = arguments[0], done = arguments[arguments.length - 1];
+const gds = [...document.querySelectorAll('.plotly-graph-div')];
+Promise.all(gds.map(gd => { if (!gd.layout.width) gd.style.width = w + 'px';
+                            return Plotly.Plots.resize(gd); })).then(() => done(true));
+"""
+
+
+@pytest.fixture(scope="module")
+def text_page(driver, tmp_path_factory):
+    """The cases on one page at 1400x900, each figure as wide as a notebook's
+    output area."""
+    figs = text_cases()
+    driver.set_window_size(1400, 900)
+    ids = render(driver, figs, tmp_path_factory.mktemp("texts") / "texts.html")
+    driver.set_script_timeout(60)
+    driver.execute_async_script(NARROW, OUTPUT_WIDTH)
+    return figs, ids
+
+
+@pytest.mark.parametrize("name", TEXT_CASES)
+def test_titles_colour_bars_and_labels_overlap_nothing(driver, text_page, name):
+    """At 1400x900: no two titles, axis titles, annotations (panel titles, mark
+    labels), colour bars or legends overlap, and none runs past the figure."""
+    figs, ids = text_page
+    shot = screenshot_div(driver, ids[name], f"texts_{name}")
+    got = driver.execute_script(TEXT_BOXES, ids[name])
+    items = got["items"]
+    assert any(i["kind"] == "title" for i in items), (items, shot)
+    for i in items:
+        l, t, r, b = i["r"]
+        assert l >= -1 and t >= -1 and r <= got["width"] + 1 and b <= got["height"] + 1, \
+            f"{name}: {i['kind']} {i['text']!r} at {i['r']} cut off by the figure's edges " \
+            f"({got['width']}x{got['height']}, {shot})"
+    for k, a in enumerate(items):
+        for b in items[k + 1:]:
+            assert not overlaps(a["r"], b["r"]), \
+                f"{name}: {a['kind']} {a['text']!r} {a['r']} overlaps {b['kind']} " \
+                f"{b['text']!r} {b['r']} ({shot})"
+    assert got["plots"], shot
+    top = min(p[1] for p in got["plots"])
+    for i in items:                  # T and M over line plots: labelled above the data
+        if name in LABELS_ABOVE and i["kind"] == "annotation" and \
+                i["text"].startswith(("T=", "M =")):
+            assert i["r"][3] <= top + 1, f"{name}: {i['text']!r} {i['r']} on the data ({shot})"
+    for i in items:                  # marks' labels may sit on the data; nothing else may
+        if i["kind"] != "annotation":
+            for p in got["plots"]:
+                assert not overlaps(i["r"], p, pad=2), \
+                    f"{name}: {i['kind']} {i['text']!r} {i['r']} over a plot area {p} ({shot})"
+
+
+def test_no_share_above_100_percent(driver, text_page):
+    """No text shows a percentage above 100 % unless it says it is a sum."""
+    import re
+    figs, ids = text_page
+    for name, div in ids.items():
+        for text in driver.execute_script(TEXT_BOXES, div)["texts"]:
+            for value in re.findall(r"(\d+(?:\.\d+)?)\s?%", text):
+                assert float(value) <= 100 or "sum" in text, f"{name}: {text!r}"
+    meta = figs["distance_max_heads"].layout.meta["mass_beyond_train_length"]
+    assert max(meta.values()) > 1            # the case does sum past 1: the check could fail
+    assert "not a share" in figs["distance_max_heads"].layout.title.subtitle.text
+
+
+def test_theorem_paper_draws_every_curve_inside_the_y_range(driver, text_page):
+    """06 with layer 2 as printed: every PE's curve lies inside the y range drawn."""
+    figs, ids = text_page
+    runs, _ = theorem_paper_figure()
+    yrange = driver.execute_script(
+        "return document.getElementById(arguments[0])._fullLayout.yaxis.range",
+        ids["theorem_paper"])
+    for pe, r in runs.items():
+        v = np.asarray(r.value, dtype=float)
+        v = v[np.isfinite(v)]
+        assert yrange[0] <= v.min() and v.max() <= yrange[1], (pe, v.min(), v.max(), yrange)
+    assert max(float(np.nanmax(r.value)) for r in runs.values()) > 0.5 + 2.5   # off the old range

@@ -6,6 +6,9 @@ Guards (docs/testing.md, "Bugs the tests guard"):
 
 * each notebook's first screen (no scrolling, at this window size) shows its
   main picture: :func:`test_notebook_first_screen`;
+* each model notebook makes its point at its real size on the default model,
+  Run All timed (02: the needle farther than ``T``, Origin's share near zero,
+  Mesa's high): :func:`test_model_notebook_at_real_size_first_screen`;
 * after a widget change the rendered figure carries only the new figure's
   shapes, annotations, title and axis range (the front end used to keep the
   old ones): :func:`test_layout_explorer_draws_only_the_new_figure`;
@@ -26,8 +29,10 @@ copied to ``DIR``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -148,13 +153,31 @@ def lab(tmp_path_factory):
     """A JupyterLab server on 127.0.0.1 (no token) over a copy of notebooks/ plus
     the test's own notebooks; kernels run in test mode (``MESA_VIZ_TEST=1``)
     unless the tests run with ``MESA_VIZ_TEST=0``."""
-    tmp = tmp_path_factory.mktemp("lab")
+    with jupyterlab(tmp_path_factory.mktemp("lab"), MESA_VIZ_TEST=TEST_MODE) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def real_lab(tmp_path_factory):
+    """A second JupyterLab server whose kernels run the notebooks at their real
+    size on the default model (``MESA_VIZ_TEST=0``); notebook 05 clicks through
+    the committed passkey rows (its default in the repository)."""
+    rows = ROOT / "benchmarks" / "passkey-past-T" / "passkey.jsonl"
+    with jupyterlab(tmp_path_factory.mktemp("real_lab"), MESA_VIZ_TEST="0",
+                    MESA_VIZ_PASSKEY=str(rows)) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def jupyterlab(tmp: Path, **kernel_env):
+    """The server of :func:`lab` in ``tmp``, its kernels given ``kernel_env``."""
     root = tmp / "notebooks"
     shutil.copytree(ROOT / "notebooks", root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     port = free_port()
-    env = dict(os.environ, MESA_VIZ_TEST=TEST_MODE, MESA_VIZ_OUT=str(tmp / "out"),
+    env = dict(os.environ, MESA_VIZ_OUT=str(tmp / "out"),
                JUPYTER_CONFIG_DIR=str(tmp / "jcfg"), JUPYTER_RUNTIME_DIR=str(tmp / "jrun"),
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               **kernel_env)
     lab_settings(tmp / "jcfg")
     log = (tmp / "jupyter.log").open("w")
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
@@ -269,10 +292,19 @@ return [...document.querySelectorAll('.jp-OutputArea-output[data-mime-type='
 """
 
 
-def run_notebook(drv, lab: dict, name: str, timeout: int = RUN_TIMEOUT) -> None:
+FIRST_DRAWN = f"""
+return [...document.querySelectorAll('{PLOTS}')]
+  .some(g => g._fullLayout && g.querySelector('.main-svg'));
+"""
+
+
+def run_notebook(drv, lab: dict, name: str, timeout: int = RUN_TIMEOUT,
+                 times: dict | None = None) -> None:
     """Open ``name`` in a fresh workspace, run every cell, wait until all ran
     and the figures are drawn; fail on any error output.  The notebook run
-    last is reused as it is (``lab["current"]``)."""
+    last is reused as it is (``lab["current"]``).  ``times`` receives the
+    seconds from Run All to the first figure drawn (``first_picture_s``) and
+    to the last cell run (``run_all_s``)."""
     if lab.get("current") == name:
         return
     lab["current"] = None
@@ -281,7 +313,9 @@ def run_notebook(drv, lab: dict, name: str, timeout: int = RUN_TIMEOUT) -> None:
     wait_for(drv, lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell"),
              90, f"{name} to open")
     wait_for(drv, kernel_idle, 120, f"an idle kernel for {name}")
+    times = {} if times is None else times
     for attempt in range(3):      # a click while the kernel (re)connects can be lost
+        start = time.time()
         click_menu(drv, "Run", "Run All Cells")
         try:
             WebDriverWait(drv, 30, poll_frequency=0.25).until(
@@ -289,8 +323,13 @@ def run_notebook(drv, lab: dict, name: str, timeout: int = RUN_TIMEOUT) -> None:
             break
         except TimeoutException:
             continue
-    wait_for(drv, lambda d: d.execute_script(ALL_RUN) and kernel_idle(d), timeout,
-             f"every cell of {name} to run")
+    def all_run(d) -> bool:
+        if "first_picture_s" not in times and d.execute_script(FIRST_DRAWN):
+            times["first_picture_s"] = round(time.time() - start, 1)
+        return d.execute_script(ALL_RUN) and kernel_idle(d)
+
+    wait_for(drv, all_run, timeout, f"every cell of {name} to run")
+    times["run_all_s"] = round(time.time() - start, 1)
     wait_for(drv, lambda d: d.execute_script(
         f"return [...document.querySelectorAll('{PLOTS}')]"
         ".every(g => g._fullLayout && g.querySelector('.main-svg'))"), 60,
@@ -346,7 +385,7 @@ return fl.shapes.map((s, i) => [s, i]).filter(([s]) => s.name === name).map(([s,
 """
 
 
-def check_T_marks(drv, shot) -> None:
+def check_T_marks(drv, shot, tiny: bool = TEST_MODE == "1") -> None:
     """The explorer of notebook 02: the attention heatmap's line at ``k = q - T``
     (linear axis) and the distance plot's ``T`` (log axis) are drawn where
     their axis puts those values."""
@@ -354,7 +393,7 @@ def check_T_marks(drv, shot) -> None:
     (row,) = drv.execute_script(T_MARKS, attention, "train_length")
     (line,) = drv.execute_script(T_MARKS, distance, "train_length")
     assert row["type"] == "linear" and line["type"] == "log", (row, line, shot)
-    if TEST_MODE == "1":                           # 200 tokens, T = 64, the last query
+    if tiny:                                       # 200 tokens, T = 64, the last query
         assert row["x0"] == 199 - 64 + 0.5 and abs(line["x0"] - 64) < 1e-6, (row, line, shot)
     for mark in (row, line):
         assert abs(mark["drawn"] - mark["axis"]) < 1.5, (mark, shot)
@@ -364,12 +403,25 @@ def check_T_marks(drv, shot) -> None:
 def test_notebook_first_screen(driver, lab, name):
     """Run the notebook (02-04 and 06 in test mode, on the tiny model, unless
     ``MESA_VIZ_TEST=0``), scroll to the top: its main figure is drawn entirely
-    on the first screen, with its marks; screenshot ``<nn>_first_screen.png``."""
+    on the first screen, with its marks; screenshot ``<nn>_first_screen.png``
+    (published for ``make screenshots`` where no model runs, or at real size:
+    the model notebooks' published first screens come from
+    :func:`test_model_notebook_at_real_size_first_screen`)."""
     run_notebook(driver, lab, f"{name}.ipynb")
     scroll_to_top(driver)
     title, labels, fits = MAIN_FIGURES[name]
     g = driver.execute_script(FIRST_SCREEN, PLOTS)
-    shot = screenshot(driver, f"{name[:2]}_first_screen", publish=True)
+    publish = TEST_MODE == "0" or name not in REAL_SIZE
+    shot = screenshot(driver, f"{name[:2]}_first_screen", publish=publish)
+    check_first_screen(g, name, title, labels, fits, shot)
+    if name.startswith("02"):
+        check_T_marks(driver, shot)
+
+
+def check_first_screen(g: dict | None, name: str, title: str, labels: list, fits: bool,
+                       shot: Path) -> None:
+    """The main figure ``g`` (:data:`FIRST_SCREEN`'s answer): drawn, titled
+    ``title...``, carrying ``labels``, inside the first screen when ``fits``."""
     assert g is not None, f"{name}: no figure ({shot})"
     assert g["scroll"] == 0 and g["title"].startswith(title), (g, shot)
     if fits:
@@ -379,8 +431,96 @@ def test_notebook_first_screen(driver, lab, name):
     for label in labels:
         assert any(label in a for a in g["annotations"]), (label, g["annotations"], shot)
     assert g["drawn"] > 0, f"{name}: no trace drawn ({shot})"
+
+
+# -- the model notebooks at their real size, on the default model --------------------------
+
+#: notebook -> its main figure's title start and labels, at the notebook's own default size
+#: (SmolLM2-135M-Instruct, T = 8192). Each runs once; its times go to :data:`TIMES`.
+REAL_SIZE = {
+    "02_attention_beyond_training_length": ("mesa: layer", ["needle", "distance ≥ T="]),
+    "03_hidden_state_thresholds": ("hidden state, layer", ["T=", "threshold"]),
+    "04_passkey_memory_latency": ("passkey retrieval accuracy", ["origin", "mesa", "T="]),
+    "05_why_it_fails": ("passkey retrieval accuracy", ["origin", "mesa", "T="]),
+}
+REAL_TIMEOUT = int(os.environ.get("MESA_VIZ_BROWSER_REAL_TIMEOUT", 1800))
+#: One JSON line per real-size run: the notebook, seconds to its first figure and to the end
+#: of Run All, the machine's CPUs and load.
+TIMES = ARTIFACTS / "notebook_times.jsonl"
+
+OUTPUT_TEXT = """
+return [...document.querySelectorAll('.jp-OutputArea-output')].map(e => e.innerText).join('\\n');
+"""
+#: Notebook 02's headline above its explorer (the notebook's setup cell writes it).
+HEADLINE = re.compile(
+    r"needle tokens \[(\d+), (\d+)\): (\d+) to \d+ tokens before the last query "
+    r"\((farther than|INSIDE) T = (\d+)\)\. Needle share of the last query "
+    r"on layer (\d+), head (\d+) .*?: mesa ([\d.]+)%, origin ([\d.]+)%")
+
+
+def percentages_over_100(text: str) -> list[str]:
+    """Percentages above 100 % in ``text`` not labelled as a sum."""
+    return [text[max(0, m.start() - 60):m.end()] for m in re.finditer(r"(\d+(?:\.\d+)?) ?%", text)
+            if float(m.group(1)) > 100 and "sum" not in text[max(0, m.start() - 60):m.end() + 20]]
+
+
+#: The real-size runs take about 20 minutes on 2 cores and are not yet all passing (05's
+#: clickable heat map is drawn empty at real size; 03 and 04 not yet checked at their new
+#: default sizes): they run when ``MESA_VIZ_REAL_NOTEBOOKS=1`` (docs/testing.md), not in
+#: ``make test``, and are not counted as passing until they are.
+REAL_NOTEBOOKS = os.environ.get("MESA_VIZ_REAL_NOTEBOOKS") == "1"
+
+
+@pytest.mark.skipif(not REAL_NOTEBOOKS, reason="the real-size notebook runs are opt-in: "
+                                               "MESA_VIZ_REAL_NOTEBOOKS=1")
+@pytest.mark.parametrize("name", list(REAL_SIZE))
+def test_model_notebook_at_real_size_first_screen(driver, real_lab, name):
+    """Run All on the default model at the notebook's default size in
+    JupyterLab: no error, its main figure on the first screen (screenshot
+    ``<nn>_first_screen.png``, published by ``make screenshots`` once the
+    checks pass), no
+    percentage above 100 % unless labelled a sum; the seconds to the first
+    figure and to the end of Run All appended to :data:`TIMES`.  Notebook 02:
+    the headline says the needle lies farther than ``T`` from the last query,
+    Origin's share of it near zero and Mesa's high, and the explorer below
+    (drawn after every later cell ran) still shows Mesa on that head with
+    that share."""
+    times = {"notebook": name}
+    run_notebook(driver, real_lab, f"{name}.ipynb", timeout=REAL_TIMEOUT, times=times)
+    times.update(cpus=os.cpu_count(), load_1min=round(os.getloadavg()[0], 1))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with TIMES.open("a") as f:
+        f.write(json.dumps(times) + "\n")
+    print(json.dumps(times))
+    scroll_to_top(driver)
+    title, labels = REAL_SIZE[name]
+    g = driver.execute_script(FIRST_SCREEN, PLOTS)
+    shot = screenshot(driver, f"{name[:2]}_first_screen")
+    check_first_screen(g, name, title, labels, True, shot)
+    text = driver.execute_script(OUTPUT_TEXT)
+    assert not percentages_over_100(text), (percentages_over_100(text), shot)
     if name.startswith("02"):
-        check_T_marks(driver, shot)
+        check_needle_headline(text, g["title"], shot)
+        check_T_marks(driver, shot, tiny=False)
+    scroll_to_top(driver)
+    screenshot(driver, f"{name[:2]}_first_screen", publish=True)     # only a screen that passed
+
+
+def check_needle_headline(text: str, title: str, shot: Path) -> None:
+    """Notebook 02 at real size: the needle farther than ``T`` from the last
+    query, Origin's share on Mesa's best head under 5 %, Mesa's over 30 %; the
+    explorer shows that head under Mesa and the same share."""
+    m = HEADLINE.search(text)
+    assert m, f"no needle headline in the output ({shot}): {text[:1500]}"
+    far, where, T = int(m[3]), m[4], int(m[5])
+    layer, head, mesa, origin = int(m[6]), int(m[7]), float(m[8]), float(m[9])
+    assert where == "farther than" and far > T, (m[0], shot)
+    assert origin < 5 and mesa > 30, (m[0], shot)
+    assert title.startswith(f"mesa: layer {layer}, head {head} "), (title, m[0], shot)
+    shown = re.search(r"needle share.*?mesa, layer (\d+), head (\d+): .*?q=\d+: ([\d.]+)%\s*$",
+                      text, re.M)
+    assert shown and (int(shown[1]), int(shown[2])) == (layer, head), (shown and shown[0], shot)
+    assert abs(float(shown[3]) - mesa) < 0.1, (shown[0], m[0], shot)
 
 
 # -- notebook 01: after a change the browser draws only the new figure -------------------

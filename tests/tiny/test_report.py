@@ -4,6 +4,7 @@ options refused.  (The browser test renders the page.)"""
 
 from __future__ import annotations
 
+import html
 import json
 
 import pytest
@@ -71,3 +72,33 @@ def test_report_refuses_bad_options(tmp_path, kwargs, match):
 def test_report_needs_model_and_tokenizer_together(tiny_lm, tmp_path):
     with pytest.raises(ValueError, match="model and tokenizer"):
         report.build(tmp_path / "r.html", model=tiny_lm[0])
+
+
+def test_report_says_why_no_threshold_pair_was_found(tiny_lm, tmp_path):
+    """0 pairs: no figure, and the text says why and which option to change
+    (not the pairs it would have shown)."""
+    from mesa_viz.analyses.thresholds.section import thresholds_section
+    model, tok = tiny_lm
+    ctx = report.Context(tmp_path, model, tok, length=96, layers=[0], min_correlation=1.0,
+                         window=16)
+    (text,) = thresholds_section(ctx)
+    text = html.unescape(text)
+    assert isinstance(text, str) and "0 (layer, dim) pairs found, so no figure" in text
+    assert "--min-correlation" in text and "--window" in text and "|r| >= 1.0" in text
+    assert "shown first those origin crosses" not in text
+
+
+def test_report_passkey_marks_T_and_cells_never_run(tmp_path):
+    rows = tmp_path / "passkey.jsonl"
+    rows.write_text("\n".join(json.dumps(dict(method=m, length=L, depth=d, correct=L <= 64,
+                                              train_length=64))
+                              for m in ("origin", "mesa") for L in (32, 128)
+                              for d in (0.1, 0.5) if not (m == "mesa" and L == 128 and d == 0.5)))
+    from mesa_viz.analyses.passkey.section import passkey_section
+    ctx = report.Context(tmp_path, results={"passkey": rows})
+    lines, heat = [i for i in passkey_section(ctx) if not isinstance(i, str)]
+    for fig in (lines, heat):
+        assert [s for s in fig.layout.shapes if s.name == "train_length"], fig.layout.title
+    assert "T=64" in heat.layout.title.subtitle.text
+    (grey,) = [t for t in heat.data if t.name == "not run"]
+    assert sum(v == "not run" for row in grey.text for v in row) == 1

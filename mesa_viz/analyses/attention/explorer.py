@@ -171,7 +171,8 @@ def _draw_attention(tr, controls: dict, figures: dict, outputs: dict, needle) ->
         train_length=tr.train_length, title=title, query_positions=rows).update_layout(
         height=min(600, 170 + 30 * len(rows)), margin=dict(t=60, b=45)))
     figures.show("distance", attention_by_distance(
-        attn, rows, train_length=tr.train_length, title=f"{title}: mass by distance"))
+        attn, rows, train_length=tr.train_length, title=f"{title}: mass by distance",
+        of=_head_text(c["head"]) + " per key" if c["head"] == "max" else None))
     outputs["info"].value = info_html(f"{tr.seq_len} tokens, {tr.method} parameters {tr.params}")
     if needle is not None:
         outputs["needle"].value = _needle_html(per_head, rows, needle, c, tr)

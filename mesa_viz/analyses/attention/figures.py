@@ -9,9 +9,10 @@ import math
 import numpy as np
 import plotly.graph_objects as go
 
-from ...viz.marks import (add_marker_items, axis_info, mark, marker_items, positive)
+from ...viz.grid import wrap_title
+from ...viz.marks import (ABOVE, add_marker_items, axis_info, mark, marker_items, positive)
 from ...viz.reduce import (MAX_COLUMNS, MAX_ROWS, downsample, stride)
-from ...viz.style import (MARK_COLOR_ON_DARK, PALETTE)
+from ...viz.style import (MARK_COLOR_ON_DARK, PALETTE, method_color)
 
 __all__ = ["attention_heatmap", "attention_by_distance", "distance_edges", "bin_centres",
            "check_window", "check_attn", "distance_mass"]
@@ -192,7 +193,7 @@ def distance_mass(a: np.ndarray, rows: np.ndarray, edges: np.ndarray) -> np.ndar
 
 def attention_by_distance(attn, query_rows, bins=24, mean: bool = False,
                           train_length: int | None = None, title: str | None = None,
-                          names=None, log_x: bool = True) -> go.Figure:
+                          names=None, log_x: bool = True, of: str | None = None) -> go.Figure:
     """Attention mass against relative distance ``d = q - k`` in log-spaced bins.
 
     ``attn [q_row, k_pos]``; ``query_rows [q_row]`` the query positions.
@@ -205,6 +206,12 @@ def attention_by_distance(attn, query_rows, bins=24, mean: bool = False,
     ``>= T`` hold exactly the mass past the trained range: they are shaded,
     ``T`` is marked, and each curve's total there is in the subtitle and in
     ``fig.layout.meta["mass_beyond_train_length"]``.
+
+    A row that sums to more than 1 (e.g. the max over heads per key, ``of``
+    names it: ``"max over heads"``) is no distribution: its bin totals are
+    sums of that value, said so on the y axis and in the subtitle, and never
+    printed as a percentage.  Curves are coloured by
+    :func:`~mesa_viz.viz.style.method_color` of their name.
     """
     a = check_attn(attn)
     rows = _check_rows(query_rows, a.shape[0])
@@ -219,32 +226,44 @@ def attention_by_distance(attn, query_rows, bins=24, mean: bool = False,
     names = [f"q={q}" for q in rows] if names is None else [str(n) for n in names]
     curves = {"mean": mass.mean(axis=0)} if mean else dict(zip(names, mass))
     x = bin_centres(edges, log_x)
+    shares = bool(np.all(mass.sum(axis=1) <= 1 + 1e-3))      # rounding of a softmax row
+    what = "mass" if shares else (of or "the values")
     fig = go.Figure([go.Scatter(x=x, y=m, name=name, mode="lines+markers",
+                                line_color=method_color(name),
                                 customdata=np.stack([edges[:-1], edges[1:]], axis=1),
                                 hovertemplate="d in [%{customdata[0]}, %{customdata[1]})"
-                                              "<br>mass=%{y:.3g}<extra>%{fullData.name}</extra>")
+                                              f"<br>{'mass' if shares else 'sum'}=%{{y:.3g}}"
+                                              "<extra>%{fullData.name}"
+                                              "</extra>")
                      for name, m in curves.items()])
     fig.update_xaxes(type="log" if log_x else "linear",
                      title_text="relative distance q - k (middle of bin)")
-    fig.update_yaxes(title_text="attention mass in bin")
-    fig.update_layout(title=title or "attention mass by distance", height=400)
+    fig.update_yaxes(title_text="attention mass in bin" if shares else
+                     "sum in bin (not a share)")
+    fig.update_layout(title=wrap_title(title or "attention mass by distance"), height=400)
     if T is not None:
-        _mark_beyond(fig, curves, edges, x, T)
+        _mark_beyond(fig, curves, edges, x, T, None if shares else what)
     return fig
 
 
-def _mark_beyond(fig: go.Figure, curves: dict, edges: np.ndarray, x: np.ndarray, T: int) -> None:
-    """Shade the bins at distance >= T, mark T, and report the mass there."""
+def _mark_beyond(fig: go.Figure, curves: dict, edges: np.ndarray, x: np.ndarray, T: int,
+                 summed: str | None = None) -> None:
+    """Shade the bins at distance >= T, mark T, and report the mass there (a
+    share in %; ``summed``: what rows that are no distribution sum, as a number)."""
     far = edges[:-1] >= T
     beyond = {name: float(m[far].sum()) for name, m in curves.items()}
-    mark(fig, T, name="train_length", label=f"T={T}")
+    mark(fig, T, name="train_length", label=f"T={T}", label_at=ABOVE)
     if far.any():
         mark(fig, T, to=float(x[far].max()), name="distance >= T", color="#d62728",
              fill_opacity=0.08)
-        shown = ", ".join(f"{n} {v:.2%}" for n, v in list(beyond.items())[:4])
+        fmt = "{:.2%}" if summed is None else "{:.3g}"
+        shown = ", ".join(f"{n} {fmt.format(v)}" for n, v in list(beyond.items())[:4])
         more = f" (+{len(beyond) - 4} more in meta)" if len(beyond) > 4 else ""
-        note = f"attention mass at distance ≥ T={T} (shaded): {shown}{more}"
+        what = ("attention mass" if summed is None
+                else f"{summed}, summed (not a share: rows sum to > 1)")
+        note = f"{what} at distance ≥ T={T} (shaded): {shown}{more}"
     else:
         note = f"no bin reaches distance T={T}"
-    fig.update_layout(title_subtitle_text=note, margin_t=90,
+    lines = (fig.layout.title.text or "").count("<br>")        # a wrapped title's extra lines
+    fig.update_layout(title_subtitle_text=note, margin_t=100 + 22 * lines,
                       meta=dict(mass_beyond_train_length=beyond))

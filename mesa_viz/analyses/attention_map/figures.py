@@ -10,6 +10,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ...viz.grid import colorbar_under, wrap_title
 from ...viz.marks import (add_marker_items, axis_info, mark, marker_items)
 from ...viz.style import (CHUNK_LINE, DIVERGING, LEGEND_BELOW, MARK_COLOR_ON_DARK)
 
@@ -115,17 +116,21 @@ def attention_maps_figure(maps, log_color: bool = True, difference: bool = True,
     for c in range(1, len(titles) + 1):
         _map_axes(fig, maps[0], row=1, col=c)
         _mark_map(fig, maps[min(c, len(maps)) - 1], row=1, col=c)
-    fig.update_yaxes(title_text="", col=2)
+    for c in range(2, len(titles) + 1):               # "query position q" once, at the left
+        fig.update_yaxes(title_text="", row=1, col=c)
+    width, height, margin = min(920, 440 * len(titles)), 600, dict(t=110, b=150, r=30)
+    plot_px = height - margin["t"] - margin["b"]
     fig.update_layout(
-        coloraxis=dict(colorscale="Magma", colorbar=dict(
-            title=dict(text="log10 p" if log_color else "p", side="right"), x=1.0, thickness=14)),
-        title=title or _map_title(maps[0]).split(":")[0] + " vs " + ", ".join(
-            m.method for m in maps[1:]) + ": " + _map_title(maps[0]).split(": ", 1)[1],
-        height=560, width=min(920, 440 * len(titles)), legend=LEGEND_BELOW,   # fits a notebook
+        coloraxis=dict(colorscale="Magma", colorbar=colorbar_under(
+            fig, range(1, len(maps) + 1), "log10 p" if log_color else "p", plot_px)),
+        title=wrap_title(title or _map_title(maps[0]).split(":")[0] + " vs " + ", ".join(
+            m.method for m in maps[1:]) + ": " + _map_title(maps[0]).split(": ", 1)[1], width),
+        height=height, width=width, margin=margin,                       # fits a notebook
+        showlegend=False, title_subtitle_text="dotted diagonal: keys at distance T" if any(
+            t.name == "distance = T" for t in fig.data) else None,
         meta=dict(floor=lo, log_color=log_color))
     if difference:
         fig.update_layout(coloraxis2=dict(colorscale=DIVERGING, cmin=-top, cmax=top,
-                                          colorbar=dict(title=dict(text="difference",
-                                                                   side="right"),
-                                                        x=1.12, thickness=14)))
+                                          colorbar=colorbar_under(fig, [len(titles)],
+                                                                  "difference", plot_px)))
     return fig

@@ -114,6 +114,10 @@ def explain_explorer(rows, model=None, tokenizer=None, *, saved=None, against=No
             return
         cell = sorted(_cell_rows(rows, trace.name, points.xs[0], points.ys[0]),
                       key=lambda r: bool(r.get("correct")))          # failed samples first
+        if not cell:                                  # a grey "not run" cell: nothing to explain
+            outputs["message"].value = info_html(f"length {points.xs[0]}, depth "
+                                                 f"{points.ys[0]}: not run, no sample")
+            return
         controls["seed"].options = [(f"seed {r.get('seed')} {'✓' if r.get('correct') else '✗'}",
                                      r) for r in cell]
         controls["seed"].value = cell[0]        # observed: a new selection redraws once

@@ -10,7 +10,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ...viz.grid import check_row_keys
+from ...viz.grid import check_row_keys, colorbar_under, wrap_title
 from ...viz.marks import (mark, positive)
 from ...viz.style import (DIVERGING, method_color)
 
@@ -41,13 +41,20 @@ def needle_mass_figure(mass, names, title: str | None = None) -> go.Figure:
         fig.add_trace(go.Heatmap(z=d, x=heads, y=layers, name="difference", coloraxis="coloraxis2",
                                  hovertemplate=hover), row=1, col=len(titles))
     top = float(np.abs(mass[0] - mass[1]).max()) if diff else 1.0
+    height, margin = max(360, 200 + 14 * mass.shape[1]), dict(t=110, b=130)
+    plot_px = height - margin["t"] - margin["b"]
     fig.update_layout(
         coloraxis=dict(colorscale="Viridis", cmin=0, cmax=max(1e-9, float(mass.max())),
-                       colorbar=dict(title="needle<br>mass", x=1.0)),
-        coloraxis2=dict(colorscale=DIVERGING, cmin=-max(top, 1e-9), cmax=max(top, 1e-9),
-                        colorbar=dict(title="difference", x=1.08)),
-        title=title or "attention of the answer step on the needle, per layer and head",
-        height=max(320, 140 + 14 * mass.shape[1]))
+                       colorbar=colorbar_under(fig, range(1, len(names) + 1), "needle mass",
+                                               plot_px)),
+        title=wrap_title(title or "attention of the answer step on the needle, per layer and "
+                                  "head"),
+        height=height, margin=margin)
+    if diff:
+        fig.update_layout(coloraxis2=dict(
+            colorscale=DIVERGING, cmin=-max(top, 1e-9), cmax=max(top, 1e-9),
+            colorbar=colorbar_under(fig, [len(titles)], f"difference ({titles[-1]})",
+                                    plot_px)))
     fig.update_xaxes(title_text="head", dtick=1)
     fig.update_yaxes(autorange="reversed", dtick=1 if mass.shape[1] <= 16 else None)
     fig.update_yaxes(title_text="layer", col=1)

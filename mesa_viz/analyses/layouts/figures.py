@@ -11,7 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ...viz.marks import (add_marker_items, axis_info, marker_items)
+from ...viz.marks import (ABOVE, add_marker_items, axis_info, marker_items)
 from ...viz.reduce import (MAX_LAYOUT_SIDE, stride)
 from ...viz.style import (CHUNK_COLORS, CHUNK_LINE)
 
@@ -83,7 +83,8 @@ def _chunk_kinds(plan: ChunkPlan) -> list[str]:
 def _annotate_chunks(fig: go.Figure, plan: ChunkPlan, max_labels: int = 8,
                      row: int | None = None, col: int | None = None) -> None:
     """Dashed lines at each chunk start (keys and queries) and a label per
-    chunk over its keys, at the top (the masked triangle); past
+    chunk over its keys, above the plot (off the cells: ``first`` would cover
+    cell (0, 0)); past
     ``max_labels`` chunks only the first, the central middle chunk
     (``middle ×n``) and the last are labelled.  ``row, col``: the subplot."""
     kinds = _chunk_kinds(plan)
@@ -100,7 +101,7 @@ def _annotate_chunks(fig: go.Figure, plan: ChunkPlan, max_labels: int = 8,
             text = kind if len(kinds) <= max_labels or kind != "middle" else f"middle ×{n_mid}"
             items.append(marker_items(x, y.ref, start - 0.5, to=stop - 0.5, label=text,
                                       name=f"chunk {kind} {start}", fill_opacity=0.0,
-                                      color=dict(CHUNK_COLORS)[kind]))
+                                      color=dict(CHUNK_COLORS)[kind], label_at=ABOVE))
     add_marker_items(fig, items)
 
 
@@ -150,6 +151,7 @@ def figure1(layouts=None, title: str | None = None) -> go.Figure:
     fig = layouts_side_by_side(layouts, cols=len(layouts), title=title or (
         "Figure 1: Mesa (chunks: first, middle, last with Stair PE) and Stair PE "
         "(P(t) = t below N, then one position per E tokens)"))
+    fig.update_annotations(yshift=22)          # subplot titles over the chunk labels
     for k, lay in enumerate(layouts):
         sub = dict(row=1, col=k + 1)
         if lay.chunk_plan is not None and len(lay.chunk_plan.chunks) > 1:
@@ -158,7 +160,7 @@ def figure1(layouts=None, title: str | None = None) -> go.Figure:
                          title_text="query q" if k == 0 else None, **sub)
         fig.update_xaxes(constrain="domain", title_text="key k", **sub)
     fig.update_traces(texttemplate="%{z:.1~f}", textfont_size=11)
-    fig.update_layout(height=420, title_font_size=13, margin=dict(t=80, b=50))
+    fig.update_layout(height=440, title_font_size=13, margin=dict(t=100, b=50))
     return fig
 
 

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ...viz.grid import check_row_keys, length_ticks, methods_in, outer_axis_titles, subplot_grid
-from ...viz.marks import (category_boundary, mark, positive)
+from ...viz.marks import (ABOVE, category_boundary, mark, mark_T, positive)
 from ...viz.style import method_color
 
 from ...runs.stats import wilson_interval
@@ -56,8 +56,10 @@ def passkey_heatmap(rows, title: str | None = None, cols: int | None = None,
     show the accuracy, hover adds the sample count; a cell where rows say the
     layout cut the needle (``needle_cuts``, or worked out from ``params`` and
     ``needle_span``: a Mesa chunk boundary inside it) carries ✂ and hover
-    says in how many samples.  ``train_length`` marks, in every subplot, the
-    boundary between lengths ``<= T`` and ``> T``.
+    says in how many samples.  Cells no row ran are grey and say "not run"
+    (one more trace, after the methods', and a legend entry).
+    ``train_length`` marks, in every subplot, the boundary between lengths
+    ``<= T`` and ``> T`` (named in the subtitle).
     """
     rows = check_row_keys(rows, ("method", "length", "depth", "correct"), "passkey")
     methods = methods_in(rows)
@@ -67,7 +69,9 @@ def passkey_heatmap(rows, title: str | None = None, cols: int | None = None,
     nrows = math.ceil(len(methods) / cols)
     grid = subplot_grid(nrows, row_px=250)
     fig = make_subplots(rows=nrows, cols=cols, subplot_titles=[str(m) for m in methods],
-                        horizontal_spacing=0.05, vertical_spacing=grid["vertical_spacing"])
+                        shared_yaxes=True, horizontal_spacing=0.04,
+                        vertical_spacing=grid["vertical_spacing"])
+    missing = []
     for k, m in enumerate(methods):
         acc, n, cut = _accuracy_grid([r for r in rows if r["method"] == m], lengths, depths)
         fig.add_trace(go.Heatmap(
@@ -78,19 +82,50 @@ def passkey_heatmap(rows, title: str | None = None, cols: int | None = None,
                           "(n=%{customdata[0]})<br>needle cut by a chunk boundary: "
                           "%{customdata[1]} of %{customdata[0]}<extra></extra>"),
                       row=k // cols + 1, col=k % cols + 1)
+        if np.isnan(acc).any():
+            missing.append((k, acc))
+    for k, acc in missing:                              # after the methods' own traces
+        fig.add_trace(_not_run_trace(acc, lengths, depths), row=k // cols + 1,
+                      col=k % cols + 1)
     fig.update_xaxes(type="category", tickangle=0)
     fig.update_yaxes(type="category")
     outer_axis_titles(fig, len(methods), cols, "length (tokens)", "depth")
-    if train_length is not None:
-        T = positive(train_length, "train_length")
-        for k in range(len(methods)):
-            mark(fig, category_boundary(lengths, T), name="train_length", label=f"T={T}",
-                 row=k // cols + 1, col=k % cols + 1, label_at=0.98)
+    fig.update_yaxes(ticklabelstandoff=6)              # depth labels clear of the cells
+    _not_run_key(fig)
     fig.update_layout(coloraxis=dict(colorscale="RdYlGn", cmin=0, cmax=1,
                                      colorbar=dict(title="accuracy")),
                       title=title or "passkey retrieval accuracy", height=grid["height"],
                       margin=grid["margin"])
+    if train_length is not None:
+        mark_T(fig, train_length, len(methods), cols,
+               at=category_boundary(lengths, positive(train_length, "train_length")))
     return fig
+
+
+#: Cells of the grid no sample was run for: grey, with a legend entry.
+NOT_RUN = "#c8c8c8"
+
+
+def _not_run_trace(acc: np.ndarray, lengths, depths) -> go.Heatmap:
+    """The ``[depth, length]`` cells never run, grey and saying so (not the
+    background, which reads as "no data drawn")."""
+    missing = np.where(np.isnan(acc), 0.0, np.nan)
+    return go.Heatmap(z=missing, x=[str(L) for L in lengths], y=[f"{d:g}" for d in depths],
+                      name="not run", colorscale=[[0, NOT_RUN], [1, NOT_RUN]], showscale=False,
+                      text=np.where(np.isnan(acc), "not run", ""), texttemplate="%{text}",
+                      textfont=dict(color="#555555", size=10),
+                      hovertemplate="length=%{x}<br>depth=%{y}<br>not run<extra></extra>")
+
+
+def _not_run_key(fig: go.Figure) -> None:
+    """A legend entry (bottom right) for the grey "not run" cells, if any."""
+    if not any(t.name == "not run" for t in fig.data):
+        return
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="not run (grey)",
+                             marker=dict(symbol="square", size=12, color=NOT_RUN),
+                             showlegend=True, hoverinfo="skip"))
+    fig.update_layout(legend=dict(orientation="h", x=1, xanchor="right", y=0,
+                                  yanchor="bottom", yref="container"))
 
 
 def passkey_accuracy_lines(rows, train_length: int | None = None, title: str | None = None,
@@ -128,5 +163,5 @@ def passkey_accuracy_lines(rows, train_length: int | None = None, title: str | N
     fig.update_layout(title=title or "passkey accuracy against length", height=400)
     if train_length is not None:
         mark(fig, positive(train_length, "train_length"), name="train_length",
-             label=f"T={train_length}", label_at=0.02)
+             label=f"T={train_length}", label_at=ABOVE)
     return fig

@@ -14,8 +14,18 @@ def passkey_section(ctx) -> list:
     return from_results(
         ctx, "passkey", "samples", "run `make demo` (FILE = runs/demo/passkey.jsonl) or "
         "mesa-viz passkey --out DIR (FILE = DIR/passkey.jsonl)",
-        lambda rows: [passkey_accuracy_lines(rows, train_length=ctx.train_length),
-                      passkey_heatmap(rows)])
+        lambda rows: [passkey_accuracy_lines(rows, train_length=_T(ctx, rows)),
+                      passkey_heatmap(rows, train_length=_T(ctx, rows))])
+
+
+def _T(ctx, rows) -> int | None:
+    """``T`` to mark: given, else the rows' own (``train_length``), else the model's."""
+    if ctx.train_length:
+        return int(ctx.train_length)
+    own = {r.get("train_length") for r in rows} - {None}
+    if len(own) == 1:
+        return int(own.pop())
+    return ctx.T if ctx.model is not None else None
 
 
 SECTIONS = (Section("Passkey retrieval", passkey_section, "passkey", reads="passkey"),)

@@ -52,9 +52,9 @@ def ppl_by_position(rows, train_length: int | None = None, length: int | None = 
     fig.update_xaxes(title_text="position (tokens)")
     fig.update_yaxes(title_text="NLL (nats / token)", col=1)
     T = train_length if train_length is not None else rows[0].get("train_length")
-    mark_T(fig, T, len(texts), cols)
     fig.update_layout(title=title or f"negative log-likelihood by position ({length} tokens)",
                       height=420 * math.ceil(len(texts) / cols))
+    mark_T(fig, T, len(texts), cols)                 # after the title: T is in its subtitle
     return fig
 
 

@@ -48,11 +48,11 @@ def task_scores(rows, train_length: int | None = None, title: str | None = None)
     fig.update_xaxes(type="log", **length_ticks(lengths))
     fig.update_yaxes(range=[-0.05, 1.05], tickformat=".0%")
     outer_axis_titles(fig, len(panels), cols, "length (tokens)", "score")
-    mark_T(fig, train_length, len(panels), cols)
     cut = any(needle_cuts(r) for r in rows)
     fig.update_layout(title=title or "task score against length" + (
         " (✂: the layout cut a needle of some sample there)" if cut else ""),
         height=grid["height"], margin=grid["margin"])
+    mark_T(fig, train_length, len(panels), cols)     # after the title: T is in its subtitle
     return fig
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from ...viz.marks import mark
+from ...viz.marks import ABOVE, mark
 from ...viz.reduce import (MAX_POINTS, envelope)
 from ...viz.style import method_color
 
@@ -46,6 +46,20 @@ def _theory_traces(fig: go.Figure, curves: dict, x: np.ndarray, closed: bool = F
             hovertemplate="t=%{x}<br>%{y:.6g}<extra>%{fullData.name}</extra>"))
 
 
+def _value_range(values_by_pe: dict, closed_forms, H: float, M: int) -> list[float]:
+    """``[H - 1, H + min(M - 1, 2.5)]`` (where every value of the corrected
+    constructions lies) widened to every finite value drawn, so no curve is
+    hidden off the plot (Equ.34 as printed runs far above it)."""
+    lo, hi = H - 1.0, H + min(M - 1, 2.5)
+    for y in [*values_by_pe.values(), *(closed_forms or {}).values()]:
+        y = np.asarray(y, dtype=float)
+        y = y[np.isfinite(y)]
+        if y.size:
+            lo, hi = min(lo, float(y.min())), max(hi, float(y.max()))
+    pad = 0.02 * (hi - lo)
+    return [lo - pad, hi + pad]
+
+
 def theorem_figure(values_by_pe: dict, M: int, H: float, t=None, closed_forms: dict | None = None,
                    log_x: bool = True, title: str | None = None) -> go.Figure:
     """The construction's value at the threshold dimension against ``t`` (keys
@@ -54,7 +68,8 @@ def theorem_figure(values_by_pe: dict, M: int, H: float, t=None, closed_forms: d
 
     ``values_by_pe``: name -> ``[t]``; ``closed_forms``: name -> ``[t]`` drawn
     dotted (NaN where no closed form is derived).  The y-axis spans
-    ``[H - 1, H + min(M - 1, 2.5)]`` (every value lies in ``[H - 1, H - 1 + M]``).
+    ``[H - 1, H + min(M - 1, 2.5)]`` (every value lies in ``[H - 1, H - 1 + M]``)
+    widened to every value drawn.
     ``H`` and ``M`` are marked with :func:`mark` (``M`` beyond the inputs' ``t``
     is noted at the plot's edge).
     """
@@ -70,12 +85,12 @@ def theorem_figure(values_by_pe: dict, M: int, H: float, t=None, closed_forms: d
         _theory_traces(fig, closed_forms, x, closed=True)
     fig.update_xaxes(title_text="t (keys seen = position + 1)", type="log" if log_x else "linear")
     fig.update_yaxes(title_text="o_t at the threshold dimension",
-                     range=[H - 1.05, H + min(M - 1, 2.5) + 0.05])
+                     range=_value_range(values_by_pe, closed_forms, float(H), int(M)))
     mark(fig, float(H), axis="y", name="H", label=f"H = {float(H):.3g}", color="red", dash="dot",
          label_at=0.99)
-    mark(fig, int(M), name="M", label=f"M = {int(M)}")
+    mark(fig, int(M), name="M", label=f"M = {int(M)}", label_at=ABOVE)
     fig.update_layout(title=dict(text=title or "the constructions of Appendix E against t",
-                                 font=dict(size=14)), height=370, margin=dict(t=45, b=45),
+                                 font=dict(size=14)), height=400, margin=dict(t=80, b=45),
                       legend_title_text="dotted: closed form" if closed_forms else None)
     return fig
 

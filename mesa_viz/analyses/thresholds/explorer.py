@@ -30,7 +30,8 @@ def _as_pair(p) -> dict:
 def _pair_label(p: dict, order_by: str) -> str:
     extra = f", r={p['correlation']:+.3f}" if p.get("correlation") is not None else ""
     past = (p.get("past_fraction") or {}).get(order_by)
-    shown = f" · {order_by} past T: {past:.0%}" if past is not None else ""
+    shown = (f" · {order_by} past T: {past:.0%} (of positions ≥ T, past the threshold)"
+             if past is not None else "")
     return f"layer {p['layer']}, dim {p['dim']}{extra}{shown}"
 
 
@@ -96,7 +97,7 @@ def _draw_thresholds(pair, traces, T, controls, figures, outputs) -> None:
     figures.show("hidden", hidden_state_figure(
         values, T, threshold=thr, smooth=w, zoom=controls["zoom"].value, relative=relative,
         correlation=r, title=f"hidden state, layer {layer}, dim {dim} (trailing mean over {w} "
-                             "tokens)").update_layout(height=350))
+                             "tokens)").update_layout(height=420))
     if thr is None:
         outputs["crossings"].value = "no threshold for this pair"
         return

@@ -12,11 +12,11 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ...viz.grid import subplot_grid
-from ...viz.marks import (mark, positive)
+from ...viz.marks import (ABOVE, mark, positive)
 from ...viz.reduce import (MAX_POINTS, envelope)
 from ...viz.style import (DIVERGING, method_color)
 
-from .compute import smooth
+from .compute import crossings, smooth
 
 __all__ = ["hidden_state_figure", "hidden_heatmap", "trend_range", "smooth_values"]
 
@@ -53,6 +53,8 @@ def hidden_state_figure(values_by_method: dict, train_length: int, threshold: fl
     log position) gives the sign (+1 when None).  ``log_x``: log position axis.
     """
     curves = _hidden_curves(values_by_method, positions, smooth)
+    past = None if threshold is None else _past_note(curves, train_length, float(threshold),
+                                                     correlation)
     if relative:
         if threshold is None:
             raise ValueError("relative=True needs a threshold: allowed relative=False or a "
@@ -72,11 +74,16 @@ def hidden_state_figure(values_by_method: dict, train_length: int, threshold: fl
     fig.update_layout(title=title or "hidden state against position", height=440)
     if zoom:
         _zoom_to_trend(fig, [y for _, y in curves.values()], max(1, smooth or 1), level)
+    if past:
+        sub = fig.layout.title.subtitle.text
+        fig.update_layout(title_subtitle_text=past + (f"<br>{sub}" if sub else ""),
+                          margin_t=135 if sub else 110)     # T's label under it, off the data
     mark(fig, positive(train_length, "train_length"), name="train_length",
-         label=f"T={train_length}")
+         label=f"T={train_length}", label_at=ABOVE)
     if level is not None:
         mark(fig, level, axis="y", name="threshold", color="#d62728", dash="dot",
-             label="threshold (0)" if relative else f"threshold {level:.3g}", label_at=0.01)
+             label="threshold (0): above it is past it" if relative
+             else f"threshold {level:.3g}", label_at=0.01)
     return fig
 
 
@@ -97,12 +104,31 @@ def _hidden_curves(values_by_method: dict, positions, smooth) -> dict:
     return curves
 
 
+def _past_note(curves: dict, T: int, threshold: float, correlation) -> str:
+    """What the "past T" fractions count, per method: the positions ``>= T``
+    (their smoothed value) past the threshold in the direction the value
+    grows, and the first of them (:func:`.compute.crossings`)."""
+    r = 1.0 if correlation is None else float(correlation)
+    parts = []
+    for name, (x, y) in curves.items():
+        n = int(np.sum(np.asarray(x) >= T))
+        if n == 0:
+            continue
+        hit = crossings(y, int(np.searchsorted(x, T)), threshold, r)
+        parts.append(f"{name} {hit.count}/{n} ({hit.fraction:.0%})"
+                     + (f" from {int(x[hit.first])}" if hit.first is not None else ""))
+    if not parts:
+        return ""
+    side = "above" if r >= 0 else "below"
+    return f"positions ≥ T {side} the threshold (smoothed): " + ", ".join(parts)
+
+
 def _hidden_y_title(relative: bool, correlation) -> str:
     if not relative:
         return "hidden-state value"
     if correlation is None:
-        return "value - threshold"
-    return "(value - threshold) × sign(r): > 0 is past it"
+        return "value − threshold"
+    return "(value − threshold)·sign(r)"
 
 
 def trend_range(curves, skip: int, include: float | None = None) -> tuple[float, float, int]:
@@ -136,9 +162,8 @@ def _zoom_to_trend(fig: go.Figure, curves: list, skip: int, level) -> None:
     total = sum(len(y) for y in curves)
     fig.update_yaxes(range=[lo, hi])
     fig.update_layout(title_subtitle_text=(
-        f"y zoomed to the trend after the first {skip} positions: {clipped} of {total} values "
-        "outside "
-        "(e.g. the start transient) are clipped; autoscale shows all"), margin_t=90)
+        f"y zoomed past the first {skip} positions: {clipped} of {total} values clipped "
+        "(e.g. the start transient); autoscale shows all"), margin_t=110)
 
 
 def _check_views(views) -> list:
@@ -189,8 +214,9 @@ def hidden_heatmap(views, title: str | None = None, percentile: float = 99.0,
                         column_widths=[w / sum(widths) for w in widths],
                         horizontal_spacing=min(0.02, 0.3 / max(1, nw * len(views))),
                         vertical_spacing=grid["vertical_spacing"],
-                        subplot_titles=[f"{v.method}: {a}-{b - 1}" for v in views
-                                        for a, b in v.windows])
+                        subplot_titles=[_panel_title(v.method, a, b, v0.train_length)
+                                        for v in views for a, b in v.windows])
+    fig.update_annotations(font_size=12)            # the panel titles, two short lines
     dims = [str(d) for d in v0.dims]
     for li, layer in enumerate(v0.layers):
         limit, axis = _color_limit(views, li, percentile), f"coloraxis{li + 1}"
@@ -203,7 +229,7 @@ def hidden_heatmap(views, title: str | None = None, percentile: float = 99.0,
                                   "value %{z:.4g}<extra></extra>"),
                               row=li + 1, col=k * nw + w + 1)
         _layer_colorbar(fig, li, layer, limit, axis)
-    fig.update_yaxes(type="category", showticklabels=True)
+    fig.update_yaxes(type="category")                  # dims labelled in the first column
     for li, layer in enumerate(v0.layers):
         fig.update_yaxes(title_text=f"layer {layer}<br>dim", row=li + 1, col=1)
     fig.update_xaxes(title_text=f"position ({v0.pool} a column)" if v0.pool > 1 else "position",
@@ -212,10 +238,18 @@ def hidden_heatmap(views, title: str | None = None, percentile: float = 99.0,
     what = _relative_note(views)
     fig.update_layout(
         title=title or f"hidden states around and past T={v0.train_length}",
-        title_subtitle_text=f"colour: {what}, red > 0 > blue, per layer saturating at the "
-                            f"{percentile:g}th percentile of |value|",
-        height=grid["height"] + 20, margin=dict(grid["margin"], t=110, r=90))
+        title_subtitle_text=f"black line: T={v0.train_length}<br>colour: {what}, red > 0 > "
+                            f"blue, per layer saturating at the {percentile:g}th percentile "
+                            "of |value|",
+        height=grid["height"] + 60, margin=dict(grid["margin"], t=150, r=90))
     return fig
+
+
+def _panel_title(method: str, a: int, b: int, T: int) -> str:
+    """A panel's title on two short lines (six panels fit side by side in a
+    notebook): the method, then its positions (``T`` is named in the
+    subtitle, so no label box covers the top rows)."""
+    return f"{method}<br>{a}-{b - 1}"
 
 
 def _relative_note(views) -> str:
@@ -233,16 +267,17 @@ def _layer_colorbar(fig: go.Figure, li: int, layer: int, limit: float, axis: str
     lo, hi = fig.get_subplot(li + 1, 1).yaxis.domain
     fig.update_layout({axis: dict(
         colorscale=DIVERGING, cmin=-limit, cmax=limit, cmid=0,
-        colorbar=dict(y=(lo + hi) / 2, len=(hi - lo) * 1.05, thickness=10, x=1.01,
+        colorbar=dict(y=(lo + hi) / 2, len=(hi - lo) * 0.95, thickness=10, x=1.01,
                       title=dict(text=f"L{layer}", side="right"), tickfont=dict(size=9)))})
 
 
 def _mark_train_length(fig: go.Figure, view, rows: int, cols: int) -> None:
-    """``T`` in every panel whose window holds it (labelled in the top row)."""
+    """``T`` in every panel whose window holds it (named in the subtitle, not
+    in a box over the data)."""
     T = view.train_length
     for c in range(cols):
         a, b = view.windows[c % len(view.windows)]
         if a <= T <= b:
             for r in range(rows):
-                mark(fig, T, name="train_length", label=f"T={T}" if r == 0 else None,
-                     row=r + 1, col=c + 1, label_at=0.98)
+                mark(fig, T, name="train_length", row=r + 1, col=c + 1, color="#000000",
+                     width=2)

@@ -30,6 +30,8 @@ def thresholds_section(ctx) -> list:
     measure_crossings(pairs, traces, window)
     pairs = [dataclasses.asdict(p) for p in order_pairs(pairs)]
     (ctx.data / "thresholds.json").write_text(json.dumps(pairs, indent=1, default=float))
+    if not pairs:
+        return [note(_no_pairs(ctx, window))]
     items = [note(f"(layer, dim) pairs whose value follows log(position) inside T (|r| >= "
                   f"{ctx.min_correlation}), smoothed over {window} tokens; the horizontal line "
                   "is the value reached at T. The theory: origin passes it beyond T, a weave PE "
@@ -38,13 +40,22 @@ def thresholds_section(ctx) -> list:
                   "smoothing window (the start transient is clipped).")]
     for p in pairs[:4]:
         values = {m: tr.hidden_values(p["layer"], p["dim"]) for m, tr in traces.items()}
-        fractions = ", ".join(f"{k} {v:.0%}" for k, v in p["past_fraction"].items())
-        items.append(hidden_state_figure(
+        items.append(hidden_state_figure(       # its subtitle: positions >= T past it, per method
             values, ctx.T, threshold=p["threshold"], smooth=window,
             correlation=p["correlation"],
-            title=f"layer {p['layer']}, dim {p['dim']}, r={p['correlation']:+.3f}; past T "
-                  f"beyond the threshold: {fractions}"))
+            title=f"layer {p['layer']}, dim {p['dim']}, r={p['correlation']:+.3f}"))
     return items
+
+
+def _no_pairs(ctx, window: int) -> str:
+    """Why the finder found nothing, and what to change."""
+    return (f"0 (layer, dim) pairs found, so no figure: no hidden dimension of origin's "
+            f"trace of this {ctx.n}-token passkey prompt follows log(position) over positions "
+            f"[{window}, T={ctx.T}) with |r| >= {ctx.min_correlation} (smoothed over {window} "
+            "tokens). To find some: lower --min-correlation (e.g. 0.95), or smooth more "
+            f"(--window, e.g. {2 * window}). --length does not change which pairs are found "
+            "(they are read inside T), only how many positions past T are checked for "
+            "crossings; `mesa-viz thresholds --text word` traces the paper's repeated word.")
 
 
 def hidden_heatmap_section(ctx) -> list:

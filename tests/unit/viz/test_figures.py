@@ -335,11 +335,20 @@ def test_passkey_heatmap_accuracy_grid():
     assert fig.layout.coloraxis.cmin == 0 and fig.layout.coloraxis.cmax == 1
 
 
-def test_passkey_heatmap_leaves_missing_cells_blank():
+def test_passkey_heatmap_shows_cells_never_run_as_not_run():
     rows = [dict(method="m", length=10, depth=0.0, correct=True),
             dict(method="m", length=20, depth=1.0, correct=False)]
-    z = np.array(plots.passkey_heatmap(rows).data[0].z, dtype=float)
+    fig = plots.passkey_heatmap(rows)
+    z = np.array(fig.data[0].z, dtype=float)
     assert np.isnan(z[0, 1]) and np.isnan(z[1, 0]) and z[0, 0] == 1 and z[1, 1] == 0
+    (grey,) = [t for t in fig.data if t.name == "not run"]     # drawn, not the background
+    cover = np.isfinite(np.array(grey.z, dtype=float))
+    assert cover.tolist() == [[False, True], [True, False]]
+    assert [list(r) for r in grey.text] == [["", "not run"], ["not run", ""]]
+    assert [t.name for t in fig.data if t.showlegend] == ["not run (grey)"]
+    full = plots.passkey_heatmap(rows + [dict(method="m", length=20, depth=0.0, correct=1),
+                                         dict(method="m", length=10, depth=1.0, correct=1)])
+    assert [t.name for t in full.data] == ["m"]                # nothing missing: no key
 
 
 def test_passkey_heatmap_marks_cells_whose_needle_was_cut():
@@ -347,7 +356,7 @@ def test_passkey_heatmap_marks_cells_whose_needle_was_cut():
                  needle_cuts=[4608] if d == 0.5 and s else [])
             for d in (0.1, 0.5) for s in range(4)] + [dict(method="origin", length=9216,
                                                            depth=0.5, correct=True)]
-    mesa, origin = plots.passkey_heatmap(rows).data
+    mesa, origin = plots.passkey_heatmap(rows).data[:2]
     assert [list(r) for r in mesa.text] == [["100%"], ["0% ✂"]]
     assert np.array(mesa.customdata).tolist() == [[[4, 0]], [[4, 3]]]      # n, cut
     assert [list(r) for r in origin.text] == [[""], ["100%"]] and "cut" in mesa.hovertemplate
