@@ -360,6 +360,7 @@ return {view_top: view.top, view_bottom: Math.min(view.bottom, window.innerHeigh
         top: r.top, bottom: r.bottom, scroll: panel.scrollTop,
         title: t ? t.textContent : '',
         annotations: [...gd.querySelectorAll('.infolayer g.annotation')].map(a => a.textContent),
+        texts: (gd.querySelector('.infolayer') || {textContent: ''}).textContent,
         drawn: gd.querySelectorAll('.hm, image, .scatterlayer .trace, .barlayer .trace').length};
 """
 
@@ -428,8 +429,9 @@ def check_first_screen(g: dict | None, name: str, title: str, labels: list, fits
         assert g["top"] >= g["view_top"] - 1 and g["bottom"] <= g["view_bottom"] + 1, \
             f"{name}: the main figure spans {g['top']:.0f}-{g['bottom']:.0f}px, the first " \
             f"screen {g['view_top']:.0f}-{g['view_bottom']:.0f}px ({shot})"
-    for label in labels:
-        assert any(label in a for a in g["annotations"]), (label, g["annotations"], shot)
+    for label in labels:                 # an annotation, or the title's or subtitle's text
+        assert any(label in a for a in g["annotations"]) or label in g["texts"], \
+            (label, g["annotations"], g["texts"], shot)
     assert g["drawn"] > 0, f"{name}: no trace drawn ({shot})"
 
 

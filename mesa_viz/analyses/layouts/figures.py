@@ -160,7 +160,7 @@ def figure1(layouts=None, title: str | None = None) -> go.Figure:
                          title_text="query q" if k == 0 else None, **sub)
         fig.update_xaxes(constrain="domain", title_text="key k", **sub)
     fig.update_traces(texttemplate="%{z:.1~f}", textfont_size=11)
-    fig.update_layout(height=440, title_font_size=13, margin=dict(t=100, b=50))
+    fig.update_layout(height=420, title_font_size=13, margin=dict(t=100, b=50))
     return fig
 
 

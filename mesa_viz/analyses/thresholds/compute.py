@@ -242,7 +242,7 @@ def trace_methods(model, tokenizer, *, length: int, methods, text: str = "filler
     return {name: _trace(model, ids, name, layers, dims, train_length,
                          method_params.get(name, {}),
                          None if folder is None else folder / f"trace_{name}{suffix}")
-            for name in tqdm(methods, desc=f"tracing {length} tokens")}
+            for name in tqdm(methods, desc=f"tracing {length} tokens", leave=False)}
 
 
 def traces_folder(out: "str | Path") -> Path:

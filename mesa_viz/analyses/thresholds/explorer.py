@@ -97,7 +97,7 @@ def _draw_thresholds(pair, traces, T, controls, figures, outputs) -> None:
     figures.show("hidden", hidden_state_figure(
         values, T, threshold=thr, smooth=w, zoom=controls["zoom"].value, relative=relative,
         correlation=r, title=f"hidden state, layer {layer}, dim {dim} (trailing mean over {w} "
-                             "tokens)").update_layout(height=420))
+                             "tokens)").update_layout(height=390))
     if thr is None:
         outputs["crossings"].value = "no threshold for this pair"
         return
