@@ -10,6 +10,7 @@ to :meth:`DecodeMemo.forward_starts`; nothing else decides it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,7 +18,7 @@ import torch
 
 from .rope import Rope, RopeTables, arange, rotate
 
-__all__ = ["CacheState", "DecodeMemo", "memo_keys", "same"]
+__all__ = ["CacheState", "DecodeMemo", "GroupedKeys", "memo_keys", "same"]
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,9 @@ class DecodeMemo:
         """``k[:, :, j0:j1]`` rotated to ``position(j)`` (``rule`` names the
         position function; it must not change within a sequence)."""
         base = rope.rope if isinstance(rope, RopeTables) else rope
-        e = self._entries.get((layer, rule))
-        if e is None or not e.serves(k, j0, j1, base, self.cache.keeps_keys):
-            e = self._entries[layer, rule] = _MemoEntry(j0, k, base)
+        e = self._entries.get((layer, _slot(rule)))
+        if e is None or e.rule != rule or not e.serves(k, j0, j1, base, self.cache.keeps_keys):
+            e = self._entries[layer, _slot(rule)] = _MemoEntry(j0, k, base, rule)
         e.extend(k, j1, position, rope, rule, keeps_keys=self.cache.keeps_keys)
         return e.buf[:, :, j0 - e.start:j1 - e.start]
 
@@ -79,11 +80,39 @@ class DecodeMemo:
         sequence (a key leaves the near window for good): each step rotates its
         new keys to ``near`` and the keys that left the window to ``far``."""
         base = rope.rope if isinstance(rope, RopeTables) else rope
-        e = self._entries.get((layer, rule))
-        if e is None or not e.serves(k, 0, j1, base, self.cache.keeps_keys) or split < e.split:
-            e = self._entries[layer, rule] = _MemoEntry(0, k, base)
+        e = self._entries.get((layer, _slot(rule)))
+        if e is None or e.rule != rule or not e.serves(k, 0, j1, base, self.cache.keeps_keys) \
+                or split < e.split:
+            e = self._entries[layer, _slot(rule)] = _MemoEntry(0, k, base, rule)
         e.extend(k, j1, near, rope, rule, split, far, keeps_keys=self.cache.keeps_keys)
         return e.buf[:, :, :j1]
+
+    def grouped_rotated(self, layer: int, rule, k: torch.Tensor, v: torch.Tensor, j1: int,
+                        groups: int, group_of: Callable[[int], int],
+                        position: Callable[[torch.Tensor], torch.Tensor],
+                        rope) -> "GroupedKeys":
+        """``k[:, :, :j1]`` rotated to ``position(j)``, with ``v[:, :, :j1]``,
+        kept in ``groups`` groups (key ``j`` in group ``group_of(j)``, a
+        function of ``j mod groups``; each group in key order):
+        :class:`GroupedKeys`.  ``j1`` may only grow within a sequence (a key
+        leaves a near window for good): each step rotates and copies only its
+        new keys.  Holds one more copy of those values than :meth:`rotated`."""
+        base = rope.rope if isinstance(rope, RopeTables) else rope
+        e = self._entries.get((layer, _slot(rule)))
+        if not isinstance(e, _GroupedEntry) or e.rule != rule \
+                or not e.serves(k, 0, j1, base, self.cache.keeps_keys) or not e.same_values(v):
+            e = self._entries[layer, _slot(rule)] = _GroupedEntry(k, v, base, rule, groups,
+                                                                  group_of)
+        e.extend_pairs(k, v, j1, position, rope, rule, keeps_keys=self.cache.keeps_keys)
+        return GroupedKeys(e.buf, e.values, e.cap, e.hidden)
+
+
+def _slot(rule):
+    """The memo slot of a layer that ``rule`` (a name, or a tuple ``(name,
+    parameters...)``) uses: one entry a slot, so a rule whose parameters
+    change with the length (Leaky-ReRoPE's leak) replaces its entry instead
+    of adding one a step."""
+    return rule[0] if isinstance(rule, tuple) else rule
 
 
 class _MemoEntry:
@@ -94,8 +123,8 @@ class _MemoEntry:
     transformers' LongRoPE makes, counts as a change), to check it still
     applies without a device sync where it can."""
 
-    def __init__(self, start: int, k: torch.Tensor, rope: Rope):
-        self.start, self.hi, self.split = start, start, start
+    def __init__(self, start: int, k: torch.Tensor, rope: Rope, rule):
+        self.start, self.hi, self.split, self.rule = start, start, start, rule
         self.buf = k.new_empty(k.shape[:2] + (0, k.shape[-1]))
         self.probe = None                      # (first, last) source keys, once rotated
         self.unchecked = False                 # rotated under CacheState.keeps_keys, one row
@@ -173,6 +202,88 @@ class _MemoEntry:
         else:
             pos, key = position(arange(a, b, k.device)), None
         self.buf[:, :, a - self.start:b - self.start] = rotate(k[:, :, a:b], rope, pos, key)
+
+
+@dataclass(frozen=True)
+class GroupedKeys:
+    """Keys and values kept in groups by :meth:`DecodeMemo.grouped_rotated`:
+    ``keys [b, kv_h, groups, cap, d]`` and ``values [b, kv_h, groups, cap,
+    d_v]`` (group ``g``'s in rows ``0..`` of ``[:, :, g]``, zeros after them),
+    ``hidden [groups * cap]`` float32: 0 at a key, ``-inf`` at the rows after
+    a group's keys (added to the scores of the flattened groups)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    cap: int
+    hidden: torch.Tensor
+
+
+class _GroupedEntry(_MemoEntry):
+    """Rotated keys ``0..hi-1`` of one layer and rule, and their values, in
+    ``groups`` groups (:meth:`DecodeMemo.grouped_rotated`): ``buf`` and
+    ``values`` ``[b, kv_h, groups, cap, d]``, each group's keys in key order (a
+    key arriving joins its group's end), ``hidden`` the rows past each
+    group's end; the probes and frequency checks of :class:`_MemoEntry`, and
+    probes of the first and last values."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, rope: Rope, rule, groups: int,
+                 group_of: Callable[[int], int]):
+        super().__init__(0, k, rope, rule)
+        self.groups, self.cap, self.value_probe = groups, 0, None
+        self.first = [groups] * groups       # group g's keys: j = first[g] + groups * t
+        for j in range(groups):
+            g = group_of(j)
+            if 0 <= g < groups:
+                self.first[g] = min(self.first[g], j)
+        if sorted(self.first) != list(range(groups)):
+            raise ValueError(f"group_of must map 0..{groups - 1} onto the {groups} groups once "
+                             f"each: first keys {self.first}")
+        self.buf = k.new_zeros(k.shape[:2] + (groups, 0, k.shape[-1]))
+        self.values = v.new_zeros(v.shape[:2] + (groups, 0, v.shape[-1]))
+        self.hidden = torch.empty(0, dtype=torch.float32, device=k.device)
+
+    def same_values(self, v) -> bool:
+        """The values probed at the last step are still the cache's."""
+        if self.value_probe is None:
+            return True
+        first, last = self.value_probe
+        return torch.equal(v[:, :, 0], first) and torch.equal(v[:, :, self.hi - 1], last)
+
+    def extend_pairs(self, k, v, j1: int, position, rope, rule, keeps_keys: bool) -> None:
+        """Keys ``hi..j1-1`` rotated to ``position(j)``, and their values,
+        into their groups."""
+        if j1 <= self.hi:
+            return
+        self._room_pairs(k, v, j1)
+        E = self.groups
+        for g, c in enumerate(self.first):
+            a = self.hi + (c - self.hi) % E                  # group g's first new key
+            if a >= j1:
+                continue
+            t0, t1 = (a - c) // E, (j1 - 1 - c) // E + 1
+            pos = arange(a, j1, k.device)[::E]
+            key = ("memo-group", rule, g, a, j1) if isinstance(rope, RopeTables) else None
+            rotate(k[:, :, a:j1:E], rope, position(pos), key, out=self.buf[:, :, g, t0:t1])
+            self.values[:, :, g, t0:t1] = v[:, :, a:j1:E]
+            self.hidden[g * self.cap + t0:g * self.cap + t1] = 0.0
+        self.hi = j1
+        self.unchecked = keeps_keys and k.shape[0] == 1
+        self.probe = None if self.unchecked else (k[:, :, 0].clone(), k[:, :, j1 - 1].clone())
+        self.value_probe = None if self.unchecked else (v[:, :, 0].clone(),
+                                                        v[:, :, j1 - 1].clone())
+
+    def _room_pairs(self, k, v, j1: int) -> None:
+        need = -(-j1 // self.groups)                          # the longest group's keys
+        if need <= self.cap:
+            return
+        cap = need + max(64, need // 8)
+        keys = k.new_zeros(k.shape[:2] + (self.groups, cap, k.shape[-1]))
+        values = v.new_zeros(v.shape[:2] + (self.groups, cap, v.shape[-1]))
+        hidden = torch.full((self.groups, cap), -math.inf, device=k.device)
+        keys[:, :, :, :self.cap] = self.buf
+        values[:, :, :, :self.cap] = self.values
+        hidden[:, :self.cap] = self.hidden.view(self.groups, self.cap)
+        self.buf, self.values, self.hidden, self.cap = keys, values, hidden.view(-1), cap
 
 
 def memo_keys(rope, k, j0: int, j1: int, rule, position) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 
 from ..methods.grouped import DualChunk, SelfExtend
 from . import sets
-from .near_far import rules_kernel
+from .near_far import has_memo, rules_kernel, step_with_memo
 from .registry import kernel
 from .rope import arange, rotate, scale_rows
 from .rules import Rules
@@ -47,6 +47,11 @@ def dual_chunk(method, q, k, v, i0, rope, scale, backend):
     Lk = k.shape[2]
     s, w, Lq, dev = method.chunk_size, method.local_window, q.shape[2], q.device
     q = scale_rows(q, method.query_scale(np.arange(i0, i0 + Lq)))        # mscale
+    if Lq == 1 and not method.mscale and has_memo(rope):       # a decode step: keys kept rotated
+        floor = next(_chunk_blocks(i0, 1, s, w, 1))[2]
+        return step_with_memo(q, k, v, i0, rope, scale, backend, ("dual-chunk", s, w),
+                              lambda i: torch.full(i.shape, s + w - 1, device=i.device),
+                              lambda j: torch.remainder(j, s), floor, floor)
     k = scale_rows(k, method.key_scale(np.arange(Lk)))
     j = arange(0, Lk, dev)
     k_lin = rotate(k, rope, j, ("lin", 0, Lk))

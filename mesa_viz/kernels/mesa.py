@@ -1,10 +1,11 @@
 """Mesa's kernel (``methods/mesa.py``): a forward's queries split into the first
-chunk (causal), whole middle chunks (one batch, each behind the first chunk)
-and last-chunk rows (Stair PE, per query through :mod:`.stair`, or anchored at
-the chunk start)."""
+chunk (causal), whole middle chunks (one batch, each behind the first chunk and
+the ``chunk_overlap`` tokens before it) and last-chunk rows (Stair PE, per query
+through :mod:`.stair`, or anchored at the chunk start)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -23,14 +24,19 @@ __all__ = ["mesa", "mesa_rules", "mesa_is_origin", "MESA_KV_COPIES"]
 
 def _mesa_blocked_rows(method: Mesa, seq_len: int) -> int:
     """No rows against masked blocks of every key: the middle chunks see
-    ``first + C`` keys, the last chunk's near masks span ``stair_start`` plus a
-    block and its deep far keys go unmasked (GPU: matmul scores within
+    ``first + chunk_overlap + C`` keys through the fused causal kernel, the
+    last chunk's near masks span ``stair_start`` plus a block and its deep far
+    keys go unmasked (GPU: matmul scores within
     ``sets.SCORE_BUDGET``, counted by the memory estimate)."""
     return 0
 
 
 #: The last piece's O(n) copies of one layer: the far keys and their values grouped
-#: (:func:`_far_groups`) and transients (the cache is presized by ``apply``).
+#: (:func:`_far_groups`) and transients (the cache is presized by ``apply``).  A piece of
+#: ``p <= T / 2`` middle-chunk tokens (the default pieces) holds its keys and values ``(F +
+#: chunk_overlap + C) / C`` times (each chunk's window behind the first chunk): ``T (F + k +
+#: C) / C`` KV widths, within ``3 n`` (``n > T``) while ``F + chunk_overlap <= 2 C`` (the
+#: defaults: ``F = C / 2``).
 MESA_KV_COPIES = 3
 
 
@@ -38,7 +44,8 @@ def mesa_rules(method: Mesa, i0: int) -> "Rules | None":
     """Rules of a forward of last-chunk rows (a prefill's last piece, or a
     generated token): per-query Stair PE from the last chunk's start (no log
     scaling); None for other forwards (first and middle chunks) and the
-    anchored stair, which run the torch code below."""
+    anchored stair, which run the torch code below.  ``chunk_overlap`` changes
+    only the middle chunks, so the rules hold with it."""
     plan = method.plan()
     if len(plan.chunks) == 1 or i0 < plan.last_start or method.stair != "per-query" \
             or method.log_scaling or method.stair_from() != plan.last_start:
@@ -104,38 +111,55 @@ def _log_scale(q, method: Mesa, i):
 
 def _mesa_middle(method: Mesa, q, k, v, i0, middle, rope, scale, backend):
     """Whole middle chunks ``middle`` (consecutive ``(start, stop)`` pairs) of
-    the queries from ``i0``, as one batch ``[b * chunks, h, C, d]``: each
-    chunk's queries see the first chunk at ``0..first-1`` and themselves
-    causally at ``first..first+C-1``.  Every chunk's keys are put behind the
-    first chunk's (``[b * chunks, kv_h, first + C, d]``), so each chunk is one
-    causal attention aligned at the bottom right: CPU in 256-row sub-blocks
-    (:func:`.sets.causal_rows_cpu`), GPU SDPA with a lower-right
-    causal bias, eager a ``[C, first + C]`` mask.  No query of the first chunk
-    is recomputed.  Returns ``[b, h, chunks * C, d_v]``."""
+    the queries from ``i0``, in runs of chunks with the same number of overlap
+    tokens ``k' = min(chunk_overlap, start - first)`` (:class:`Mesa`: all of
+    them without an overlap; else the first chunks alone, then the rest), each
+    run one batch (:func:`_middle_batch`).  Returns ``[b, h, chunks * C, d_v]``."""
+    F, K = method.first_chunk, method.chunk_overlap
+    runs = itertools.groupby(middle, key=lambda c: min(K, c[0] - F))
+    parts = [_middle_batch(method, q, k, v, i0, list(run), back, rope, scale, backend)
+             for back, run in runs]
+    return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+
+
+def _windows(x, lo, a, nc, C, back):
+    """Rows ``a - back..a + nc*C - 1`` of ``x [bs, H, L, d]`` (which starts at
+    position ``lo``) as ``nc`` windows of ``back + C`` rows stepping by ``C``:
+    ``[bs * nc, H, back + C, d]``."""
+    x = x[:, :, a - back - lo:a + nc * C - lo].unfold(2, back + C, C)  # [bs, H, nc, d, back+C]
+    return x.permute(0, 2, 1, 4, 3).reshape(-1, x.shape[1], back + C, x.shape[3])
+
+
+def _middle_batch(method: Mesa, q, k, v, i0, middle, back, rope, scale, backend):
+    """Middle chunks ``middle`` of ``back`` overlap tokens each, as one batch
+    ``[b * chunks, h, C, d]``: each chunk's queries see the first chunk at
+    ``0..F-1``, the ``back`` tokens before the chunk at ``F..F+back-1`` and
+    themselves causally from ``F + back``.  Every chunk's keys (with the
+    ``back`` before it) are put behind the first chunk's (``[b * chunks, kv_h,
+    F + back + C, d]``), so each chunk is one causal attention aligned at the
+    bottom right: CPU in 256-row sub-blocks (:func:`.sets.causal_rows_cpu`),
+    GPU SDPA with a lower-right causal bias, eager a ``[C, F + back + C]``
+    mask.  No query of the first chunk is recomputed.  Returns ``[b, h,
+    chunks * C, d_v]``."""
     F, C, nc = method.first_chunk, method.chunk_size, len(middle)
-    a, b = middle[0][0], middle[-1][1]
-    bs, dev = q.shape[0], q.device
+    a, bs, dev = middle[0][0], q.shape[0], q.device
+    S, W = F + back, back + C                      # keys before the chunk's queries; window
 
-    def chunks(x, lo):  # rows a..b of x (which starts at position lo) -> [bs*nc, H, C, d]
-        x = x[:, :, a - lo:b - lo]
-        return x.reshape(bs, x.shape[1], nc, C, x.shape[-1]).transpose(1, 2) \
-            .reshape(bs * nc, x.shape[1], C, x.shape[-1])
-
-    def behind_first(head, x):  # [bs, H, F, d], [bs*nc, H, C, d] -> [bs*nc, H, F+C, d]
+    def behind_first(head, x):  # [bs, H, F, d], [bs*nc, H, W, d] -> [bs*nc, H, F+W, d]
         return torch.cat((head.repeat_interleave(nc, dim=0), x), dim=2)
 
-    own = ("lin", F, F + C)
-    qc = rotate(chunks(q, i0), rope, arange(F, F + C, dev), own)
+    qc = rotate(_windows(q, i0, a, nc, C, 0), rope, arange(S, S + C, dev), ("lin", S, S + C))
     kk = behind_first(rotate(k[:, :, :F], rope, arange(0, F, dev), ("lin", 0, F)),
-                      rotate(chunks(k, 0), rope, arange(F, F + C, dev), own))
-    vv = behind_first(v[:, :, :F], chunks(v, 0))
+                      rotate(_windows(k, 0, a, nc, C, back), rope, arange(F, F + W, dev),
+                             ("lin", F, F + W)))
+    vv = behind_first(v[:, :, :F], _windows(v, 0, a, nc, C, back))
     if backend in sets.FUSED_BACKENDS and sets.uses_cpu_paths(q, backend):
-        o = sets.causal_rows_cpu(qc, kk, vv, F, scale)
+        o = sets.causal_rows_cpu(qc, kk, vv, S, scale)
     elif backend in sets.FUSED_BACKENDS:
         o = sets.causal_lower_right_sdpa(qc, kk, vv, scale, backend)
     else:
-        mask = torch.ones(F + C, F + C, dtype=torch.bool, device=dev).tril()[F:]
-        g = max(1, sets.block_size(q, F + C, backend) // C)
+        mask = torch.ones(F + W, F + W, dtype=torch.bool, device=dev).tril()[S:]
+        g = max(1, sets.block_size(q, F + W, backend) // C)
         o = torch.cat([sets.sdpa(qc[c:c + g], kk[c:c + g], vv[c:c + g], mask, scale, backend)
                        for c in range(0, bs * nc, g)], dim=0)
     o = o.reshape(bs, nc, o.shape[1], C, -1).transpose(1, 2)
@@ -155,5 +179,5 @@ def _mesa_last(method: Mesa, q, k, v, i0, rope, scale, backend):
             far_keys=lambda lo, hi: (0, b),
             far_q_pos=lambda i: -stair_position(s - i, N, E),
             far_k_pos=lambda j: -stair_position(s - j, N, E),
-            far_visible=lambda i, j: (j < b) & (j <= i))
+            far_visible=lambda i, j: (j < b) & (j <= i), rule=("anchored", s, N, E, b))
     return stair_rows(q, k, v, i0, rope, scale, backend, s, N, E)

@@ -194,42 +194,42 @@ def _stair_one(q, k, v, i, rope, scale, backend, last_start, stair_start, stair_
 
 def _stair_one_memo(q, k, v, i, rope, scale, backend, geo: StairGeometry):
     """One query at ``i`` (class ``r``, step ``m``) over keys kept rotated
-    between steps in one buffer (:meth:`DecodeMemo.split_rotated`): far keys
-    at ``-(N + a_j)`` (:class:`StairGeometry`), near keys at ``j``; each step
-    rotates only its new key and the key that left the near window.  One
-    product scores every key against the query at ``i`` (near keys), ``m``
-    and ``m + 1`` (far key ``j`` takes ``m`` where ``b_j < E - r``, ``m + 1``
-    elsewhere), and a per-key pick keeps the right one: few operations a layer,
-    since a decode step is bound by their count and by reading the keys.
+    between steps (each step rotates only its new key and the key that left
+    the near window): far keys at ``-(N + a_j)``, with their values, in groups
+    by ``b_j`` (:meth:`DecodeMemo.grouped_rotated`, :class:`StairGeometry`),
+    near keys at ``j``.  Groups ``b < E - r`` are scored against the query at
+    ``m``, the others at ``m + 1``, near keys at ``i``: one product over the
+    keys and one over the values, as Origin's step, and one softmax.
     ``q [b, h, 1, d]``, ``k, v [b, kv_h, i+1, d]``; returns ``[b, h, 1, d_v]``."""
     N, E, s = geo.stair_start, geo.stair_width, geo.last_start
     bsz, h, _, d = q.shape
     kvh, L = k.shape[1], i + 1
-    rep, n_far = h // kvh, max(0, i - N + 1)
-    keys = rope.memo.split_rotated(rope.layer, ("stair", s, N, E), k, n_far, L, same,
-                                   lambda j: geo.key_position(j, 0), rope)
-    m = (i - s) // E
+    rep, n_far, bk = h // kvh, max(0, i - N + 1), bsz * kvh
+    m, split = (i - s) // E, E - geo.residue(i)
     pos = rope.table(("stair-one-q", i), lambda: torch.tensor([i, m, m + 1], device=q.device))
-    q3 = rotate(q.expand(bsz, h, 3, d), rope, pos, ("stair-one-q", i))
-    scores = torch.bmm(q3.reshape(bsz * kvh, rep * 3, d),             # bmm: fewer launches
-                       keys.reshape(bsz * kvh, L, d).transpose(1, 2))
-    pick = rope.table(("stair-one-pick", s, N, E, i),
-                      lambda: _stair_pick(geo, i, n_far, L, q.device).view(1, 1, 1, 1, L))
-    scores = scores.view(bsz, kvh, rep, 3, L).gather(3, pick.expand(bsz, kvh, rep, 1, L))
-    p = torch.softmax(sets.capped(scores.view(bsz, kvh, rep, L).float().mul_(scale), backend),
-                      dim=-1).to(v.dtype)
-    out = sets.pv(p, v, split=not sets.uses_cpu_paths(q, backend))
+    q3 = rotate(q.expand(bsz, h, 3, d), rope, pos, ("stair-one-q", i)).reshape(bk, rep, 3, d)
+    near = rope.memo.rotated(rope.layer, ("stair-near", s, N, E), k, n_far, L, same, rope)
+    scores = []
+    if n_far:
+        far = rope.memo.grouped_rotated(rope.layer, ("stair-far", s, N, E), k, v, n_far, E,
+                                        lambda j: (s - N - j) % E,
+                                        lambda j: geo.key_position(j, 0), rope)
+        groups = far.keys.reshape(bk, E, far.cap, d)
+        for qi, g in ((1, groups[:, :split]), (2, groups[:, split:])):
+            if g.shape[1]:
+                scores.append(torch.bmm(q3[:, :, qi], g.reshape(bk, -1, d).transpose(1, 2)))
+    scores.append(torch.bmm(q3[:, :, 0], near.reshape(bk, L - n_far, d).transpose(1, 2)))
+    logits = sets.capped((torch.cat(scores, dim=-1) if len(scores) > 1 else scores[0])
+                         .view(bsz, kvh, rep, -1).float().mul_(scale), backend)
+    if not n_far:
+        return softmax_pv([logits], v, 1.0, q, backend)
+    G = E * far.cap                                       # rows past a group's keys hidden
+    logits[..., :G] += far.hidden
+    p = torch.softmax(logits, dim=-1).to(v.dtype)
+    split_k = not sets.uses_cpu_paths(q, backend)
+    out = sets.pv(p[..., :G], far.values.view(bsz, kvh, G, -1), split=split_k) \
+        + sets.pv(p[..., G:], v[:, :, n_far:L], split=split_k)
     return out.reshape(bsz, h, 1, -1)
-
-
-def _stair_pick(geo: StairGeometry, i: int, n_far: int, L: int, device) -> torch.Tensor:
-    """Which of the query's three rotations ``(i, m, m + 1)`` each key
-    ``0..L-1`` scores with: 0 near, 1 far at ``m`` (``b_j < E - r``), 2 far at ``m + 1``."""
-    N, E, s = geo.stair_start, geo.stair_width, geo.last_start
-    pick = torch.zeros(L, dtype=torch.long, device=device)
-    at_m = torch.remainder(s - N - arange(0, n_far, device), E) < E - geo.residue(i)
-    pick[:n_far] = torch.where(at_m, 1, 2)
-    return pick
 
 
 def _stair_runs(q, k, v, i, rope, scale, backend, stair_start, stair_width):

@@ -49,6 +49,16 @@ class ChunkPlan:
         return {"chunks": [list(c) for c in self.chunks]}
 
 
+def _check_overlap(F: int, K: int, C: int, T: int) -> None:
+    """A middle chunk's last query sits at ``F + K + C - 1``: it must stay below ``T``."""
+    if F + K + C > T:
+        raise ValueError(
+            f"first_chunk={F} + chunk_overlap={K} + chunk_size={C} = {F + K + C} exceeds "
+            f"train_length={T}: a middle chunk's last query would sit at position "
+            f"{F + K + C - 1}; allowed chunk_overlap <= {max(0, T - F - C)} with these chunks "
+            "(or a smaller chunk_size or first_chunk)")
+
+
 @dataclass(frozen=True)
 class Mesa(Method):
     """Mesa-Extrapolation (Figure 1, left).
@@ -88,6 +98,18 @@ class Mesa(Method):
     tokens, the stair for tokens generated past ``train_length``).  Both need
     ``train_length > 512``.
 
+    ``chunk_overlap`` (``k``, default 0: the paper's layout) lets each middle
+    chunk also see the ``k`` tokens just before it (never the first chunk's,
+    which it sees already: the first middle chunk sees none, and with ``k >
+    chunk_size`` the overlap reaches back into earlier middle chunks), at
+    linear positions between the first chunk and the chunk's own: a chunk of
+    ``k' = min(k, start - first_chunk)`` overlap tokens sees the first chunk at
+    ``0..F-1``, the overlap at ``F..F+k'-1`` and itself from ``F + k'``, so a
+    span cut by a chunk boundary (a passkey needle) is read whole when it
+    starts at most ``k`` tokens before it.  The last chunk, which sees every
+    key, is unchanged.  Needs ``first_chunk + chunk_overlap + chunk_size <=
+    train_length`` (the default ``chunk_size`` leaves room for it).
+
     Defaults derived from ``T = train_length``: ``first_chunk = last_chunk =
     T // 16``, ``chunk_size <= T // 8``; at small ``T`` (below 32) never less
     than 2, 2 and 4 tokens (capped by ``T``), so a drawn layout shows the chunk
@@ -100,8 +122,8 @@ class Mesa(Method):
     chunked: ClassVar[bool] = True
     decode: ClassVar[str] = "prefill-plan"
     past_train_length: ClassVar[str] = (
-        "middle chunks see the first chunk and themselves; the last chunk and every "
-        "generated token see all keys through Stair PE")
+        "middle chunks see the first chunk and themselves (and chunk_overlap tokens before "
+        "them); the last chunk and every generated token see all keys through Stair PE")
     first_chunk: int | None = param(Slider(1, 128))
     chunk_size: int | None = param(Slider(1, 128))
     last_chunk: int | None = param(Slider(1, 128))
@@ -114,6 +136,7 @@ class Mesa(Method):
     decode_stair: bool | None = param(Toggle())
     prefill_length: int | None = param(Derived("the prompt length, fixed at the prefill"))
     preset: str | None = param(Choice(MESA_PRESETS))
+    chunk_overlap: int = param(Slider(0, 128), default=0)
 
     def _fill(self, seq_len, prefill_length):
         P = prefill_length if prefill_length is not None else self.prefill_length
@@ -161,13 +184,16 @@ class Mesa(Method):
         check_int("first_chunk", F, 1, T - 1, f"train_length={T}")
         L = max(2, T // 16) if self.last_chunk is None else self.last_chunk
         check_int("last_chunk", L, 1, T)
+        K = self.chunk_overlap
+        check_int("chunk_overlap", K, 0)
         C = self.chunk_size
         if C is None:                # DynamicSplit: equal chunks, last one close to last_chunk
-            C, rest = min(T - F, max(4, T // 8)), P - F - L
+            C, rest = max(1, min(T - F - K, max(4, T // 8))), P - F - L
             if P > T and rest > 0:
                 C = max(1, rest // math.ceil(rest / C))
         check_int("chunk_size", C, 1, T - F,
                   f"first_chunk + chunk_size <= train_length={T}")
+        _check_overlap(F, K, C, T)
         split = T + 1 if self.split_from is None else self.split_from
         check_int("split_from", split, 1, T + 1,
                   f"a prompt of more than train_length={T} tokens is always split")
@@ -237,8 +263,10 @@ class Mesa(Method):
         starts = np.array([c[0] for c in plan.chunks])
         chunk_start = starts[np.searchsorted(starts, i, side="right") - 1]
         in_middle = (i >= F) & (i < s)
-        vis = (t >= 0) & (~in_middle | (j < F) | (j >= chunk_start))
-        rel = np.where(in_middle & (j < F), i - chunk_start + F - j, t)
+        # a middle chunk's queries see keys from seen_from on (its overlap, then itself)
+        seen_from = chunk_start - np.minimum(self.chunk_overlap, np.maximum(chunk_start - F, 0))
+        vis = (t >= 0) & (~in_middle | (j < F) | (j >= seen_from))
+        rel = np.where(in_middle & (j < F), i - seen_from + F - j, t)
         if r0 is None:
             return rel, vis
         N, E = self.stair_start, self.stair_width
@@ -250,13 +278,14 @@ class Mesa(Method):
 
     def visible_pairs(self, seq_len: int) -> int:
         """Past ``train_length``: the first chunk ``F(F+1)/2``, each middle
-        chunk ``C*F + C(C+1)/2``, each row ``i`` from the last chunk on all its
-        ``i + 1`` keys; otherwise every causal pair."""
+        chunk ``C*(F + k') + C(C+1)/2`` (``k'`` its overlap tokens), each row
+        ``i`` from the last chunk on all its ``i + 1`` keys; otherwise every
+        causal pair."""
         n, plan = int(seq_len), self.plan()
         if len(plan.chunks) == 1:
             return triangle(n)
-        F = plan.first[1]
-        middle = sum((b - a) * F + triangle(b - a) for a, b in plan.middle)
+        F, K = plan.first[1], self.chunk_overlap
+        middle = sum((b - a) * (F + min(K, a - F)) + triangle(b - a) for a, b in plan.middle)
         return triangle(F) + middle + triangle(n) - triangle(plan.last_start)
 
     def prefill_pieces(self, seq_len: int, max_tokens: int) -> tuple[tuple[int, int], ...]:

@@ -67,6 +67,24 @@ def test_single_query_stair_matches_dense(case, gpu, monkeypatch):
         assert (got.double() - want).abs().max().item() <= 1e-5, (case, i)
 
 
+def _resolved(method, p, prefill=150):
+    """The method resolved at each decode position ``i`` (``i + 1`` tokens)."""
+    return lambda i: get_method(method, train_length=64, **p).resolve(i + 1,
+                                                                      prefill_length=prefill)
+
+
+def _decode_steps_exact(method, p, seed):
+    """Decode steps 150..161 after a 150-token prefill, sharing one memo, each
+    equal to the dense reference; returns ``(memo, steps)``."""
+    steps, m_for = list(range(150, 162)), _resolved(method, p)
+    q, k, v = _qkv(170, 170, seed=seed)
+    memo = kernels.DecodeMemo()
+    for i, got in zip(steps, _decode_with_memo(m_for, q, k, v, steps, memo)):
+        want = _dense(m_for(i), q[:, :, i:i + 1], k[:, :, :i + 1], v[:, :, :i + 1], i, D ** -0.5)
+        assert (got.double() - want).abs().max().item() <= 1e-5, (method, i)
+    return memo, steps
+
+
 @pytest.mark.parametrize("method,p", [("mesa", MESA_CASES[1]), ("stair", STAIR_CASES[0])])
 def test_single_query_stair_equals_the_blocked_path(method, p):
     """The decode path and the residue-class path agree on the same rows."""
@@ -268,18 +286,40 @@ def test_decode_steps_reuse_rotated_keys_exactly(method, p):
     """Consecutive decode steps with one memo (far keys kept at ``-(N + a_j)``,
     near keys at ``j``; origin's keys at ``j``): every step equals the dense
     reference, and the memo rotated each key once."""
-    prefill, steps = 150, list(range(150, 162))
-    q, k, v = _qkv(170, 170, seed=21)
-    memo = kernels.DecodeMemo()
-
-    def m_for(i):
-        return get_method(method, train_length=64, **p).resolve(i + 1, prefill_length=prefill)
-    for i, got in zip(steps, _decode_with_memo(m_for, q, k, v, steps, memo)):
-        want = _dense(m_for(i), q[:, :, i:i + 1], k[:, :, :i + 1], v[:, :, :i + 1], i, D ** -0.5)
-        assert (got.double() - want).abs().max().item() <= 1e-5, (method, i)
+    memo, steps = _decode_steps_exact(method, p, seed=21)
+    m_for = _resolved(method, p)
     last, N = steps[-1], m_for(steps[-1]).params().get("stair_start")
-    (entry,) = memo._entries.values()             # one buffer: far keys, then near (linear) keys
-    assert entry.hi == last + 1 and entry.split == (0 if N is None else last - N + 1)
+    entries = {slot: e for (_, slot), e in memo._entries.items()}
+    if N is None:                                 # origin: one buffer of linear keys
+        assert list(entries) == ["lin"] and entries["lin"].hi == last + 1
+        return
+    # far keys in groups by b_j (every key once), near keys at linear positions
+    far, near = entries.pop("stair-far"), entries.pop("stair-near")
+    assert not entries and far.hi == last - N + 1 and far.cap * far.groups >= far.hi
+    assert near.start == steps[0] - N + 1 and near.hi == last + 1
+    assert int((far.hidden == 0).sum()) == far.hi       # every far key in one group row
+
+
+#: Near/far methods (and Dual Chunk without mscale) whose decode steps keep one memo buffer
+#: (far keys at the far rule's positions, the others linear), every set non-empty at 150-161.
+NEAR_FAR_DECODE = [("rerope", {}), ("leaky-rerope", {"log_scaling": True}),
+                   ("self-extend", {}), ("string", {}), ("streaming-llm", {}),
+                   ("lm-infinite", {}), ("mesa", {"stair": "anchored", "stair_start": 9}),
+                   ("dual-chunk", {})]
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+@pytest.mark.parametrize("method,p", NEAR_FAR_DECODE)
+def test_near_far_decode_steps_reuse_rotated_keys_exactly(method, p, gpu, monkeypatch):
+    """Consecutive decode steps of the near/far methods with one memo: every
+    step equals the dense reference (CPU and GPU branches), and the memo holds
+    one buffer of every key (far keys at the rule's positions, the others at
+    their own), each rotated once more when it becomes far."""
+    if gpu:
+        _force_gpu_paths(monkeypatch)
+    memo, steps = _decode_steps_exact(method, p, seed=25)
+    (entry,) = memo._entries.values()
+    assert entry.start == 0 and entry.hi == steps[-1] + 1 and entry.split > 0
 
 
 def test_decode_memo_drops_rotations_of_other_keys():
@@ -429,12 +469,13 @@ def test_memo_under_a_cache_that_keeps_keys_checks_no_probes_and_drops_a_crop():
     for i in (155, 156):
         memo.forward_starts(kernels.CacheState(i, keeps_keys=True))
         _decode_with_memo(lambda i: m, q, k, v, [i], memo)
-    (entry,) = memo._entries.values()
-    assert entry.unchecked and entry.probe is None and entry.hi == 157
+    entries = list(memo._entries.values())           # Mesa's far keys (grouped) and near keys
+    assert all(e.unchecked and e.probe is None for e in entries)
+    assert max(e.hi for e in entries) == 157
     k2 = k.clone()
     k2[:, :, 153:] += 1.0                               # cropped to 153, written again
     memo.forward_starts(kernels.CacheState(153, keeps_keys=True))
-    assert not memo._entries
+    assert all(e.hi <= 153 for e in memo._entries.values())   # keys past the crop dropped
     for i in (153, 154, 157):
         memo.forward_starts(kernels.CacheState(i, keeps_keys=True))
         got = _decode_with_memo(lambda i: m, q, k2, v, [i], memo)[0]
@@ -442,8 +483,9 @@ def test_memo_under_a_cache_that_keeps_keys_checks_no_probes_and_drops_a_crop():
         assert (got.double() - want).abs().max().item() <= 1e-5, i
     memo.forward_starts(kernels.CacheState(158, keeps_keys=False))
     _decode_with_memo(lambda i: m, q, k2, v, [158], memo)
-    (entry,) = memo._entries.values()
-    assert isinstance(entry.probe, tuple) and entry.start == 0 and entry.hi == 159
+    entries = list(memo._entries.values())
+    assert all(isinstance(e.probe, tuple) for e in entries)
+    assert max(e.hi for e in entries) == 159 and min(e.start for e in entries) == 0
 
 
 def test_memo_sees_frequencies_changed_in_place():
