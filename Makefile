@@ -55,7 +55,7 @@ report: setup
 # their real size on the default model: minutes each, times in tests/artifacts/notebook_times.jsonl),
 # of the layout explorer and of the report, into docs/screenshots/
 screenshots: setup browser
-	MESA_VIZ_SCREENSHOTS=docs/screenshots MESA_VIZ_REAL_NOTEBOOKS=1 $(PY) -m pytest -q tests/browser \
+	MESA_VIZ_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/browser \
 	    -k "first_screen or report or layout_explorer"
 
 perplexity ppl: setup
