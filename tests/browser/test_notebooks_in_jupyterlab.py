@@ -55,7 +55,7 @@ CHROME_ARGS = ("--hide-scrollbars",)
 
 pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import (  # noqa: E402
-    ElementClickInterceptedException, TimeoutException)
+    ElementClickInterceptedException, StaleElementReferenceException, TimeoutException)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
@@ -438,12 +438,14 @@ def check_first_screen(g: dict | None, name: str, title: str, labels: list, fits
 # -- the model notebooks at their real size, on the default model --------------------------
 
 #: notebook -> its main figure's title start and labels, at the notebook's own default size
-#: (SmolLM2-135M-Instruct, T = 8192). Each runs once; its times go to :data:`TIMES`.
+#: (SmolLM2-135M-Instruct, T = 8192), and how many code cells ``make test`` runs (None: all,
+#: Run All; 2: the setup and the first picture, what a reader sees first). Each runs once;
+#: its times go to :data:`TIMES`.
 REAL_SIZE = {
-    "02_attention_beyond_training_length": ("mesa: layer", ["needle", "distance ≥ T="]),
-    "03_hidden_state_thresholds": ("hidden state, layer", ["T=", "threshold"]),
-    "04_passkey_memory_latency": ("passkey retrieval accuracy", ["origin", "mesa", "T="]),
-    "05_why_it_fails": ("passkey retrieval accuracy", ["origin", "mesa", "T="]),
+    "02_attention_beyond_training_length": ("mesa: layer", ["needle", "distance ≥ T="], None),
+    "03_hidden_state_thresholds": ("hidden state, layer", ["T=", "threshold"], 2),
+    "04_passkey_memory_latency": ("passkey retrieval accuracy", ["origin", "mesa", "T="], 2),
+    "05_why_it_fails": ("passkey retrieval accuracy", ["origin", "mesa", "T="], None),
 }
 REAL_TIMEOUT = int(os.environ.get("MESA_VIZ_BROWSER_REAL_TIMEOUT", 1800))
 #: One JSON line per real-size run: the notebook, seconds to its first figure and to the end
@@ -466,17 +468,33 @@ def percentages_over_100(text: str) -> list[str]:
             if float(m.group(1)) > 100 and "sum" not in text[max(0, m.start() - 60):m.end() + 20]]
 
 
-#: The real-size runs take about 25 minutes on 2 cores (part of ``make test``, the browser
-#: layer); ``MESA_VIZ_REAL_NOTEBOOKS=0`` leaves them out of a local run (reported as skipped).
-REAL_NOTEBOOKS = os.environ.get("MESA_VIZ_REAL_NOTEBOOKS", "1") != "0"
+#: The real-size runs take about 15 minutes on 2 cores (part of ``make test``, the browser
+#: layer: 02 and 05 whole, 03 and 04 to their first picture); ``MESA_VIZ_REAL_NOTEBOOKS=all``
+#: runs all four whole (about 45 minutes), ``=0`` leaves them out of a local run (skipped).
+REAL_NOTEBOOKS = os.environ.get("MESA_VIZ_REAL_NOTEBOOKS", "1")
+if REAL_NOTEBOOKS not in ("0", "1", "all"):
+    raise ValueError(f"MESA_VIZ_REAL_NOTEBOOKS={REAL_NOTEBOOKS!r}: allowed 0, 1, all")
 
 
-@pytest.mark.skipif(not REAL_NOTEBOOKS, reason="MESA_VIZ_REAL_NOTEBOOKS=0: the real-size "
-                                               "notebook runs left out of this run")
+def first_cells(root: Path, name: str, code_cells: int) -> None:
+    """Cut ``root/name.ipynb`` after its first ``code_cells`` code cells (and the
+    text between them): the notebook as far as its first picture."""
+    import nbformat
+
+    nb = nbformat.read(root / f"{name}.ipynb", as_version=4)
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    assert len(code) > code_cells, (name, len(code), code_cells)
+    nb.cells = nb.cells[:code[code_cells]]
+    nbformat.write(nb, str(root / f"{name}.ipynb"))
+
+
+@pytest.mark.skipif(REAL_NOTEBOOKS == "0", reason="MESA_VIZ_REAL_NOTEBOOKS=0: the real-size "
+                                                    "notebook runs left out of this run")
 @pytest.mark.parametrize("name", list(REAL_SIZE))
 def test_model_notebook_at_real_size_first_screen(driver, real_lab, name):
     """Run All on the default model at the notebook's default size in
-    JupyterLab: no error, its main figure on the first screen (screenshot
+    JupyterLab (03 and 04 cut after their first picture, :data:`REAL_SIZE`,
+    unless ``MESA_VIZ_REAL_NOTEBOOKS=all``): no error, its main figure on the first screen (screenshot
     ``<nn>_first_screen.png``, published by ``make screenshots`` once the
     checks pass), no
     percentage above 100 % unless labelled a sum; the seconds to the first
@@ -485,7 +503,12 @@ def test_model_notebook_at_real_size_first_screen(driver, real_lab, name):
     Origin's share of it near zero and Mesa's high, and the explorer below
     (drawn after every later cell ran) still shows Mesa on that head with
     that share."""
-    times = {"notebook": name}
+    title, labels, code_cells = REAL_SIZE[name]
+    if REAL_NOTEBOOKS == "all":
+        code_cells = None
+    if code_cells is not None:
+        first_cells(real_lab["root"], name, code_cells)
+    times = {"notebook": name, "code_cells": code_cells or "all"}
     run_notebook(driver, real_lab, f"{name}.ipynb", timeout=REAL_TIMEOUT, times=times)
     times.update(cpus=os.cpu_count(), load_1min=round(os.getloadavg()[0], 1))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -493,7 +516,6 @@ def test_model_notebook_at_real_size_first_screen(driver, real_lab, name):
         f.write(json.dumps(times) + "\n")
     print(json.dumps(times))
     scroll_to_top(driver)
-    title, labels = REAL_SIZE[name]
     g = driver.execute_script(FIRST_SCREEN, PLOTS)
     shot = screenshot(driver, f"{name[:2]}_first_screen")
     check_first_screen(g, name, title, labels, True, shot)
@@ -538,13 +560,21 @@ return [...arguments[0].querySelectorAll('.js-plotly-plot')].map(gd => {
 """
 
 
-def control(drv, kind: str, label: str, within=None):
-    """The ipywidgets control of ``kind`` (``slider``, ``dropdown``) labelled ``label``."""
-    for box in (within or drv).find_elements(By.CSS_SELECTOR, f".widget-{kind}"):
-        desc = box.find_elements(By.CSS_SELECTOR, ".widget-label")
-        if desc and desc[0].text.strip() == label:
-            return box
-    raise AssertionError(f"no {kind} labelled {label!r}")
+def control(drv, kind: str, label: str, within=None, timeout: int = 60):
+    """The ipywidgets control of ``kind`` (``slider``, ``dropdown``) labelled
+    ``label``, waiting up to ``timeout`` s for it to be drawn (a widget view is
+    rendered after its cell has run: on a loaded machine, seconds later)."""
+    def found(_):
+        try:
+            for box in (within or drv).find_elements(By.CSS_SELECTOR, f".widget-{kind}"):
+                desc = box.find_elements(By.CSS_SELECTOR, ".widget-label")
+                if desc and desc[0].get_attribute("textContent").strip() == label:
+                    return box
+        except StaleElementReferenceException:     # redrawn while read: look again
+            pass
+        return False
+
+    return wait_for(drv, found, timeout, f"a {kind} labelled {label!r}")
 
 
 def explorer_of(drv, dropdown_label: str):
