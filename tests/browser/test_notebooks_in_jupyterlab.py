@@ -302,10 +302,12 @@ def run_notebook(drv, lab: dict, name: str, timeout: int = RUN_TIMEOUT,
                  times: dict | None = None) -> None:
     """Open ``name`` in a fresh workspace, run every cell, wait until all ran
     and the figures are drawn; fail on any error output.  The notebook run
-    last is reused as it is (``lab["current"]``).  ``times`` receives the
+    last in ``lab`` is reused as it is (``lab["current"]``) while the browser
+    still shows it (the browser is shared: another server's notebook or a
+    report may have been opened since).  ``times`` receives the
     seconds from Run All to the first figure drawn (``first_picture_s``) and
     to the last cell run (``run_all_s``)."""
-    if lab.get("current") == name:
+    if lab.get("current") == name and drv.current_url == lab.get("page"):
         return
     lab["current"] = None
     shutdown_kernels(lab["url"])
@@ -336,7 +338,7 @@ def run_notebook(drv, lab: dict, name: str, timeout: int = RUN_TIMEOUT,
         f"the figures of {name} to be drawn")
     errors = drv.execute_script(CELL_ERRORS)
     assert not errors, f"errors in {name}: {errors}"
-    lab["current"] = name
+    lab["current"], lab["page"] = name, drv.current_url
 
 
 def scroll_to_top(drv) -> None:
