@@ -302,14 +302,14 @@ def run_notebook(drv, lab: dict, name: str, timeout: int = RUN_TIMEOUT,
                  times: dict | None = None) -> None:
     """Open ``name`` in a fresh workspace, run every cell, wait until all ran
     and the figures are drawn; fail on any error output.  The notebook run
-    last in ``lab`` is reused as it is (``lab["current"]``) while the browser
+    last in ``lab`` is reused as it is (``lab["shown"]``: its name and page) while the browser
     still shows it (the browser is shared: another server's notebook or a
     report may have been opened since).  ``times`` receives the
     seconds from Run All to the first figure drawn (``first_picture_s``) and
     to the last cell run (``run_all_s``)."""
-    if lab.get("current") == name and drv.current_url == lab.get("page"):
+    if lab.get("shown") == (name, drv.current_url):
         return
-    lab["current"] = None
+    lab["shown"] = None
     shutdown_kernels(lab["url"])
     drv.get(f"{lab['url']}/lab/tree/{name}?reset")
     wait_for(drv, lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell"),
@@ -338,7 +338,7 @@ def run_notebook(drv, lab: dict, name: str, timeout: int = RUN_TIMEOUT,
         f"the figures of {name} to be drawn")
     errors = drv.execute_script(CELL_ERRORS)
     assert not errors, f"errors in {name}: {errors}"
-    lab["current"], lab["page"] = name, drv.current_url
+    lab["shown"] = (name, drv.current_url)
 
 
 def scroll_to_top(drv) -> None:
@@ -472,7 +472,7 @@ def percentages_over_100(text: str) -> list[str]:
 
 #: The real-size runs take about 15 minutes on 2 cores (part of ``make test``, the browser
 #: layer: 02 and 05 whole, 03 and 04 to their first picture); ``MESA_VIZ_REAL_NOTEBOOKS=all``
-#: runs all four whole (about 45 minutes), ``=0`` leaves them out of a local run (skipped).
+#: runs all four whole (about 25 minutes), ``=0`` leaves them out of a local run (skipped).
 REAL_NOTEBOOKS = os.environ.get("MESA_VIZ_REAL_NOTEBOOKS", "1")
 if REAL_NOTEBOOKS not in ("0", "1", "all"):
     raise ValueError(f"MESA_VIZ_REAL_NOTEBOOKS={REAL_NOTEBOOKS!r}: allowed 0, 1, all")
@@ -496,10 +496,10 @@ def first_cells(root: Path, name: str, code_cells: int) -> None:
 def test_model_notebook_at_real_size_first_screen(driver, real_lab, name):
     """Run All on the default model at the notebook's default size in
     JupyterLab (03 and 04 cut after their first picture, :data:`REAL_SIZE`,
-    unless ``MESA_VIZ_REAL_NOTEBOOKS=all``): no error, its main figure on the first screen (screenshot
-    ``<nn>_first_screen.png``, published by ``make screenshots`` once the
-    checks pass), no
-    percentage above 100 % unless labelled a sum; the seconds to the first
+    unless ``MESA_VIZ_REAL_NOTEBOOKS=all``): no error, its main figure on the
+    first screen (screenshot ``<nn>_first_screen.png``, published by ``make
+    screenshots`` once the checks pass), no percentage above 100 % unless
+    labelled a sum; the seconds to the first
     figure and to the end of Run All appended to :data:`TIMES`.  Notebook 02:
     the headline says the needle lies farther than ``T`` from the last query,
     Origin's share of it near zero and Mesa's high, and the explorer below
