@@ -17,12 +17,14 @@ import dataclasses
 import types
 from dataclasses import dataclass
 
+import numpy as np
+
 from mesa_viz.methods import METHODS, Method, get_method
 from mesa_viz.models.families import sliding_window
 from mesa_viz.models.parts import train_length_source
 
 __all__ = ["FAMILIES", "ARCH_PREFIX", "CONFIG_KEY", "PROMPT_LENGTH_CARRIER", "MethodSpec",
-           "supported_methods", "check", "check_engine", "overrides_for", "architecture"]
+           "supported_methods", "check", "check_engine", "prompt_dependent", "overrides_for", "architecture"]
 
 #: model_type -> the vLLM architecture whose attention a method replaces.
 FAMILIES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
@@ -137,18 +139,47 @@ def check_engine(spec: MethodSpec, engine: dict) -> dict:
     if dtype != "auto":
         raise ValueError(f"kv_cache_dtype={dtype!r}: mesa_viz_vllm keeps keys before RoPE in "
                          "the model's dtype; allowed 'auto'")
-    if spec.value().decode == "prefill-plan":
+    if spec.value().chunked:
+        if engine.get("enable_chunked_prefill"):
+            raise ValueError(
+                f"enable_chunked_prefill=True under method {spec.method!r}: its kernel runs a "
+                "prefill in one forward or in pieces cut at its chunk plan's boundaries, "
+                "which vLLM's token budget does not follow; allowed False (the default "
+                "under this method: each prompt is prefilled whole, so "
+                "max_num_batched_tokens must be at least max_model_len)")
+        engine["enable_chunked_prefill"] = False
+    if prompt_dependent(spec.value()):
         if engine.get("enable_prefix_caching"):
             raise ValueError(
-                f"enable_prefix_caching=True under method {spec.method!r}: its layout "
-                "depends on the prompt's length, so the keys of a cached prefix, made "
-                "under another prompt's plan, would be wrong; allowed False (the default "
-                "under this method)")
+                f"enable_prefix_caching=True under method {spec.method!r} with parameters "
+                f"{spec.params}: its layout depends on the prompt's length, so the keys of "
+                "a cached prefix, computed under another prompt's layout, would be wrong; "
+                "allowed False (the default under this method)")
         engine["enable_prefix_caching"] = False
     if "hf_overrides" in engine:
         raise ValueError("hf_overrides: mesa_viz_vllm sets the model's hf_overrides itself "
                          f"(architecture and method); allowed none, got {engine['hf_overrides']!r}")
     return engine
+
+
+def prompt_dependent(method: Method) -> bool:
+    """Whether the layout of a token's row depends on the prompt's length
+    (``decode == "prefill-plan"``: Mesa's chunk plan, Self-Extend's group; or a
+    ``prefill_length`` field that changes the rows, Dual Chunk's ``mscale``):
+    read off the method at ``4T`` tokens for prompts of ``2T`` and ``3T``."""
+    if method.decode == "prefill-plan":
+        return True
+    if "prefill_length" not in {f.name for f in dataclasses.fields(method)}:
+        return False
+    T = method.train_length
+    n = 4 * T
+    a, b = (method.resolve(n, T, prefill_length=k * T) for k in (2, 3))
+    rows = np.arange(n)
+    i = np.unique(np.linspace(0, n - 1, 64).astype(np.int64))[:, None]
+    return not (np.array_equal(a.query_scale(rows), b.query_scale(rows))
+                and np.array_equal(a.key_scale(rows), b.key_scale(rows))
+                and all(np.array_equal(x, y) for x, y in zip(a.relative(i, rows[None]),
+                                                             b.relative(i, rows[None]))))
 
 
 def overrides_for(config, spec: MethodSpec, max_model_len: int | None = None) -> dict:
