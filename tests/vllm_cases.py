@@ -45,22 +45,29 @@ def prompts_of(lengths, seed: int = 0) -> list[list[int]]:
     return [torch.randint(3, 512, (n,), generator=g).tolist() for n in lengths]
 
 
-def reference(model, method: str, T: int, params: dict, prompt: list[int], steps: int):
-    """Greedy decoding under ``apply()`` on transformers, as a user runs it:
-    a prefill of the whole prompt, then one forward per generated token on
-    the cache.  Returns ``(tokens, log-probabilities [len(prompt) - 1 + steps,
-    vocab])``: row ``r`` scores the token at ``r + 1``."""
+def reference(model, method: str, T: int, params: dict, prompts, steps: int) -> list:
+    """Greedy decoding under ``apply()`` on transformers, as a user runs it,
+    for each prompt: a prefill of the whole prompt, then one forward per
+    generated token on the cache.  Returns ``[(tokens, log-probabilities
+    [len(prompt) - 1 + steps, vocab])]``: row ``r`` scores the token at ``r + 1``."""
     from mesa_viz.runtime import apply
-    tokens, rows = [], []
+    out = []
     with apply(model, method, train_length=T, **params), torch.no_grad():
-        out = model(torch.tensor([prompt]), use_cache=True)
+        for prompt in prompts:
+            out.append(_greedy(model, prompt, steps))
+    return out
+
+
+def _greedy(model, prompt: list[int], steps: int):
+    """``(tokens, log-probabilities)`` of :func:`reference` for one prompt."""
+    tokens, rows = [], []
+    out = model(torch.tensor([prompt]), use_cache=True)
+    rows.append(out.logits[0].log_softmax(-1))
+    for _ in range(steps):
+        nxt = int(rows[-1][-1].argmax())
+        tokens.append(nxt)
+        out = model(torch.tensor([[nxt]]), cache=out.cache, use_cache=True)
         rows.append(out.logits[0].log_softmax(-1))
-        for _ in range(steps):
-            nxt = int(rows[-1][-1].argmax())
-            tokens.append(nxt)
-            out = model(torch.tensor([[nxt]]), past_key_values=out.past_key_values,
-                        use_cache=True)
-            rows.append(out.logits[0].log_softmax(-1))
     return tokens, torch.cat(rows)[:-1]
 
 

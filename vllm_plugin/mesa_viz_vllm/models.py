@@ -32,10 +32,11 @@ from mesa_viz.models.families import rope_frequencies
 
 from .backend import MesaVizBackend
 from .pins import check_vllm
-from .settings import MethodSpec, check
+from .settings import MethodSpec, check, check_engine
 
 __all__ = ["MesaVizLlamaForCausalLM", "MesaVizMistralForCausalLM", "MesaVizQwen2ForCausalLM",
-           "MesaVizQwen3ForCausalLM", "NoRotation", "model_rope", "method_attention"]
+           "MesaVizQwen3ForCausalLM", "NoRotation", "model_rope", "method_attention",
+           "engine_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,17 @@ def method_attention(spec: MethodSpec, rope: Rope):
         Attention.__init__ = original
 
 
+def engine_settings(vllm_config) -> dict:
+    """The engine settings :func:`.settings.check_engine` reads, as the engine
+    was started (``vllm serve`` flags included)."""
+    cache, parallel = vllm_config.cache_config, vllm_config.parallel_config
+    return {"enable_prefix_caching": bool(cache.enable_prefix_caching),
+            "enable_chunked_prefill": bool(vllm_config.scheduler_config.enable_chunked_prefill),
+            "kv_cache_dtype": cache.cache_dtype,
+            "pipeline_parallel_size": parallel.pipeline_parallel_size,
+            "speculative_config": vllm_config.speculative_config}
+
+
 def _without_rotation(model: torch.nn.Module) -> int:
     """Replace each rotary embedding next to an ``Attention`` layer by
     :class:`NoRotation`; the number replaced."""
@@ -99,6 +111,7 @@ class _MethodModel:
         config = vllm_config.model_config.hf_config
         spec = MethodSpec.from_config(config)
         check(config, spec.method, spec.train_length, **spec.params)  # `vllm serve` too
+        check_engine(spec, engine_settings(vllm_config))
         with method_attention(spec, model_rope(config)):
             super().__init__(vllm_config=vllm_config, prefix=prefix)
         layers = sum(isinstance(m, Attention) for m in self.modules())
