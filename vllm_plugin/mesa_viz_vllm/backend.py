@@ -32,7 +32,7 @@ from vllm.v1.attention.backend import (AttentionBackend, AttentionImpl,
 from mesa_viz.kernels import Rope, attend
 from mesa_viz.methods import Method
 
-from .settings import MethodSpec
+from .settings import MethodSpec, prompt_dependent
 
 __all__ = ["MesaVizBackend", "MesaVizMetadata", "MesaVizBuilder", "MesaVizImpl",
            "BACKEND_NAME", "resolved_for"]
@@ -97,6 +97,7 @@ class MesaVizImpl(AttentionImpl[MesaVizMetadata]):
         self.kv_sharing_target_layer_name = None
         self.spec, self.rope = mesa_viz                    # (MethodSpec, kernels.Rope)
         self.method = self.spec.value()
+        self.prompt_dependent = prompt_dependent(self.method)
 
     def do_kv_cache_update(self, layer, key: torch.Tensor, value: torch.Tensor,
                            kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
@@ -133,6 +134,14 @@ class MesaVizImpl(AttentionImpl[MesaVizMetadata]):
         """One request: queries ``q [q_len, heads, d]`` at ``seq_len - q_len ..
         seq_len - 1`` over its ``seq_len`` cached keys -> ``[q_len, heads, d]``."""
         block_size, d = kv_cache.shape[2], self.head_size
+        if self.prompt_dependent and q.shape[0] == seq_len > prompt_len:
+            raise RuntimeError(
+                f"a request of {prompt_len} prompt tokens is prefilled again with "
+                f"{seq_len - prompt_len} generated tokens (vLLM preempted it): under method "
+                f"{self.spec.method!r} the rows of generated tokens depend on the step that "
+                "made them, so one forward would not reproduce them; give the engine more KV "
+                "cache (kv_cache_memory_bytes, gpu_memory_utilization) or fewer sequences "
+                "at once (max_num_seqs)")
         used = blocks[:-(-seq_len // block_size)].long()
         kv = kv_cache[used].transpose(0, 1).flatten(1, 2)[:, :seq_len]  # [kv_heads, S, 2d]
         k, v = kv[None, ..., :d], kv[None, ..., d:]
