@@ -11,8 +11,8 @@ import gc
 
 import pytest
 
-from vllm_cases import (KV_CACHE_BYTES, NOT_HERE, check_rows, compare, prompts_of, reference,
-                        run_vllm)
+from vllm_cases import (KV_CACHE_BYTES, NOT_HERE, TOLERANCE, check_rows, compare, compare_only,
+                        prompts_of, reference, run_vllm)
 
 pytest.importorskip("vllm", reason=NOT_HERE)
 mesa_viz_vllm = pytest.importorskip("mesa_viz_vllm", reason=NOT_HERE)
@@ -28,16 +28,16 @@ CASES = [
     ("llama", "origin", T, {}, "chunked prefill, prefix cache", CHUNKED, LENGTHS),
     ("llama", "mesa", T, {}, "whole prefill", {}, LENGTHS),
     ("llama", "rerope", T, {}, "chunked prefill, prefix cache", CHUNKED, LENGTHS),
-    ("llama", "leaky-rerope", T, {}, "chunked prefill, prefix cache", CHUNKED, LENGTHS),
+    ("llama", "leaky-rerope", T, {}, "chunked prefill", CHUNKED, LENGTHS),
     ("llama", "self-extend", T, {}, "chunked prefill", CHUNKED, LENGTHS),
     ("llama", "dual-chunk", T, {}, "chunked prefill, prefix cache", CHUNKED, LENGTHS),
     ("llama", "streaming-llm", T, {}, "chunked prefill, prefix cache", CHUNKED, LENGTHS),
-    ("llama", "stair", T, {}, "chunked prefill, prefix cache", CHUNKED, LENGTHS),
+    ("llama", "stair", T, {}, "chunked prefill", CHUNKED, LENGTHS),
     ("qwen3", "mesa", T, {}, "whole prefill", {}, LENGTHS),
     ("qwen3", "rerope", T, {}, "whole prefill, prefix cache", {}, LENGTHS),
     ("mistral", "mesa", T, {}, "whole prefill", {}, LENGTHS),
     ("mistral", "self-extend", T, {}, "whole prefill", {}, LENGTHS),
-    ("qwen2", "stair", T, {}, "whole prefill, prefix cache", {}, LENGTHS),
+    ("qwen2", "stair", T, {}, "whole prefill", {}, LENGTHS),
     ("llama3-rope", "mesa", T, {}, "llama3 rope, whole prefill", {}, LENGTHS),
     ("qwen3-yarn", "rerope", T, {}, "yarn rope, whole prefill", {}, LENGTHS),
     ("llama", "mesa", 520, {"preset": "paper"}, "paper preset", {}, (300, 1600)),
@@ -105,3 +105,21 @@ def _cached_tokens(llm, prompts) -> list[int]:
     outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts],
                         SamplingParams(max_tokens=1), use_tqdm=False)
     return [o.num_cached_tokens or 0 for o in outs]
+
+
+def test_another_methods_reference_is_told_apart(saved_models):
+    """The comparison has power: ReRoPE's engine output against Origin's and
+    Leaky-ReRoPE's reference differs past ``T`` (in greedy tokens or far
+    beyond the tolerance), against its own it does not."""
+    model, path = saved_models("llama")
+    prompts = prompts_of((200, 480), seed=4)
+    llm = _engine(path, "rerope", T, {}, {}, max(LENGTHS))
+    try:
+        got = run_vllm(llm, prompts, STEPS)
+    finally:
+        _close(llm)
+    for method, exact in (("origin", False), ("leaky-rerope", False), ("rerope", True)):
+        refs = reference(model, method, T, {}, prompts, STEPS)
+        rows = [compare_only(p, r, g) for p, r, g in zip(prompts, refs, got)]
+        close = [r["greedy_equal"] and r["max_logprob_diff"] <= TOLERANCE for r in rows]
+        assert close == [exact] * len(prompts), (method, rows)

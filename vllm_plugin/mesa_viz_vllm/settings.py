@@ -163,23 +163,25 @@ def check_engine(spec: MethodSpec, engine: dict) -> dict:
 
 
 def prompt_dependent(method: Method) -> bool:
-    """Whether the layout of a token's row depends on the prompt's length
-    (``decode == "prefill-plan"``: Mesa's chunk plan, Self-Extend's group; or a
-    ``prefill_length`` field that changes the rows, Dual Chunk's ``mscale``):
-    read off the method at ``4T`` tokens for prompts of ``2T`` and ``3T``."""
+    """Whether the rows of a prompt's first tokens depend on how long the
+    prompt is: Mesa's chunk plan and Self-Extend's group (``decode ==
+    "prefill-plan"``), Dual Chunk's ``mscale``, a default fitted to the
+    sequence's length (Leaky-ReRoPE's leak, Stair's width).  Read off the method:
+    the rows of the first ``2T`` tokens resolved for prompts of ``2T`` and
+    ``3T`` tokens.  Such a method cannot reuse a cached prefix computed for
+    another prompt, nor recompute generated tokens in one forward."""
     if method.decode == "prefill-plan":
         return True
-    if "prefill_length" not in {f.name for f in dataclasses.fields(method)}:
-        return False
     T = method.train_length
-    n = 4 * T
-    a, b = (method.resolve(n, T, prefill_length=k * T) for k in (2, 3))
-    rows = np.arange(n)
-    i = np.unique(np.linspace(0, n - 1, 64).astype(np.int64))[:, None]
-    return not (np.array_equal(a.query_scale(rows), b.query_scale(rows))
-                and np.array_equal(a.key_scale(rows), b.key_scale(rows))
-                and all(np.array_equal(x, y) for x, y in zip(a.relative(i, rows[None]),
-                                                             b.relative(i, rows[None]))))
+    a, b = (method.resolve(k * T, T, prefill_length=k * T) for k in (2, 3))
+    rows = np.arange(2 * T)
+    i = np.unique(np.linspace(0, 2 * T - 1, 64).astype(np.int64))[:, None]
+    j = rows[None]
+    same_rel = all(np.array_equal(np.where(vx, x, 0), np.where(vy, y, 0)) and
+                   np.array_equal(vx, vy)
+                   for (x, vx), (y, vy) in [(a.relative(i, j), b.relative(i, j))])
+    return not (same_rel and np.array_equal(a.query_scale(rows), b.query_scale(rows))
+                and np.array_equal(a.key_scale(rows), b.key_scale(rows)))
 
 
 def overrides_for(config, spec: MethodSpec, max_model_len: int | None = None) -> dict:

@@ -74,6 +74,8 @@ def test_train_length_comes_from_the_model_unless_given():
     ("mesa", {}, {"enable_prefix_caching": True}, r"enable_prefix_caching=True under method "
                                                   r"'mesa'.*allowed False"),
     ("self-extend", {}, {"enable_prefix_caching": True}, r"allowed False"),
+    ("leaky-rerope", {}, {"enable_prefix_caching": True}, r"allowed False"),
+    ("stair", {}, {"enable_prefix_caching": True}, r"allowed False"),
     ("dual-chunk", {"preset": "authors-code"}, {"enable_prefix_caching": True},
      r"'dual-chunk' with parameters \{'preset': 'authors-code'\}"),
     ("mesa", {}, {"enable_chunked_prefill": True}, r"enable_chunked_prefill=True under method "
@@ -87,6 +89,13 @@ def test_engine_settings_the_method_cannot_run_are_refused(method, params, engin
     spec = settings.check(_config(), method, 64, **params)
     with pytest.raises(ValueError, match=match):
         settings.check_engine(spec, engine)
+
+
+def test_prefix_caching_is_kept_where_a_prompts_rows_do_not_depend_on_its_length():
+    for method in ("origin", "rerope", "dual-chunk", "streaming-llm"):
+        assert not settings.prompt_dependent(settings.check(_config(), method, 64).value())
+    for method in ("mesa", "self-extend", "leaky-rerope", "stair"):
+        assert settings.prompt_dependent(settings.check(_config(), method, 64).value())
 
 
 def test_engine_defaults_follow_the_method():
