@@ -148,6 +148,8 @@ def check_engine(spec: MethodSpec, engine: dict) -> dict:
                 "under this method: each prompt is prefilled whole, so "
                 "max_num_batched_tokens must be at least max_model_len)")
         engine["enable_chunked_prefill"] = False
+        if engine.get("max_model_len"):          # a whole prompt fits one step's budget
+            engine.setdefault("max_num_batched_tokens", engine["max_model_len"])
     if prompt_dependent(spec.value()):
         if engine.get("enable_prefix_caching"):
             raise ValueError(

@@ -101,6 +101,8 @@ def test_prefix_caching_is_kept_where_a_prompts_rows_do_not_depend_on_its_length
 def test_engine_defaults_follow_the_method():
     mesa = settings.check_engine(settings.check(_config(), "mesa", 64), {})
     assert mesa == {"enable_prefix_caching": False, "enable_chunked_prefill": False}
+    long = settings.check_engine(settings.check(_config(), "mesa", 64), {"max_model_len": 9000})
+    assert long["max_num_batched_tokens"] == 9000
     assert settings.check_engine(settings.check(_config(), "rerope", 64), {}) == {}
     dual = settings.check(_config(), "dual-chunk", 64)
     assert settings.check_engine(dual, {"enable_prefix_caching": True}) == {
