@@ -39,7 +39,8 @@ __all__ = ["MesaVizBackend", "MesaVizMetadata", "MesaVizBuilder", "MesaVizImpl",
 
 log = logging.getLogger(__name__)
 
-#: The name the backend is registered under (``vllm...registry.register_backend``).
+#: The ``AttentionBackendEnum`` member vLLM records for the backend: ``CUSTOM`` (the class is
+#: handed to each layer directly, never looked up by name).
 BACKEND_NAME = "CUSTOM"
 
 
@@ -62,7 +63,7 @@ class MesaVizBuilder(AttentionMetadataBuilder[MesaVizMetadata]):
     step whose prompt lengths vLLM did not hand over."""
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
-        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)   # abstract there
 
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
               fast_build: bool = False) -> MesaVizMetadata:

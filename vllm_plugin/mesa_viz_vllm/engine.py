@@ -8,12 +8,12 @@ import logging
 from .pins import check_vllm
 from .settings import check, check_engine, overrides_for
 
-__all__ = ["LLM", "hf_overrides"]
+__all__ = ["LLM", "hf_overrides", "model_config"]
 
 log = logging.getLogger(__name__)
 
 
-def _config(model: str):
+def model_config(model: str):
     """The model's Hugging Face config (read with transformers, no engine)."""
     from transformers import AutoConfig
     return AutoConfig.from_pretrained(model)
@@ -27,7 +27,7 @@ def hf_overrides(model: str, method: str = "mesa", train_length: int | None = No
     '<json>'`` (and ``--max-model-len`` past the model's
     ``max_position_embeddings`` when ``max_model_len`` is given)."""
     check_vllm()
-    config = _config(model)
+    config = model_config(model)
     spec = check(config, method, train_length, **params)
     return overrides_for(config, spec, max_model_len)
 
@@ -44,10 +44,13 @@ def LLM(model: str, method: str = "mesa", train_length: int | None = None, *,
     bad value and what is allowed): an unknown method or parameter, a method
     this plugin does not run, a model family other than Llama, Mistral,
     Qwen2, Qwen3, a sliding window, and engine settings the method cannot run
-    exactly (prefix caching under Mesa, a quantized KV cache, speculative
-    decoding, pipeline parallel)."""
+    exactly (chunked prefill under Mesa; prefix caching where the rows of a
+    prompt's first tokens depend on its length: Mesa, Self-Extend,
+    Leaky-ReRoPE, Stair; a quantized KV cache; speculative decoding; pipeline
+    parallel).  Under those methods the defaults turn chunked prefill or prefix
+    caching off (``settings.check_engine``)."""
     check_vllm()
-    config = _config(model)
+    config = model_config(model)
     spec = check(config, method, train_length, **params)
     kwargs = check_engine(spec, engine or {})
     kwargs["hf_overrides"] = overrides_for(config, spec, kwargs.get("max_model_len"))

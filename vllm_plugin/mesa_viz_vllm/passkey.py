@@ -24,7 +24,7 @@ from mesa_viz.methods import get_method
 from mesa_viz.models.parts import model_name, train_length_source
 from mesa_viz.runs.sweep import ResultsFile, sweep
 
-from .engine import LLM, _config
+from .engine import LLM, model_config
 
 __all__ = ["evaluate"]
 
@@ -68,7 +68,7 @@ def _holder(model: str):
         generation = GenerationConfig.from_pretrained(model)
     except OSError:
         generation = None
-    return types.SimpleNamespace(config=_config(model), generation_config=generation)
+    return types.SimpleNamespace(config=model_config(model), generation_config=generation)
 
 
 def _answer(model, tokenizer, holder, batch, method, params, max_new_tokens,
