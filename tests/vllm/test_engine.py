@@ -33,6 +33,8 @@ CASES = [
     ("llama", "dual-chunk", T, {}, "chunked prefill, prefix cache", CHUNKED, LENGTHS),
     ("llama", "streaming-llm", T, {}, "chunked prefill, prefix cache", CHUNKED, LENGTHS),
     ("llama", "stair", T, {}, "chunked prefill", CHUNKED, LENGTHS),
+    ("llama", "lm-infinite", T, {}, "chunked prefill, prefix cache", CHUNKED, LENGTHS),
+    ("llama", "string", T, {}, "chunked prefill, prefix cache", CHUNKED, LENGTHS),
     ("qwen3", "mesa", T, {}, "whole prefill", {}, LENGTHS),
     ("qwen3", "rerope", T, {}, "whole prefill, prefix cache", {}, LENGTHS),
     ("mistral", "mesa", T, {}, "whole prefill", {}, LENGTHS),
