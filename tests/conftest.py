@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 #: The layer folders, fastest first.
-LAYERS = ("unit", "tiny", "default_model", "browser", "gpu")
+LAYERS = ("unit", "tiny", "default_model", "browser", "gpu", "vllm")
 TESTS = Path(__file__).resolve().parent
 
 
