@@ -242,8 +242,10 @@ def estimate_peak_bytes(config, method_name, seq_len: int, *, dtype_bytes: int =
         raise ValueError(f"seq_len={seq_len} must be >= 1")
     if backend not in ("sdpa", "eager", "flash_attention_2"):
         raise ValueError(f"backend {backend!r}: allowed 'sdpa', 'eager', 'flash_attention_2'")
+    params = dict(params or {})     # a method parameter train_length= names T as the argument does
+    train_length = params.pop("train_length", None) or train_length
     m = resolve(method_name, n, train_length=train_length,
-                default_train_length=dims.max_positions, **(params or {}))
+                default_train_length=dims.max_positions, **params)
     b = int(dtype_bytes)
     cpu = not str(device).startswith("cuda")
     if fragmentation is None:

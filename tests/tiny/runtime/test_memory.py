@@ -49,6 +49,14 @@ def test_origin_eager_is_quadratic_mesa_linear():
     assert 1.8 < _ratio(rerope, 65536, 131072) < 2.2
 
 
+def test_train_length_as_a_method_parameter_is_the_argument():
+    """``params={"train_length": T}`` (how the analyses pass a method's parameters) names T as
+    ``train_length=T`` does; it once raised 'multiple values for keyword argument'."""
+    by_param = estimate_peak_bytes(SMOL, "mesa", 16384, params={"train_length": 4096})
+    assert by_param == estimate_peak_bytes(SMOL, "mesa", 16384, train_length=4096)
+    assert by_param != estimate_peak_bytes(SMOL, "mesa", 16384)
+
+
 def test_cache_term_is_exact_on_cuda():
     d = ModelDims(layers=3, hidden=16, intermediate=32, heads=4, kv_heads=2, head_dim=4,
                   vocab=50, max_positions=64)
