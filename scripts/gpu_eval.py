@@ -359,7 +359,8 @@ def card() -> str:
 
 def run_job(job: Job, rows: Path, out: Path, deadline: float, is_tiny: bool) -> str:
     """Run one job until it ends or ``deadline``: its rows resumed from ``rows/<name>``,
-    copied to ``out/<name>`` afterwards (also when killed: each line is whole)."""
+    that folder archived into ``out/<name>.tar.gz`` afterwards (also when killed: a torn
+    last line is dropped by ``take``)."""
     work = rows / job.name
     work.mkdir(parents=True, exist_ok=True)
     left = deadline - time.monotonic()
