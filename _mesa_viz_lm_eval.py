@@ -9,7 +9,9 @@ imports it on the first ``get_model``; registering earlier would hide every
 built-in model) and registers ``mesa-viz`` as a lazy placeholder, so torch
 and mesa_viz load only when the model type is used.  So
 ``lm_eval --model mesa-viz --model_args method=mesa ...`` works after
-``pip install mesa_viz[eval]``.
+``pip install mesa_viz[eval]``.  Where the vLLM plugin (``mesa_viz_vllm``) is
+installed too, it registers ``mesa-viz-vllm`` the same way (lm-eval's ``vllm``
+model type under a method, ``mesa_viz_vllm.harness``).
 
 It also lets RULER tasks find a tokenizer when ``pretrained`` is left out
 (the default model): after ``mesa_viz.analyses.ruler.lm`` was imported in this
@@ -24,16 +26,23 @@ import sys
 
 NAME = "mesa-viz"
 PLACEHOLDER = "mesa_viz.analyses.ruler.lm:MesaVizLM"
+VLLM_NAME = "mesa-viz-vllm"
+VLLM_PLACEHOLDER = "mesa_viz_vllm.harness:MethodVLLM"
 _MODELS = "lm_eval.models"
 _RULER = "lm_eval.tasks.ruler.common_utils"
 _OURS = "mesa_viz.analyses.ruler.lm"
 
 
 def register() -> None:
-    """Register the ``mesa-viz`` placeholder (no-op if already there)."""
+    """Register the ``mesa-viz`` placeholder, and ``mesa-viz-vllm``'s where
+    the plugin is installed (no-op for one already there)."""
+    import importlib.util
+
     from lm_eval.api.registry import model_registry
     if NAME not in model_registry:
         model_registry.register(NAME, target=PLACEHOLDER)
+    if VLLM_NAME not in model_registry and importlib.util.find_spec("mesa_viz_vllm"):
+        model_registry.register(VLLM_NAME, target=VLLM_PLACEHOLDER)
 
 
 def _with_default_tokenizer(resolve):

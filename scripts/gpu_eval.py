@@ -35,7 +35,7 @@ at 16k/32k/64k, depths 0.1-0.9, 20 samples (origin, Mesa, ReRoPE, Self-Extend fi
 Dual Chunk, YaRN; perplexity by position on the book at 64k and 128k, the code text (64,382
 tokens) at 32k; thresholds
 at 64k for every method; the needle-reading head's whole attention map at 64k and 128k for
-origin and Mesa; a float32 check of the 10240-token CPU cells; notebooks 02, 03 and 05 at 32k.
+origin and Mesa; a float32 check of the CPU cells at 9216-12288 tokens; notebooks 02, 03 and 05 at 32k.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def jobs() -> list[Job]:
     pk = ("passkey", "--depths", DEPTHS, "--samples", "20", "--batch-size", "4")
     out = [Job("passkey", pk + ("--methods", FIRST, "--lengths", "16384,32768,65536"),
                "passkey.jsonl"),
-           Job("passkey-f32", ("passkey", "--methods", FIRST, "--lengths", "10240",
+           Job("passkey-f32", ("passkey", "--methods", FIRST, "--lengths", "9216,10240,12288",
                                "--depths", "0.5", "--samples", "20", "--dtype", "float32"),
                "passkey.jsonl"),
            Job("passkey", pk + ("--methods", ALL, "--lengths", "16384,32768,65536"),

@@ -28,7 +28,7 @@ from .needles import needle_fields, tokenizer_name
 from .rows import row_key, task_rows
 from .tasks import TASK_DIR, VARIANTS, check_tasks
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "evaluate_lms"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,31 @@ def evaluate(model, tokenizer, *, methods, tasks="ruler_offline", lengths, sampl
     from its cache (``<out stem>_cache/``).
     """
     method_params = dict(method_params or {})
+    check_methods(list(methods), method_params)
+    fields = train_length_fields(model, train_length)
+    T = fields["train_length"]
+
+    def lm_for(method: str, params: dict):
+        return MesaVizLM(pretrained=model, tokenizer=tokenizer, method=method, train_length=T,
+                         **params)
+
+    return evaluate_lms(lm_for, tokenizer, methods=methods, tasks=tasks, lengths=lengths,
+                        samples=samples, out=out, method_params=method_params, fields=fields,
+                        name=model_name(model), gen_kwargs=gen_kwargs,
+                        prompt_ids=lambda lm, text: lm.tok_batch_encode([text])[0][0].tolist())
+
+
+def evaluate_lms(lm_for: Callable, tokenizer, *, methods, tasks, lengths, samples: int,
+                 out: "str | Path", method_params: dict, fields: dict, name: str,
+                 prompt_ids: Callable, gen_kwargs: dict | None = None,
+                 close: Callable | None = None) -> Iterator[dict]:
+    """:func:`evaluate` on any engine: ``lm_for(method, params)`` builds the
+    lm-eval model that runs ``method`` (the transformers engine's
+    :class:`.lm.MesaVizLM`, or another engine's), one at a time, ``close(lm)``
+    releasing each when its method is done; ``prompt_ids(lm,
+    context)``: the prompt's tokens as that model reads them for generation
+    (for the rows' needle fields); ``fields``: the rows' ``train_length`` and
+    ``train_length_from``; ``name``: their ``model``."""
     methods, lengths = list(methods), [int(n) for n in lengths]
     check_methods(methods, method_params)
     check_lengths(lengths)
@@ -64,40 +89,66 @@ def evaluate(model, tokenizer, *, methods, tasks="ruler_offline", lengths, sampl
 
     todo = [u for u in units if any(k not in results for k in keys(u))]
     built = _built_tasks(tokenizer, results.path, todo, lengths, samples, gen_kwargs)
-    fields = train_length_fields(model, train_length)
     T = fields["train_length"]
-    name, lms = model_name(model), {}
+    engines = _OneAtATime(lm_for, close, results.path.with_name(results.path.stem + "_cache"),
+                          name)
 
     def run(unit):
         method, task = unit
         params = method_params.get(method, {})
-        if method not in lms:
-            lms[method] = CachingLM(
-                MesaVizLM(pretrained=model, tokenizer=tokenizer, method=method,
-                          train_length=T, **params),
-                _cache_file(results.path.with_name(results.path.stem + "_cache"), method,
-                            params, name))
-        lm = lms[method]
+        lm = engines.get(method, params)
         res = lm_evaluate(lm=lm, task_dict=built[unit], log_samples=True, bootstrap_iters=0,
                           verbosity="WARNING")
-        needles = _needle_locator(lm, task, get_method(method, train_length=T, **params))
+        needles = _needle_locator(lambda text: prompt_ids(lm.lm, text), lm.tokenizer, task,
+                                  get_method(method, train_length=T, **params))
         return task_rows(res["samples"][task], method, task,
                          dict(params=params, **fields, model=name), needles)
 
-    return sweep(results, units, keys, run, desc="ruler", unit="task")
+    def rows():
+        try:
+            yield from sweep(results, units, keys, run, desc="ruler", unit="task")
+        finally:
+            engines.close()
+
+    return rows()
 
 
-def _needle_locator(lm, task: str, method) -> Callable[[str, list[str]], dict]:
+class _OneAtATime:
+    """The lm-eval model of one method at a time, in its request cache
+    (:func:`_cache_file`): the previous method's is released (``close(lm)``)
+    before the next one is built, and the last by :meth:`close`."""
+
+    def __init__(self, lm_for: Callable, close: Callable | None, folder: Path, name: str):
+        self.lm_for, self.release, self.folder, self.name = lm_for, close, folder, name
+        self.method, self.lm = None, None
+
+    def get(self, method: str, params: dict) -> CachingLM:
+        if method != self.method:
+            self.close()
+            self.lm = CachingLM(self.lm_for(method, params),
+                                _cache_file(self.folder, method, params, self.name))
+            self.method = method
+        return self.lm
+
+    def close(self) -> None:
+        if self.lm is not None and self.release is not None:
+            self.release(self.lm.lm)
+        self.method, self.lm = None, None
+
+
+def _needle_locator(encode: Callable, tokenizer, task: str,
+                    method) -> Callable[[str, list[str]], dict]:
     """``needles(context, targets)`` for :func:`task_rows`: the prompt
-    encoded as ``lm`` encodes it for generation, its needles placed and cut
+    encoded as the model encodes it for generation (``encode(context)``), its
+    needles placed and cut
     (:func:`needle_fields`).  Needles that cannot be placed (a prompt this
     rule does not describe, a tokenizer that adds tokens at the end) are
     logged and recorded as unknown (None), never guessed, and the scores
     the run paid for are still written."""
     def needles(context: str, targets: list[str]) -> dict:
-        ids = lm.tok_batch_encode([context])[0][0].tolist()
+        ids = encode(context)
         try:
-            found = needle_fields(task, context, targets, ids, lm.tokenizer, method)
+            found = needle_fields(task, context, targets, ids, tokenizer, method)
         except ValueError as err:
             log.warning("%s: needles not placed, recorded as unknown: %s", task, err)
             found = dict(needle_spans=None, needle_cuts=None)

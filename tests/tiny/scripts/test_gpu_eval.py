@@ -111,10 +111,10 @@ def test_a_job_runs_its_rows_come_back_and_a_second_call_resumes(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     assert (out / "passkey-f32.tar.gz").exists()
     got = take(out)
-    assert got.returncode == 0 and "8 new rows" in got.stdout, got.stdout + got.stderr
+    assert got.returncode == 0 and "24 new rows" in got.stdout, got.stdout + got.stderr
     taken_rows = read_jsonl(taken / "passkey-f32" / "passkey.jsonl")
     assert {r["method"] for r in taken_rows} == {"origin", "mesa", "rerope", "self-extend"}
-    assert len(taken_rows) == 8
+    assert len(taken_rows) == 24            # 3 lengths x 4 methods x 2 tiny samples
     second = call(tmp_path / "out2")
     assert second.returncode == 0, second.stderr[-3000:]
     again = take(tmp_path / "out2")

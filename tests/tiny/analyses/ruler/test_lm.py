@@ -280,13 +280,10 @@ def test_needles_that_cannot_be_placed_are_unknown_not_a_lost_run(tiny, caplog):
     _, tok = tiny
     text = "Hay.\nOne of the special magic numbers for a-b is: 12.\nWhat is it?"
 
-    class Encoder:                                   # lm-eval's encoding, one token appended
-        tokenizer = tok
+    def encode(text):                                # an engine's encoding, one token appended
+        return tok(text)["input_ids"] + [0]
 
-        def tok_batch_encode(self, strings):
-            return torch.tensor([tok(strings[0])["input_ids"] + [0]]), None
-
-    needles = lme_run._needle_locator(Encoder(), "niah_single_1",
+    needles = lme_run._needle_locator(encode, tok, "niah_single_1",
                                       get_method("mesa", train_length=T))
     with caplog.at_level("WARNING", logger="mesa_viz.lm_eval_model"):
         got = needles(text, ["12"])
