@@ -192,6 +192,33 @@ def test_runner_rows_pairing_and_resume(tiny, tmp_path, monkeypatch):
     assert list(lme_run.evaluate(model, tok, **grid)) == rows and len(calls) == 8    # from cache
 
 
+def test_another_engine_runs_one_model_at_a_time(tiny, tmp_path):
+    """``evaluate_lms`` (the grid any engine runs: the vLLM plugin's too)
+    builds one method's model at a time and releases each when its method is
+    done, the last one too; its rows are ``evaluate``'s."""
+    model, tok = tiny
+    events = []
+
+    def lm_for(method, params):
+        events.append(("build", method))
+        return lme.MesaVizLM(pretrained=model, tokenizer=tok, method=method, train_length=T,
+                             **params)
+
+    grid = dict(methods=["origin", "mesa"], tasks=["niah_single_1", "niah_multivalue_noise"],
+                lengths=[640], samples=1, gen_kwargs={"max_gen_toks": 4})
+    rows = list(lme_run.evaluate_lms(
+        lm_for, tok, out=tmp_path / "a.jsonl", method_params={},
+        fields=dict(train_length=T, train_length_from="train_length="), name="tiny",
+        prompt_ids=lambda lm, text: lm.tok_batch_encode([text])[0][0].tolist(),
+        close=lambda lm: events.append(("close", lm.method)), **grid))
+    assert events == [("build", "origin"), ("close", "origin"), ("build", "mesa"),
+                      ("close", "mesa")]
+    reference = list(lme_run.evaluate(model, tok, out=tmp_path / "b.jsonl", train_length=T,
+                                      **grid))
+    drop = lambda r: {k: v for k, v in r.items() if k != "model"}  # noqa: E731
+    assert list(map(drop, rows)) == list(map(drop, reference)) and len(rows) == 4
+
+
 def test_runner_refuses_bad_input(tiny, tmp_path):
     model, tok = tiny
     base = dict(methods=["mesa"], tasks=["niah_single_1"], lengths=[640], samples=1,
