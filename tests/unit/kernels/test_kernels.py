@@ -85,6 +85,20 @@ def _decode_steps_exact(method, p, seed):
     return memo, steps
 
 
+@pytest.mark.parametrize("method,p", [("mesa", MESA_CASES[0]), ("mesa", MESA_CASES[1]),
+                                      ("stair", STAIR_CASES[1])])
+def test_decode_steps_across_the_groups_regrowth_stay_exact(method, p, monkeypatch):
+    """With one free row a group (``GROUP_SLACK = 1``), the far groups regrow
+    every few steps (copied into a larger buffer, the new free rows hidden):
+    every step still equals the dense reference, and the groups grew."""
+    from mesa_viz.kernels import decode_memo
+    monkeypatch.setattr(decode_memo, "GROUP_SLACK", 1)
+    memo, steps = _decode_steps_exact(method, p, seed=5)
+    far = memo._entries[0, "stair-far"]
+    assert far.cap == -(-far.hi // far.groups) or far.cap == -(-far.hi // far.groups) + 1
+    assert int((far.hidden == 0).sum()) == far.hi
+
+
 @pytest.mark.parametrize("method,p", [("mesa", MESA_CASES[1]), ("stair", STAIR_CASES[0])])
 def test_single_query_stair_equals_the_blocked_path(method, p):
     """The decode path and the residue-class path agree on the same rows."""
