@@ -8,7 +8,7 @@ import logging
 from .pins import check_vllm
 from .settings import check, check_engine, overrides_for
 
-__all__ = ["LLM", "hf_overrides", "model_config"]
+__all__ = ["LLM", "hf_overrides", "model_config", "model_holder"]
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +17,20 @@ def model_config(model: str):
     """The model's Hugging Face config (read with transformers, no engine)."""
     from transformers import AutoConfig
     return AutoConfig.from_pretrained(model)
+
+
+def model_holder(model: str):
+    """What result rows read of a model without loading its weights (as
+    ``mesa_viz.models.parts`` reads a loaded model): its config and generation
+    config (None where the model has none)."""
+    import types
+
+    from transformers import GenerationConfig
+    try:
+        generation = GenerationConfig.from_pretrained(model)
+    except OSError:
+        generation = None
+    return types.SimpleNamespace(config=model_config(model), generation_config=generation)
 
 
 def hf_overrides(model: str, method: str = "mesa", train_length: int | None = None,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-import types
 from pathlib import Path
 
 from mesa_viz.analyses.passkey import run as passkey_run
@@ -24,7 +23,7 @@ from mesa_viz.methods import get_method
 from mesa_viz.models.parts import model_name, train_length_source
 from mesa_viz.runs.sweep import ResultsFile, sweep
 
-from .engine import LLM, model_config
+from .engine import LLM, model_holder
 
 __all__ = ["evaluate"]
 
@@ -45,7 +44,7 @@ def evaluate(model: str, *, methods, lengths=None, depths=None, samples=1,
     methods = list(methods)
     passkey_run.check_grid(methods, lengths, depths, method_params)
     tokenizer = AutoTokenizer.from_pretrained(model)
-    holder = _holder(model)
+    holder = model_holder(model)
     todo = passkey_run._samples_for(tokenizer, samples, lengths, depths)
     results = ResultsFile(out, row_key)
     units = [(m, todo) for m in methods]
@@ -58,17 +57,6 @@ def evaluate(model: str, *, methods, lengths=None, depths=None, samples=1,
 
     return list(sweep(results, units, keys=lambda u: [row_key(s, u[0]) for s in u[1]],
                       run=run, desc="passkey (vLLM)", unit="method"))
-
-
-def _holder(model: str):
-    """What rows and the stop rule read of a model: its config and generation
-    config (None where the model has none)."""
-    from transformers import GenerationConfig
-    try:
-        generation = GenerationConfig.from_pretrained(model)
-    except OSError:
-        generation = None
-    return types.SimpleNamespace(config=model_config(model), generation_config=generation)
 
 
 def _answer(model, tokenizer, holder, batch, method, params, max_new_tokens,

@@ -16,7 +16,7 @@ from pathlib import Path
 from mesa_viz.analyses.ruler.run import evaluate_lms
 from mesa_viz.models.parts import model_name, train_length_fields
 
-from .engine import model_config
+from .engine import model_holder
 from .settings import check
 
 __all__ = ["evaluate", "DEFAULT_HEADROOM"]
@@ -42,10 +42,9 @@ def evaluate(model: str, *, methods, tasks="ruler_offline", lengths, samples: in
 
     from .harness import MethodVLLM, shutdown
     method_params = dict(method_params or {})
-    config = model_config(model)
+    holder = model_holder(model)
     for method in methods:                                   # refusals before any engine
-        check(config, method, train_length, **method_params.get(method, {}))
-    holder = _Holder(config)
+        check(holder.config, method, train_length, **method_params.get(method, {}))
     fields = train_length_fields(holder, train_length)
     engine = dict(engine or {})
     engine.setdefault("max_model_len", max(int(n) for n in lengths) + DEFAULT_HEADROOM)
@@ -59,10 +58,3 @@ def evaluate(model: str, *, methods, tasks="ruler_offline", lengths, samples: in
                         method_params=method_params, fields=fields, name=model_name(holder),
                         gen_kwargs=gen_kwargs, close=shutdown,
                         prompt_ids=lambda lm, text: list(lm.tok_encode(text)))
-
-
-class _Holder:
-    """What the rows read of a model without loading its weights: its config."""
-
-    def __init__(self, config):
-        self.config = config
