@@ -12,7 +12,7 @@ from .sinks import LMInfinite, StreamingLLM
 from .stair import Stair
 from .windows import LeakyReRoPE, ReRoPE, String
 
-__all__ = ["METHODS", "get_method", "resolve", "parameters"]
+__all__ = ["METHODS", "get_method", "resolve", "parameters", "pop_params"]
 
 
 #: Every method by its name (command line, JSON rows), in the order figures and tables list them.
@@ -28,6 +28,16 @@ def parameters(method: "str | type[Method]") -> dict:
     the explorer control each declares (:func:`.base.param`)."""
     cls = METHODS[method] if isinstance(method, str) else method
     return {f.name: control_of(f) for f in dataclasses.fields(cls)}
+
+
+def pop_params(method: str, options: dict) -> dict:
+    """Pop ``method``'s own parameters (not ``train_length``) out of
+    ``options`` (an integration's keyword arguments, e.g. lm-eval's model
+    args), checked by :func:`get_method`; the rest stay in ``options``."""
+    names = set(parameters(type(get_method(method)))) - {"train_length"}
+    params = {k: options.pop(k) for k in list(options) if k in names}
+    get_method(method, **params)
+    return params
 
 
 def get_method(method: "str | Method", **params) -> Method:

@@ -16,7 +16,6 @@ Needs lm-eval (``pip install 'mesa_viz[eval]'``) beside the plugin.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 # lm_eval.models first: registering into an empty registry would hide the built-in models
@@ -24,7 +23,7 @@ import lm_eval.models  # noqa: F401
 from lm_eval.api.registry import register_model
 from lm_eval.models.vllm_causallms import VLLM
 
-from mesa_viz.methods import get_method
+from mesa_viz.methods import pop_params
 
 from .engine import model_config
 from .pins import check_vllm
@@ -36,12 +35,6 @@ log = logging.getLogger(__name__)
 
 #: The lm-eval model type this module registers.
 MODEL_TYPE = "mesa-viz-vllm"
-
-
-def _split_params(method: str, kwargs: dict) -> dict:
-    """Pop ``method``'s own parameters (not ``train_length``) out of ``kwargs``."""
-    names = {f.name for f in dataclasses.fields(type(get_method(method)))} - {"train_length"}
-    return {k: kwargs.pop(k) for k in list(kwargs) if k in names}
 
 
 def shutdown(lm) -> None:
@@ -81,7 +74,7 @@ class MethodVLLM(VLLM):
                              "(tensor_parallel_size is supported)")
         config = model_config(str(pretrained))
         method = str(method)
-        params = _split_params(method, kwargs)
+        params = pop_params(method, kwargs)
         spec = check(config, method, train_length, **params)
         engine = check_engine(spec, {**kwargs, "max_model_len": int(longest)})
         engine.pop("max_model_len")

@@ -10,7 +10,6 @@ runs at a time: a method's engine is shut down before the next one starts.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from mesa_viz.analyses.ruler.run import evaluate_lms
@@ -20,8 +19,6 @@ from .engine import model_holder
 from .settings import check
 
 __all__ = ["evaluate", "DEFAULT_HEADROOM"]
-
-log = logging.getLogger(__name__)
 
 #: Tokens ``max_model_len`` leaves past the longest length when none is given:
 #: RULER's prompts stay below their length and its tasks generate at most 128 tokens;

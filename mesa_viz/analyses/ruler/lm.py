@@ -22,7 +22,7 @@ import lm_eval.models  # noqa: F401
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from ...methods import get_method
+from ...methods import get_method, pop_params
 from ...models import default_tokenizer, load_model
 from ...runtime import apply
 
@@ -51,15 +51,6 @@ def _check_version() -> None:
     if got != LM_EVAL_VERSION:
         log.warning("lm-eval %s is installed; mesa_viz is tested with %s (pip install "
                     "'mesa_viz[eval]')", got, LM_EVAL_VERSION)
-
-
-def _split_params(method: str, kwargs: dict) -> dict:
-    """Pop ``method``'s own parameters out of ``kwargs`` (model args)."""
-    cls = type(get_method(method))
-    names = {f.name for f in dataclasses.fields(cls)} - {"train_length"}
-    params = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
-    get_method(method, **params)
-    return params
 
 
 #: HFLM options that still act when mesa-viz hands HFLM a model it loaded
@@ -111,7 +102,7 @@ class MesaVizLM(HFLM):
                  attn_implementation: str = "sdpa", **kwargs):
         _check_version()
         method = str(method)
-        params = _split_params(method, kwargs)
+        params = pop_params(method, kwargs)
         kwargs.pop("max_batch_size", None)
         _refuse_unknown(method, kwargs)
         if str(batch_size) != "1":

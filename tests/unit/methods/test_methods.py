@@ -360,3 +360,14 @@ def test_no_other_method_cuts_a_span(name):
 def test_span_cuts_refuses_a_bad_span(start, stop, match):
     with pytest.raises(ValueError, match=match):
         resolve("mesa", 200, train_length=64).span_cuts(start, stop)
+
+
+def test_pop_params_takes_the_methods_own_and_leaves_the_rest():
+    from mesa_viz.methods import get_method, pop_params
+    options = {"stair_start": 2048, "train_length": 8192, "dtype": "float32"}
+    assert pop_params("mesa", options) == {"stair_start": 2048}
+    assert options == {"train_length": 8192, "dtype": "float32"}
+    with pytest.raises(ValueError, match="stair_width=0"):
+        get_method("mesa", **pop_params("mesa", {"stair_width": 0})).resolve(64, 64)
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        pop_params("nope", {})
