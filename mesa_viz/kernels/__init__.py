@@ -19,7 +19,8 @@ and the machinery they share: ``registry`` (``@kernel``), ``dispatch``
 (:func:`attend`), ``rules`` (near/far rules, read by ``near_far`` and the
 Triton launch in ``fused/``), ``rope``, ``sets`` (one softmax over several
 key sets, CPU blocks, GPU split-K), ``decode_memo`` (rotated keys kept between
-decode steps) and ``dense`` (exact rows for probes).
+decode steps), ``flash_decoding`` (a CPU decode step's key sets split over
+their keys) and ``dense`` (exact rows for probes).
 """
 
 from . import frequency, grouped, mesa, origin, sinks, stair, windows  # noqa: F401 (register)

@@ -17,6 +17,7 @@ import torch
 from . import sets
 from .registry import kernel_for
 from .decode_memo import same
+from .flash_decoding import flash_decode, uses_flash_decoding
 from .rope import arange, rotate
 from .rules import Rules, far_key_position, far_keys, far_query_position, far_visible
 
@@ -79,7 +80,8 @@ def step_with_memo(q, k, v, i, rope, scale, backend, rule, far_q_pos, far_k_pos,
     the others at ``j``; each step rotates its new key and the key that
     became far): far keys ``0..f1-1`` against the query at ``far_q_pos(i)``,
     near keys ``n0..i`` against it at ``i``, one softmax.  One product over
-    the keys, as Origin's step.  ``q [b, h, 1, d]``, ``k, v [b, kv_h, i+1,
+    the keys, as Origin's step (on the CPU the two sets through
+    :func:`.flash_decoding.flash_decode`).  ``q [b, h, 1, d]``, ``k, v [b, kv_h, i+1,
     d]``; returns ``[b, h, 1, d_v]``."""
     bsz, h, _, d = q.shape
     kvh, L = k.shape[1], i + 1
@@ -88,6 +90,10 @@ def step_with_memo(q, k, v, i, rope, scale, backend, rule, far_q_pos, far_k_pos,
     pos = rope.table(("near-far-one-q", rule, i), lambda: torch.cat((
         arange(i, i + 1, q.device).float(), far_q_pos(arange(i, i + 1, q.device)).float())))
     q2 = rotate(q.expand(bsz, h, 2, d), rope, pos, ("near-far-one-q", rule, i))
+    if uses_flash_decoding(q, v, backend):
+        far = [(q2[:, :, 1:], keys[:, :, :f1], v[:, :, :f1], None)] if f1 else []
+        return flash_decode(far + [(q2[:, :, :1], keys[:, :, n0:L], v[:, :, n0:L], None)],
+                            scale)
     q2 = q2.reshape(bk, rep, 2, d)
     scores = [torch.bmm(q2[:, :, 1], keys[:, :, :f1].reshape(bk, f1, d).transpose(1, 2))] \
         if f1 else []

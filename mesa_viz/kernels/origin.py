@@ -9,6 +9,7 @@ import torch
 from ..methods import Origin
 from . import sets
 from .decode_memo import memo_keys, same
+from .flash_decoding import flash_decode, uses_flash_decoding
 from .registry import kernel
 from .rope import arange, rotate
 
@@ -17,11 +18,14 @@ __all__ = ["origin", "row_scores", "softmax_pv"]
 
 @kernel(Origin, rules=None, linear=lambda method, kv_len: True)
 def origin(method, q, k, v, i0, rope, scale, backend):
-    """Linear positions: query ``i`` and key ``j`` rotated to ``i`` and ``j``."""
+    """Linear positions: query ``i`` and key ``j`` rotated to ``i`` and ``j``
+    (a decode step on the CPU: :func:`.flash_decoding.flash_decode`)."""
     Lq, Lk, dev = q.shape[2], k.shape[2], q.device
     qr = rotate(q, rope, arange(i0, i0 + Lq, dev), ("lin", i0, i0 + Lq))
     if Lq == 1:                                           # decode: keys rotated once
         kr = memo_keys(rope, k, 0, Lk, "lin", same)
+        if uses_flash_decoding(q, v, backend):
+            return flash_decode([(qr, kr, v, None)], scale)
         return softmax_pv([row_scores(qr, kr)], v, scale, q, backend)
     kr = rotate(k, rope, arange(0, Lk, dev), ("lin", 0, Lk))
     if backend in sets.FUSED_BACKENDS and i0 == 0 and Lq == Lk:  # flash/efficient causal kernel

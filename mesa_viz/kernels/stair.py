@@ -12,6 +12,7 @@ import torch
 from ..methods.stair import Stair
 from . import sets
 from .decode_memo import same
+from .flash_decoding import flash_decode, uses_flash_decoding
 from .origin import softmax_pv
 from .registry import kernel
 from .rope import arange, rotate
@@ -199,7 +200,8 @@ def _stair_one_memo(q, k, v, i, rope, scale, backend, geo: StairGeometry):
     by ``b_j`` (:meth:`DecodeMemo.grouped_rotated`, :class:`StairGeometry`),
     near keys at ``j``.  Groups ``b < E - r`` are scored against the query at
     ``m``, the others at ``m + 1``, near keys at ``i``: one product over the
-    keys and one over the values, as Origin's step, and one softmax.
+    keys and one over the values, as Origin's step, and one softmax (on the
+    CPU the three sets through :func:`.flash_decoding.flash_decode`).
     ``q [b, h, 1, d]``, ``k, v [b, kv_h, i+1, d]``; returns ``[b, h, 1, d_v]``."""
     N, E, s = geo.stair_start, geo.stair_width, geo.last_start
     bsz, h, _, d = q.shape
@@ -207,13 +209,15 @@ def _stair_one_memo(q, k, v, i, rope, scale, backend, geo: StairGeometry):
     rep, n_far, bk = h // kvh, max(0, i - N + 1), bsz * kvh
     m, split = (i - s) // E, E - geo.residue(i)
     pos = rope.table(("stair-one-q", i), lambda: torch.tensor([i, m, m + 1], device=q.device))
-    q3 = rotate(q.expand(bsz, h, 3, d), rope, pos, ("stair-one-q", i)).reshape(bk, rep, 3, d)
+    q3 = rotate(q.expand(bsz, h, 3, d), rope, pos, ("stair-one-q", i))     # [b, h, 3, d]
     near = rope.memo.rotated(rope.layer, ("stair-near", s, N, E), k, n_far, L, same, rope)
-    scores = []
+    far = rope.memo.grouped_rotated(rope.layer, ("stair-far", s, N, E), k, v, n_far, E,
+                                    lambda j: (s - N - j) % E,
+                                    lambda j: geo.key_position(j, 0), rope) if n_far else None
+    if uses_flash_decoding(q, v, backend):
+        return flash_decode(_step_sets(q3, near, v[:, :, n_far:L], far, split), scale)
+    q3, scores = q3.reshape(bk, rep, 3, d), []
     if n_far:
-        far = rope.memo.grouped_rotated(rope.layer, ("stair-far", s, N, E), k, v, n_far, E,
-                                        lambda j: (s - N - j) % E,
-                                        lambda j: geo.key_position(j, 0), rope)
         groups = far.keys.reshape(bk, E, far.cap, d)
         for qi, g in ((1, groups[:, :split]), (2, groups[:, split:])):
             if g.shape[1]:
@@ -230,6 +234,21 @@ def _stair_one_memo(q, k, v, i, rope, scale, backend, geo: StairGeometry):
     out = sets.pv(p[..., :G], far.values.view(bsz, kvh, G, -1), split=split_k) \
         + sets.pv(p[..., G:], v[:, :, n_far:L], split=split_k)
     return out.reshape(bsz, h, 1, -1)
+
+
+def _step_sets(q3, near, near_values, far, split: int) -> list:
+    """The key sets of :func:`_stair_one_memo` for :func:`.flash_decoding.flash_decode`:
+    the far groups ``b < split`` with the query at ``m`` (``q3[:, :, 1]``), the
+    others at ``m + 1`` (``q3[:, :, 2]``), each flattened with its hidden rows,
+    and the near keys with the query at ``i`` (``q3[:, :, 0]``)."""
+    out = []
+    if far is not None:
+        cap, E = far.cap, far.keys.shape[2]
+        for qi, a, b in ((1, 0, split), (2, split, E)):
+            if b > a:
+                out.append((q3[:, :, qi:qi + 1], far.keys[:, :, a:b].flatten(2, 3),
+                            far.values[:, :, a:b].flatten(2, 3), far.hidden[a * cap:b * cap]))
+    return out + [(q3[:, :, :1], near, near_values, None)]
 
 
 def _stair_runs(q, k, v, i, rope, scale, backend, stair_start, stair_width):

@@ -58,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
     params = checked_grid(args)
     model, _, name = load(args)
     if args.decode_ab:
-        return _decode_ab(model, args, where.rows)
+        return _decode_ab(model, args, where.rows, params)
     if args.prefill_ab:
-        return _prefill_ab(model, args, where.rows)
+        return _prefill_ab(model, args, where.rows, params)
     deadline = None if args.time_budget is None else time.monotonic() + args.time_budget
     settings = bench.Settings(repeats=args.repeats, decode_tokens=args.decode_tokens,
                               warmup=args.warmup, seed=args.seed,
@@ -74,19 +74,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _decode_ab(model, args, out) -> int:
+def _decode_ab(model, args, out, params: dict) -> int:
     from ...analyses import bench
     return _save_ab(out, bench.decode_ab(
         model, args.methods, args.lengths, max(2, args.decode_tokens),
-        train_length=args.train_length, seed=args.seed), "ms", "step")
+        train_length=args.train_length, seed=args.seed, method_params=params), "ms", "step")
 
 
-def _prefill_ab(model, args, out) -> int:
+def _prefill_ab(model, args, out, params: dict) -> int:
     from ...analyses import bench
     return _save_ab(out, bench.prefill_ab(
         model, args.methods, args.lengths, args.repeats, warmup=args.warmup,
-        train_length=args.train_length, seed=args.seed, progress=not args.no_progress),
-        "s", "prefill")
+        train_length=args.train_length, seed=args.seed, progress=not args.no_progress,
+        method_params=params), "s", "prefill")
 
 
 def _save_ab(out, rows, unit: str, what: str) -> int:

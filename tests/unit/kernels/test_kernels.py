@@ -293,6 +293,26 @@ def _decode_with_memo(m_for, q, k, v, steps, memo, layer=0):
     return outs
 
 
+@pytest.mark.parametrize("method,p", [("mesa", MESA_CASES[1]), ("mesa", MESA_CASES[2]),
+                                      ("stair", STAIR_CASES[1]), ("origin", {}),
+                                      ("rerope", {}), ("self-extend", {}),
+                                      ("streaming-llm", {}), ("dual-chunk", {})])
+def test_decode_steps_cut_into_chunks_stay_exact(method, p, monkeypatch):
+    """A step's key sets cut into 3 chunks each (flash-decoding, as a step over
+    thousands of keys is on the CPU; here forced on 150 keys): Mesa's far
+    groups with their hidden rows, the near/far rules' two sets, Origin's one
+    set, every step equal to the dense reference."""
+    from mesa_viz.kernels import flash_decoding
+    cut = []
+
+    def three(batch, kv_heads, n_keys):
+        cut.append(n_keys)
+        return 3 if n_keys >= 3 else 1
+    monkeypatch.setattr(flash_decoding, "decode_chunks", three)
+    _decode_steps_exact(method, p, seed=31)
+    assert any(n >= 3 for n in cut)
+
+
 @pytest.mark.parametrize("method,p", [("mesa", MESA_CASES[1]), ("mesa", MESA_CASES[3]),
                                       ("mesa", MESA_CASES[4]), ("stair", STAIR_CASES[0]),
                                       ("stair", STAIR_CASES[1]), ("origin", {})])

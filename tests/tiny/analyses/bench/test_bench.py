@@ -381,6 +381,15 @@ def test_interleaved_decode_takes_steps_in_turn_and_decodes_as_alone(tiny):
     # the first step's SDPA backends: origin's layers through SDPA, Mesa's kernels never
     assert sum(rows[0]["sdpa_backends"]["origin"].values()) == tiny.config.num_hidden_layers
     assert rows[0]["sdpa_backends"]["mesa"] == {}
+    assert {k: len(v) for k, v in rows[0]["tokens"].items()} == {"origin": 3, "mesa": 3}
+    assert rows[0]["params"] == {"origin": {}, "mesa": {}}
+    # --param reaches the A/B: recorded in the row, and a bad one refused by apply
+    row = next(bench.decode_ab(tiny, ["origin", "mesa"], [160], 2, train_length=128,
+                               method_params={"mesa": {"stair_width": 2}}))
+    assert row["params"] == {"origin": {}, "mesa": {"stair_width": 2}}
+    with pytest.raises(ValueError, match="stair_wide"):
+        next(bench.decode_ab(tiny, ["origin", "mesa"], [160], 2, train_length=128,
+                             method_params={"mesa": {"stair_wide": 2}}))
 
 
 def test_prefill_ab_takes_the_prefills_in_turn_each_under_its_method(tiny, monkeypatch):
