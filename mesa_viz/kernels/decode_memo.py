@@ -87,9 +87,12 @@ class DecodeMemo:
         new keys to ``near`` and the keys that left the window to ``far``."""
         base = rope.rope if isinstance(rope, RopeTables) else rope
         e = self._entries.get((layer, _slot(rule)))
-        if e is None or e.rule != rule or not e.serves(k, 0, j1, base, self.cache.keeps_keys) \
-                or split < e.split:
+        if e is None or not e.serves(k, 0, j1, base, self.cache.keeps_keys) \
+                or split < e.split or e.near is not near:
             e = self._entries[layer, _slot(rule)] = _MemoEntry(0, k, base, rule)
+            e.near = near
+        elif e.rule != rule:
+            e.refar(k, rule, far, rope)
         e.extend(k, j1, near, rope, rule, split, far, keeps_keys=self.cache.keeps_keys)
         return e.buf[:, :, :j1]
 
@@ -135,6 +138,7 @@ class _MemoEntry:
         self.probe = None                      # (first, last) source keys, once rotated
         self.unchecked = False                 # rotated under CacheState.keeps_keys, one row
         self.rope, self.freq_version = rope, rope.inv_freq._version
+        self.near = None                       # split_rotated's near positions (a function)
 
     def _same_frequencies(self, rope: Rope) -> bool:
         mine = self.rope
@@ -179,6 +183,14 @@ class _MemoEntry:
         self.probe = None if self.unchecked else (k[:, :, self.start].clone(),
                                                   k[:, :, self.hi - 1].clone())
 
+    def refar(self, k, rule, far, rope) -> None:
+        """The rule's far positions changed (Leaky-ReRoPE's leak moves with
+        the length), its near ones did not: the far keys ``start..split-1``
+        rotated again to ``far(j)`` in place, the near keys kept."""
+        if self.split > self.start:
+            self._put(k, self.start, self.split, far, rope, (rule, "far"))
+        self.rule = rule
+
     def _room(self, k, j1: int) -> None:
         need = j1 - self.start
         if need > self.buf.shape[2]:
@@ -207,7 +219,7 @@ class _MemoEntry:
             key = ("memo", rule, a, b)
         else:
             pos, key = position(arange(a, b, k.device)), None
-        self.buf[:, :, a - self.start:b - self.start] = rotate(k[:, :, a:b], rope, pos, key)
+        rotate(k[:, :, a:b], rope, pos, key, out=self.buf[:, :, a - self.start:b - self.start])
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import time
 from ...methods import check_int
 from ...models.parts import model_device, train_length_of
 from ...runtime import apply
-from .machine import sdpa_choices
+from .machine import host, sdpa_choices
 from .point import out_cache, prefill, random_ids, step
 
 __all__ = ["interleaved_decode", "interleaved_prefill",
@@ -136,6 +136,7 @@ def decode_ab(model, methods, lengths, steps: int, *, train_length: int | None =
                "sdpa_backends": {k: v["sdpa"] for k, v in got.items()},
                "tokens": {k: v["tokens"] for k, v in got.items()},
                "params": _params_of([a, b], method_params),
+               "host": host(str(model_device(model))),
                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
@@ -168,6 +169,7 @@ def prefill_ab(model, methods, lengths, repeats: int, *, warmup: int = 1,
                "ratio_paired": paired_ratio(s[b], s[a], skip=warmup),
                "ratio_of_medians": med[b] / med[a],
                "params": _params_of([a, b], method_params),
+               "host": host(str(model_device(model))),
                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 

@@ -10,7 +10,7 @@ import logging
 import math
 import time
 
-__all__ = ["matmul_rates", "matmul_gflops", "memory_gbps",
+__all__ = ["device_name", "host", "matmul_rates", "matmul_gflops", "memory_gbps",
            "sdpa_choices", "machine_row", "CALIBRATION_SIZES", "sync"]
 
 log = logging.getLogger(__name__)
@@ -130,12 +130,26 @@ def machine_row(device: str, dtype: str, matmul_size: int | None = None,
            "memory_gbps": memory_gbps(device, dtype, 16 if matmul_size else None),
            "device": device, "dtype": dtype, "threads": torch.get_num_threads(),
            "torch": torch.__version__,
-           "device_name": (torch.cuda.get_device_name(device) if device.startswith("cuda")
-                           else _cpu_name()),
+           "device_name": device_name(device),
            "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})}
     log.info("machine: %.1f GFLOP/s dense %s matmul on %s (%d threads)",
              row["matmul_gflops"], dtype, device, row["threads"])
     return row
+
+
+def device_name(device: str) -> str:
+    """The card's name on ``cuda``, the CPU's model name otherwise."""
+    import torch
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else _cpu_name()
+
+
+def host(device: str) -> dict:
+    """What a timed row ran on: ``device_name``, ``threads``, the torch and
+    transformers versions (cheap: no measurement, unlike :func:`machine_row`)."""
+    import torch
+    import transformers
+    return {"device_name": device_name(device), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def _cpu_name() -> str:

@@ -542,3 +542,27 @@ def test_memo_sees_frequencies_changed_in_place():
     want = kernels.attend(m, q[:, :, 156:157], k[:, :, :157], v[:, :, :157], 156,
                           kernels.RopeTables(kernels.Rope(inv.clone()), m), D ** -0.5)
     assert (got - want).abs().max().item() <= 1e-6
+
+
+def test_a_moving_far_rule_keeps_the_near_keys(monkeypatch):
+    """Leaky-ReRoPE's default leak moves with the length, so its far keys'
+    positions change at every step: each step equals the dense reference, the
+    layer's memo entry (its buffer) is kept, and only the far keys are rotated
+    again (never the near window's)."""
+    from mesa_viz.kernels import decode_memo
+    memo, rotated = kernels.DecodeMemo(), []
+    put = decode_memo._MemoEntry._put
+    steps, m_for = list(range(150, 158)), _resolved("leaky-rerope", {})
+    assert len({m_for(i).leak for i in steps}) == len(steps)          # a new rule each step
+    q, k, v = _qkv(170, 170, seed=31)
+    _decode_with_memo(m_for, q, k, v, steps[:1], memo)
+    (entry,) = memo._entries.values()
+    monkeypatch.setattr(decode_memo._MemoEntry, "_put", lambda self, k, a, b, *rest:
+                        rotated.append((a, b)) or put(self, k, a, b, *rest))
+    got = _decode_with_memo(m_for, q, k, v, steps[1:], memo)
+    for i, out in zip(steps[1:], got):
+        want = _dense(m_for(i), q[:, :, i:i + 1], k[:, :, :i + 1], v[:, :, :i + 1], i, D ** -0.5)
+        assert (out.double() - want).abs().max().item() <= 1e-5
+    assert list(memo._entries.values()) == [entry]
+    w = m_for(steps[-1]).window
+    assert all(a == 0 and b <= steps[-1] + 1 - w for a, b in rotated if b - a > 2)

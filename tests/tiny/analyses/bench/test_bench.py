@@ -8,7 +8,7 @@ import pytest
 
 import mesa_viz.analyses.bench as bench
 from mesa_viz.analyses.bench import ab as bench_ab, grid as bench_grid, point as bench_point
-from mesa_viz.analyses.bench import rows as bench_rows
+from mesa_viz.analyses.bench import machine as bench_machine, rows as bench_rows
 from mesa_viz.runtime.memory import ModelDims
 from mesa_viz.methods import get_method
 from mesa_viz.runs import read_jsonl
@@ -383,6 +383,10 @@ def test_interleaved_decode_takes_steps_in_turn_and_decodes_as_alone(tiny):
     assert rows[0]["sdpa_backends"]["mesa"] == {}
     assert {k: len(v) for k, v in rows[0]["tokens"].items()} == {"origin": 3, "mesa": 3}
     assert rows[0]["params"] == {"origin": {}, "mesa": {}}
+    import transformers
+    assert rows[0]["host"] == {"device_name": bench_machine._cpu_name(),
+                               "threads": torch.get_num_threads(), "torch": torch.__version__,
+                               "transformers": transformers.__version__}
     # --param reaches the A/B: recorded in the row, and a bad one refused by apply
     row = next(bench.decode_ab(tiny, ["origin", "mesa"], [160], 2, train_length=128,
                                method_params={"mesa": {"stair_width": 2}}))
